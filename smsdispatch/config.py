@@ -1,0 +1,288 @@
+"""Settings, read from the environment with the prefix ``SMSDISPATCH_``.
+
+`load_settings()` is the only way the rest of the code gets settings; it turns pydantic's
+validation errors into one `ConfigError` whose message names each bad variable, e.g.
+``SMSDISPATCH_VISIBILITY_TIMEOUT: Input should be a valid integer``. Secrets are `SecretStr`:
+their repr is ``'**********'``, so logging a Settings object never leaks them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+from urllib.parse import urlparse
+
+import phonenumbers
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from .errors import ConfigError
+
+ENV_PREFIX = "SMSDISPATCH_"
+
+#: Every gateway smsdispatch has an adapter for (gateways/__init__.py builds them).
+GATEWAY_NAMES = ("console", "eskiz", "devsms", "smsflow", "smscx", "smspm")
+#: Gateways that post delivery reports to a callback URL (providers.md §1.5, §2.5, §4.4).
+WEBHOOK_GATEWAYS = ("eskiz", "devsms", "smscx")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- Redis: broker, Celery results and our records all live here ---
+    redis_url: str = "redis://localhost:6379/0"
+    key_prefix: str = "sms"
+    queue: str = "sms"
+
+    # --- routing and input ---
+    default_gateway: str = "console"
+    default_region: str | None = None
+    #: "998=eskiz,27=smsflow": the longest matching E.164 prefix picks the gateway when a call names none.
+    routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    batch_chunk_size: int = Field(1000, ge=1, le=10_000)
+
+    # --- Celery / delivery guarantees (seconds) ---
+    visibility_timeout: int = Field(3600, ge=10)
+    claim_lease: int = Field(120, ge=1)
+    idempotency_ttl: int = Field(7 * 24 * 3600, ge=60)
+    record_ttl: int = Field(30 * 24 * 3600, ge=0)
+
+    # --- reminders: beyond the horizon they wait in a Redis sorted set, released by beat ---
+    reminder_horizon: int = Field(300, ge=1)
+    reminder_poll_interval: float = Field(5.0, gt=0)
+
+    # --- beat polling ---
+    status_poll_interval: float = Field(60.0, gt=0)
+    status_expiry: int = Field(72 * 3600, ge=60)       # in flight longer than this → expired
+    balance_poll_interval: float = Field(600.0, gt=0)
+    sweep_interval: float = Field(60.0, gt=0)
+    queued_grace: int = Field(900, ge=1)     # queued this long (publish lost?) → the sweeper republishes
+    #: "eskiz=1000,smscx=5": a balance below the threshold logs a warning and records an alert.
+    balance_thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    #: Refuse sends (insufficient_balance, no gateway call) while a gateway's last polled balance is
+    #: below its threshold.
+    balance_guard: bool = False
+
+    # --- delivery webhooks: the URL gateways call back, with our secret in its path ---
+    webhook_base_url: str | None = None     # e.g. https://sms.example.com/hooks
+    webhook_secret: SecretStr | None = None
+
+    # --- retries ---
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_base: float = Field(2.0, gt=0)
+    backoff_max: float = Field(300.0, gt=0)
+    backoff_jitter: Literal["full", "equal", "none"] = "full"
+
+    # --- HTTP to gateways (seconds) ---
+    http_connect_timeout: float = Field(5.0, gt=0)
+    http_read_timeout: float = Field(15.0, gt=0)
+
+    # --- Eskiz.uz (providers.md §1) ---
+    eskiz_email: str | None = None
+    eskiz_password: SecretStr | None = None
+    eskiz_base_url: str = "https://notify.eskiz.uz/api"
+    eskiz_sender: str = "4546"
+
+    # --- DevSMS.uz (providers.md §2) ---
+    devsms_token: SecretStr | None = None
+    devsms_base_url: str = "https://devsms.uz/api"
+    devsms_sender: str = "4546"
+
+    # --- SMSFlow (providers.md §3): no sender field in its API; the campaign name labels submissions ---
+    smsflow_client_id: str | None = None
+    smsflow_client_secret: SecretStr | None = None
+    smsflow_base_url: str = "https://portal.smsflow.co.za"
+    smsflow_campaign: str = "smsdispatch"
+
+    # --- SMS.CX (providers.md §4): an API key, or OAuth2 client credentials ---
+    smscx_api_key: SecretStr | None = None
+    smscx_client_id: str | None = None
+    smscx_client_secret: SecretStr | None = None
+    smscx_base_url: str = "https://api.sms.cx"
+    smscx_sender: str = "InfoText"
+
+    # --- SMSPM (providers.md §5) ---
+    smspm_hash: str | None = None
+    smspm_token: SecretStr | None = None
+    smspm_base_url: str = "https://api.smspm.com"
+    smspm_sender: str = "SMSPM.com"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("key_prefix", "queue")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or any(c in value for c in " :{}"):
+            raise ValueError("must be non-empty, without spaces, ':' or braces")
+        return value
+
+    @field_validator("default_gateway")
+    @classmethod
+    def _gateway(cls, value: str) -> str:
+        if value not in GATEWAY_NAMES:
+            raise ValueError(f"unknown gateway {value!r}; known: {', '.join(GATEWAY_NAMES)}")
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not an ISO 3166 region phonenumbers knows (e.g. UZ, ZA, GB)")
+        return value.upper()
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> object:
+        if isinstance(value, str):   # "998=eskiz, 27=smsflow" (JSON objects are accepted too)
+            value = value.strip()
+            if value.startswith("{"):
+                try:
+                    value = json.loads(value)
+                except ValueError as e:
+                    raise ValueError(f"is not valid JSON: {e}") from None
+                return cls._routes(value)
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("must look like 998=eskiz,27=smsflow")
+            value = {k.strip().lstrip("+"): v.strip() for k, v in pairs}
+        if isinstance(value, dict):
+            for prefix, gateway in value.items():
+                if not str(prefix).isdigit():
+                    raise ValueError(f"prefix {prefix!r} must be digits (a country code or longer)")
+                if gateway not in GATEWAY_NAMES:
+                    raise ValueError(f"unknown gateway {gateway!r} for prefix {prefix}")
+        return value
+
+    @field_validator("balance_thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: object) -> object:
+        if isinstance(value, str):   # "eskiz=1000, smscx=5"
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("must look like eskiz=1000,smscx=5")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        if isinstance(value, dict):
+            for gateway in value:
+                if gateway not in GATEWAY_NAMES:
+                    raise ValueError(f"unknown gateway {gateway!r}")
+        return value
+
+    @field_validator("eskiz_base_url", "devsms_base_url", "smsflow_base_url", "smscx_base_url", "smspm_base_url",
+                     "webhook_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if urlparse(value).scheme not in {"http", "https"} or not urlparse(value).netloc:
+            raise ValueError("must be an http(s):// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        one_call = self.http_connect_timeout + self.http_read_timeout
+        if self.claim_lease < 4 * one_call:
+            # A claim must outlive the longest in-flight send: login + refresh + send + resend.
+            raise ValueError(
+                f"CLAIM_LEASE ({self.claim_lease}s) must be at least 4 x (HTTP_CONNECT_TIMEOUT + "
+                f"HTTP_READ_TIMEOUT) = {4 * one_call:g}s"
+            )
+        if self.claim_lease + self.backoff_max >= self.visibility_timeout:
+            # A retry countdown plus one run must end before Redis hands the message to another worker.
+            raise ValueError(
+                f"BACKOFF_MAX ({self.backoff_max:g}s) + CLAIM_LEASE ({self.claim_lease}s) must stay "
+                f"below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)"
+            )
+        if self.reminder_horizon + self.claim_lease >= self.visibility_timeout:
+            # A reminder published with an ETA waits in a worker unacknowledged: it must run and
+            # finish before the visibility timeout, or Redis hands it out again.
+            raise ValueError(f"REMINDER_HORIZON ({self.reminder_horizon}s) + CLAIM_LEASE ({self.claim_lease}s) "
+                             f"must stay below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)")
+        if self.webhook_base_url and len(_secret(self.webhook_secret)) < 16:
+            raise ValueError("WEBHOOK_BASE_URL is set but WEBHOOK_SECRET is missing or shorter than 16 characters "
+                             "(gateways do not sign callbacks: the secret in the URL is all that authenticates them)")
+        if 0 < self.record_ttl < self.idempotency_ttl:
+            # A key that is "done" must still find its record, or duplicates could not be answered.
+            raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "
+                             f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s)")
+        configured = self.configured_gateways()
+        if self.default_gateway not in configured:
+            raise ValueError(f"DEFAULT_GATEWAY is {self.default_gateway} but {_NEEDS[self.default_gateway]} "
+                             f"not set")
+        for prefix, gateway in self.routes.items():
+            if gateway not in configured:
+                raise ValueError(f"ROUTES sends {prefix} to {gateway} but {_NEEDS[gateway]} not set")
+        return self
+
+    @property
+    def eskiz_configured(self) -> bool:
+        return bool(self.eskiz_email and _secret(self.eskiz_password))
+
+    def configured_gateways(self) -> list[str]:
+        """The gateways whose credentials are set (console needs none)."""
+        have = {
+            "console": True,
+            "eskiz": self.eskiz_configured,
+            "devsms": bool(_secret(self.devsms_token)),
+            "smsflow": bool(self.smsflow_client_id and _secret(self.smsflow_client_secret)),
+            "smscx": bool(_secret(self.smscx_api_key) or (self.smscx_client_id and _secret(self.smscx_client_secret))),
+            "smspm": bool(self.smspm_hash and _secret(self.smspm_token)),
+        }
+        return [name for name in GATEWAY_NAMES if have[name]]
+
+    @property
+    def active_grace(self) -> float:
+        """How long a message may stay `sending`/`retrying` before the sweeper republishes it: a live
+        attempt ends within the claim lease, a scheduled retry within BACKOFF_MAX."""
+        return self.claim_lease + self.backoff_max + 60
+
+    def callback_url(self, gateway: str) -> str | None:
+        """Our webhook URL for a gateway that posts delivery reports, or None."""
+        if not self.webhook_base_url or gateway not in WEBHOOK_GATEWAYS:
+            return None
+        return f"{self.webhook_base_url}/{gateway}/{_secret(self.webhook_secret)}"
+
+    def route(self, e164: str) -> str:
+        """The gateway for a number when the call names none: the longest matching prefix, else the default."""
+        digits = e164.lstrip("+")
+        for length in range(len(digits), 0, -1):
+            gateway = self.routes.get(digits[:length])
+            if gateway:
+                return gateway
+        return self.default_gateway
+
+
+_NEEDS = {
+    "console": "nothing is",
+    "eskiz": "ESKIZ_EMAIL / ESKIZ_PASSWORD are",
+    "devsms": "DEVSMS_TOKEN is",
+    "smsflow": "SMSFLOW_CLIENT_ID / SMSFLOW_CLIENT_SECRET are",
+    "smscx": "SMSCX_API_KEY (or SMSCX_CLIENT_ID / SMSCX_CLIENT_SECRET) is",
+    "smspm": "SMSPM_HASH / SMSPM_TOKEN are",
+}
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment (overrides win); a bad value raises ConfigError naming it."""
+    try:
+        return Settings(**overrides)
+    except SettingsError as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,90 @@
+"""Every Redis key smsdispatch writes is built here, and only here.
+
+With the default prefix ``sms`` the schema is (read it with redis-cli):
+
+    sms:msg:<message_id>               hash   one message record (records.py)
+    sms:msg:<message_id>:history       list   JSON status changes, oldest first (records.py)
+    sms:idem:<idempotency_key>         hash   idempotency ledger entry (ledger.py)
+    sms:dead                           list   message ids whose retries were exhausted
+    sms:inflight                       zset   accepted messages awaiting a delivery report, by next poll
+    sms:pending                        zset   messages not yet settled, by when the sweeper should look
+    sms:gwid:<gateway_message_id>      string our message id, for delivery reports that only carry theirs
+    sms:balance:<gateway>              hash   last known balance: amount, currency, at (polling.py)
+    sms:alerts                         list   JSON alerts (low balance), newest last
+    sms:tick:<job>                     string one periodic run at a time, across beats (polling.py)
+    sms:batch:<batch_id>               hash   a batch: settings, counts (batch.py)
+    sms:batch:<batch_id>:chunks        list   the batch's entries, one JSON array per chunk
+    sms:batch:<batch_id>:seen:<sub>    hash   message id -> outcome counted for one submission
+    sms:rem:<reminder_id>              hash   a scheduled reminder: payload, send_at, state (reminders.py)
+    sms:rem:due                        zset   reminder ids by send_at, waiting for release
+    sms:rem:inflight                   zset   reminder ids being published, by release time
+    sms:gw:<gateway>:<account>:token   string shared access token of a gateway account
+    sms:gw:<gateway>:<account>:lock    string single-flight lock around a token refresh
+
+Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
+``unacked`` / ``unacked_index`` (kombu's late-ack bookkeeping) and ``celery-task-meta-<task id>``
+(results). We never write those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "sms"
+
+    def message(self, message_id: str) -> str:
+        return f"{self.prefix}:msg:{message_id}"
+
+    def history(self, message_id: str) -> str:
+        return f"{self.prefix}:msg:{message_id}:history"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def gateway_id(self, gateway_message_id: str) -> str:
+        return f"{self.prefix}:gwid:{gateway_message_id}"
+
+    def pending(self) -> str:
+        return f"{self.prefix}:pending"
+
+    def inflight(self) -> str:
+        return f"{self.prefix}:inflight"
+
+    def balance(self, gateway: str) -> str:
+        return f"{self.prefix}:balance:{gateway}"
+
+    def alerts(self) -> str:
+        return f"{self.prefix}:alerts"
+
+    def tick(self, job: str) -> str:
+        return f"{self.prefix}:tick:{job}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_chunks(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:chunks"
+
+    def batch_seen(self, batch_id: str, submission: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:seen:{submission}"
+
+    def reminder(self, reminder_id: str) -> str:
+        return f"{self.prefix}:rem:{reminder_id}"
+
+    def reminders_due(self) -> str:
+        return f"{self.prefix}:rem:due"
+
+    def reminders_inflight(self) -> str:
+        return f"{self.prefix}:rem:inflight"
+
+    def gateway_token(self, gateway: str, account: str) -> str:
+        return f"{self.prefix}:gw:{gateway}:{account}:token"
+
+    def gateway_lock(self, gateway: str, account: str) -> str:
+        return f"{self.prefix}:gw:{gateway}:{account}:lock"

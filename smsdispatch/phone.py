@@ -1,0 +1,41 @@
+"""Phone numbers: E.164 normalisation (with Google's libphonenumber metadata) and masking for logs."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+from .errors import ValidationError
+
+
+def normalise(raw: str, default_region: str | None = None) -> str:
+    """``"+998 90 123-45-67"`` → ``"+998901234567"``. Raises ValidationError with a readable reason.
+
+    A number without a leading ``+`` (or ``00``) is read in `default_region`; without one it is an
+    error, because guessing a country would send to the wrong person.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValidationError("phone number is empty")
+    text = raw.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+") and default_region is None:
+        raise ValidationError(
+            f"phone number {mask(text)} has no country code and SMSDISPATCH_DEFAULT_REGION is not set"
+        )
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else default_region)
+    except phonenumbers.NumberParseException as e:
+        raise ValidationError(f"phone number {mask(text)} cannot be parsed: {e._msg}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValidationError(f"phone number {mask(text)} is not a valid number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask(number: object) -> str:
+    """Keep the country-ish prefix and the last two digits: ``+998901234567`` → ``+998*******67``."""
+    text = str(number)
+    digits = [i for i, c in enumerate(text) if c.isdigit()]
+    if len(digits) <= 5:
+        return "*" * len(text)
+    keep = set(digits[:3] + digits[-2:])
+    return "".join(c if (i in keep or not c.isdigit()) else "*" for i, c in enumerate(text))

@@ -1,0 +1,103 @@
+import pytest
+
+from smsdispatch.config import load_settings
+from smsdispatch.errors import ConfigError
+
+
+def test_defaults():
+    s = load_settings()
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.default_gateway == "console" and s.visibility_timeout == 3600
+    assert s.eskiz_base_url == "https://notify.eskiz.uz/api" and s.eskiz_sender == "4546"
+    assert s.configured_gateways() == ["console"]
+
+
+def test_environment_is_read_with_the_prefix(monkeypatch):
+    monkeypatch.setenv("SMSDISPATCH_DEFAULT_REGION", "uz")
+    monkeypatch.setenv("SMSDISPATCH_MAX_ATTEMPTS", "7")
+    s = load_settings()
+    assert s.default_region == "UZ" and s.max_attempts == 7
+
+
+@pytest.mark.parametrize("var, value, words", [
+    ("SMSDISPATCH_VISIBILITY_TIMEOUT", "soon", "valid integer"),
+    ("SMSDISPATCH_REDIS_URL", "http://x", "redis://"),
+    ("SMSDISPATCH_DEFAULT_GATEWAY", "carrier-pigeon", "unknown gateway"),
+    ("SMSDISPATCH_DEFAULT_REGION", "XX", "region"),
+    ("SMSDISPATCH_MAX_ATTEMPTS", "0", "greater than or equal"),
+    ("SMSDISPATCH_ESKIZ_BASE_URL", "notify.eskiz.uz", "http"),
+])
+def test_a_bad_setting_names_its_variable(monkeypatch, var, value, words):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert var in str(e.value) and words in str(e.value)
+
+
+def test_cross_checks_name_the_variables_involved(monkeypatch):
+    monkeypatch.setenv("SMSDISPATCH_VISIBILITY_TIMEOUT", "100")
+    with pytest.raises(ConfigError, match="BACKOFF_MAX .* VISIBILITY_TIMEOUT"):
+        load_settings()
+    monkeypatch.delenv("SMSDISPATCH_VISIBILITY_TIMEOUT")
+    monkeypatch.setenv("SMSDISPATCH_HTTP_READ_TIMEOUT", "60")
+    with pytest.raises(ConfigError, match="CLAIM_LEASE"):
+        load_settings()
+    monkeypatch.delenv("SMSDISPATCH_HTTP_READ_TIMEOUT")
+    monkeypatch.setenv("SMSDISPATCH_DEFAULT_GATEWAY", "eskiz")
+    with pytest.raises(ConfigError, match="ESKIZ_EMAIL"):
+        load_settings()
+
+
+def test_secrets_never_show_in_repr_or_errors(monkeypatch):
+    monkeypatch.setenv("SMSDISPATCH_ESKIZ_EMAIL", "me@example.com")
+    monkeypatch.setenv("SMSDISPATCH_ESKIZ_PASSWORD", "hunter2-secret")
+    s = load_settings()
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    assert s.eskiz_password.get_secret_value() == "hunter2-secret"
+    assert s.configured_gateways() == ["console", "eskiz"]
+    monkeypatch.setenv("SMSDISPATCH_ESKIZ_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("SMSDISPATCH_MAX_ATTEMPTS", "x")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "hunter2" not in str(e.value)
+
+
+def test_routes_pick_the_longest_prefix_and_must_name_configured_gateways(monkeypatch):
+    monkeypatch.setenv("SMSDISPATCH_DEVSMS_TOKEN", "t")
+    monkeypatch.setenv("SMSDISPATCH_ROUTES", "998=devsms, 99897=console")
+    s = load_settings()
+    assert s.routes == {"998": "devsms", "99897": "console"}
+    assert s.route("+998901234567") == "devsms" and s.route("+998971234567") == "console"
+    assert s.route("+447911123456") == "console"        # no rule: the default gateway
+    monkeypatch.setenv("SMSDISPATCH_ROUTES", '{"27": "devsms"}')
+    assert load_settings().routes == {"27": "devsms"}
+    monkeypatch.setenv("SMSDISPATCH_ROUTES", "998=smscx")
+    with pytest.raises(ConfigError, match="ROUTES sends 998 to smscx but SMSCX_API_KEY"):
+        load_settings()
+    monkeypatch.setenv("SMSDISPATCH_ROUTES", "998:eskiz")
+    with pytest.raises(ConfigError, match="SMSDISPATCH_ROUTES: must look like"):
+        load_settings()
+    monkeypatch.setenv("SMSDISPATCH_ROUTES", "uz=eskiz")
+    with pytest.raises(ConfigError, match="must be digits"):
+        load_settings()
+
+
+def test_each_gateway_counts_as_configured_only_with_its_credentials(monkeypatch):
+    assert load_settings().configured_gateways() == ["console"]
+    for var, value in [("DEVSMS_TOKEN", "t"), ("SMSFLOW_CLIENT_ID", "id"), ("SMSFLOW_CLIENT_SECRET", "s"),
+                       ("SMSCX_CLIENT_ID", "id"), ("SMSCX_CLIENT_SECRET", "s"), ("SMSPM_HASH", "h"),
+                       ("SMSPM_TOKEN", "t")]:
+        monkeypatch.setenv(f"SMSDISPATCH_{var}", value)
+    assert load_settings().configured_gateways() == ["console", "devsms", "smsflow", "smscx", "smspm"]
+    monkeypatch.setenv("SMSDISPATCH_DEFAULT_GATEWAY", "eskiz")
+    with pytest.raises(ConfigError, match="DEFAULT_GATEWAY is eskiz but ESKIZ_EMAIL"):
+        load_settings()
+
+
+def test_the_reminder_horizon_must_fit_inside_the_visibility_timeout(monkeypatch):
+    monkeypatch.setenv("SMSDISPATCH_VISIBILITY_TIMEOUT", "400")
+    monkeypatch.setenv("SMSDISPATCH_BACKOFF_MAX", "60")
+    with pytest.raises(ConfigError, match=r"REMINDER_HORIZON \(300s\) \+ CLAIM_LEASE \(120s\) must stay below"):
+        load_settings()
+    monkeypatch.setenv("SMSDISPATCH_REMINDER_HORIZON", "60")
+    assert load_settings().reminder_horizon == 60

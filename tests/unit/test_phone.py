@@ -1,0 +1,40 @@
+import pytest
+
+from smsdispatch.errors import ValidationError
+from smsdispatch.phone import mask, normalise
+
+
+@pytest.mark.parametrize("raw, region, e164", [
+    ("+998 90 123-45-67", None, "+998901234567"),
+    ("00998901234567", None, "+998901234567"),
+    ("90 123 45 67", "UZ", "+998901234567"),
+    ("082 123 4567", "ZA", "+27821234567"),
+    ("+44 7911 123456", "UZ", "+447911123456"),
+])
+def test_normalise_to_e164(raw, region, e164):
+    assert normalise(raw, region) == e164
+
+
+@pytest.mark.parametrize("raw, region, reason", [
+    ("", None, "empty"),
+    ("   ", "UZ", "empty"),
+    ("901234567", None, "no country code"),
+    ("+998 12", None, "not a valid number"),
+    ("call me", "UZ", "cannot be parsed"),
+    ("+1 555 0100 999 999 999", None, "not a valid number"),
+])
+def test_bad_numbers_raise_a_readable_validation_error(raw, region, reason):
+    with pytest.raises(ValidationError, match=reason):
+        normalise(raw, region)
+
+
+def test_errors_never_contain_the_full_number():
+    with pytest.raises(ValidationError) as e:
+        normalise("901234567")
+    assert "901234567" not in str(e.value)
+
+
+def test_mask_keeps_prefix_and_last_two_digits():
+    assert mask("+998901234567") == "+998*******67"
+    assert mask("+27821234567") == "+278******67"
+    assert mask("123") == "***"
