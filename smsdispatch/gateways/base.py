@@ -1,0 +1,220 @@
+"""The contract every gateway adapter fulfils, and the HTTP plumbing they share.
+
+An adapter answers: send this (`send`), send these in one native call (`send_batch`, where
+`max_batch > 1`), did a message of ours reach you (`lookup`, where `can_lookup`), what became of
+message X (`status`, where `supports_status`), how much credit is left (`balance`, where
+`supports_balance`). It raises only the exceptions of errors.py: `HttpGateway.request` translates
+requests' exceptions and the generic HTTP statuses; each adapter translates its own error bodies.
+
+What each flag promises the dispatcher (dispatch.py and batch.py rely on these):
+
+    can_lookup        a possibly-sent message can be found again by our message id → reconcile
+    can_dedupe        a repeated call with the same reference is not sent twice by the gateway
+                      (SMS.CX idempotencyId) → an ambiguous call is simply repeated
+    neither           an ambiguous call ends `unknown`; it is never repeated
+    max_batch         most messages per native batch call (1: no batch endpoint)
+    batch_same_text   a batch call carries one text for all its numbers (SMS.CX, SMSPM)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+from ..errors import (
+    AmbiguousError,
+    GatewayError,
+    GatewayRejected,
+    GatewayUnavailable,
+    PermanentError,
+    RateLimited,
+    ValidationError,
+)
+from ..records import MessageStatus
+from ..retry import parse_retry_after
+
+log = logging.getLogger("smsdispatch.gateways")
+
+#: Server errors after which the gateway may have acted on the request anyway. 503 (and 408, 429,
+#: 501) say it was not processed; 504 is ambiguous outright.
+MAYBE_PROCESSED = frozenset({500, 502})
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    message_id: str           # ours; passed to gateways that echo a client reference (Eskiz user_sms_id)
+    to: str                   # E.164, with the leading +
+    text: str
+    sender: str | None = None
+    callback_url: str | None = None
+    options: Mapping[str, Any] | None = None   # gateway-specific, checked by Gateway.validate_options
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    gateway_message_id: str | None
+    raw_status: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The fate of one message inside a batch call that, as a whole, went through."""
+    message_id: str
+    gateway_message_id: str | None = None
+    error: PermanentError | None = None        # this message was refused (the others may be fine)
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    found: bool
+    gateway_message_id: str | None = None
+    status: MessageStatus | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    status: MessageStatus
+    raw_status: str
+
+
+@dataclass(frozen=True)
+class Balance:
+    amount: float
+    currency: str | None = None
+    unlimited: bool = False
+
+
+class Gateway(ABC):
+    name: str = ""
+    can_lookup: bool = False
+    can_dedupe: bool = False
+    max_batch: int = 1
+    batch_same_text: bool = False
+    supports_status: bool = True
+    supports_balance: bool = True
+
+    def validate_options(self, options: Mapping[str, Any], *, text: str | None) -> dict[str, Any]:
+        """Check gateway-specific send options (and whether `text` is needed) before anything is
+        sent; raise ValidationError if wrong. Adapters with options override this."""
+        if options:
+            raise ValidationError(f"options: {self.name} takes no options (got {', '.join(sorted(options))})")
+        if text is None:
+            raise ValidationError("text: required")
+        return {}
+
+    @abstractmethod
+    def send(self, sms: OutboundSms) -> Acceptance:
+        """One message. Gateways that dedupe derive their idempotency reference from sms.message_id."""
+
+    def send_batch(self, messages: Sequence[OutboundSms], *, call_ref: str) -> list[ItemResult]:
+        """One native call for 1..max_batch messages (one text for all when batch_same_text).
+        Call-level failures raise like `send`; per-message refusals come back as ItemResult.error.
+        Results are in the order of `messages`. `call_ref` is stable across retries of this call."""
+        raise NotImplementedError(f"{self.name} has no batch endpoint")
+
+    def lookup(self, sms: OutboundSms, *, since: float) -> Lookup:
+        """Did `sms` reach the gateway after `since` (epoch seconds)? Only where `can_lookup`."""
+        raise NotImplementedError(f"{self.name} cannot look messages up")
+
+    def lookup_batch(self, messages: Sequence[OutboundSms], *, call_ref: str | None,
+                     since: float) -> dict[str, Lookup]:
+        """`lookup` for several messages, by message id; adapters override it when they can do it in
+        one query (Eskiz: by dispatch)."""
+        return {m.message_id: self.lookup(m, since=since) for m in messages}
+
+    def status(self, gateway_message_id: str) -> DeliveryReport:
+        raise NotImplementedError(f"{self.name} has no delivery-status API")
+
+    def balance(self) -> Balance:
+        raise NotImplementedError(f"{self.name} has no balance API")
+
+
+class HttpGateway(Gateway):
+    """Owns a pooled `requests.Session` and maps transport failures into the exception tree."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
+                 session: requests.Session | None = None, pool_size: int = 64) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        """One HTTP call. Returns any response the adapter may want to read (2xx and 4xx alike);
+        raises for what is the same on every gateway: no connection, timeouts, 408, 429, 5xx."""
+        started = time.monotonic()
+        try:
+            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectTimeout as e:
+            raise GatewayUnavailable(f"connect timeout: {_short(e)}", gateway=self.name) from None
+        except requests.ConnectionError as e:
+            if _never_connected(e):
+                raise GatewayUnavailable(f"cannot connect: {_short(e)}", gateway=self.name) from None
+            raise AmbiguousError(f"connection lost after sending: {_short(e)}", gateway=self.name) from None
+        except requests.Timeout as e:
+            raise AmbiguousError(f"no answer within {self.timeout[1]:g}s: {_short(e)}",
+                                 gateway=self.name) from None
+        except requests.RequestException as e:
+            raise AmbiguousError(f"HTTP error: {_short(e)}", gateway=self.name) from None
+        log.info("%s %s %s -> %s in %.0f ms", self.name, method, path, response.status_code,
+                 (time.monotonic() - started) * 1000)
+        code = response.status_code
+        if code == 429:
+            raise RateLimited(f"HTTP 429 {_reason(response)}", gateway=self.name, status=code,
+                              retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        if code == 504:
+            raise AmbiguousError(f"HTTP 504 {_reason(response)}", gateway=self.name, status=code)
+        if code == 408 or code >= 500:
+            raise GatewayUnavailable(f"HTTP {code} {_reason(response)}", gateway=self.name, status=code,
+                                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                                     maybe_sent=code in MAYBE_PROCESSED)
+        return response
+
+    def json(self, response: requests.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            raise GatewayRejected(f"HTTP {response.status_code}: body is not JSON",
+                                  gateway=self.name, status=response.status_code) from None
+        return body if isinstance(body, dict) else {"data": body}
+
+
+def _never_connected(error: requests.ConnectionError) -> bool:
+    """True when the request provably never left: refused, unreachable or unresolvable."""
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (NewConnectionError, NameResolutionError, ConnectionRefusedError)):
+            return True
+        cause = getattr(cause, "reason", None) or cause.__context__ or cause.__cause__
+        if cause is None and error.args and isinstance(error.args[0], BaseException):
+            cause = error.args[0]
+    return False
+
+
+def _short(error: Exception) -> str:
+    return str(error)[:200]
+
+
+def _reason(response: requests.Response) -> str:
+    return (response.reason or "").strip()
+
+
+__all__ = ["Acceptance", "Balance", "DeliveryReport", "Gateway", "GatewayError", "HttpGateway",
+           "ItemResult", "Lookup", "OutboundSms"]

@@ -1,0 +1,210 @@
+"""Message records: one Redis hash per message plus a list of its status changes.
+
+A record is the answer to "what happened to message X?": it outlives Celery's result backend
+(which expires results after a day) and is written by the same code path that talks to gateways.
+Every write takes an optional pipeline so a caller can group it with a ledger change atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Any
+
+import redis
+
+from .keys import Keys
+
+
+class MessageStatus(str, Enum):
+    QUEUED = "queued"          # published by a producer, not yet picked up
+    SENDING = "sending"        # a worker holds the claim and is talking to the gateway
+    RETRYING = "retrying"      # a transient error; a retry is scheduled
+    ACCEPTED = "accepted"      # the gateway took it; delivery not yet known
+    DELIVERED = "delivered"    # the gateway reported delivery
+    FAILED = "failed"          # terminal: not sent, with a reason
+    UNKNOWN = "unknown"        # terminal for us: it may or may not have been sent; a person must look
+    EXPIRED = "expired"        # accepted, but no delivery report came within STATUS_EXPIRY
+
+    @property
+    def terminal(self) -> bool:
+        return self in (MessageStatus.DELIVERED, MessageStatus.FAILED, MessageStatus.UNKNOWN,
+                        MessageStatus.EXPIRED)
+
+
+#: Fields returned to callers as the task result (the public contract of smsdispatch.send_sms).
+RESULT_FIELDS = ("message_id", "status", "gateway", "gateway_message_id", "attempts",
+                 "idempotency_key", "segments", "error")
+
+# Move an accepted message to its delivery outcome; never backwards, never twice.
+# KEYS: record, history, inflight; ARGV: message id, new status, now, history entry, field/value pairs...
+_ADVANCE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'accepted' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Create the record only if it is absent, so a duplicate producer never rewinds a sent message.
+# KEYS[1] record hash, KEYS[2] history list, KEYS[3] pending index; ARGV[1] ttl (0 = keep), ARGV[2]
+# history entry JSON, ARGV[3] sweep deadline ('' = none), ARGV[4] message id, ARGV[5..] field/value
+# pairs. Returns 1 when created, 0 when the record already existed.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return 1
+"""
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+class Records:
+    def __init__(self, client: redis.Redis, keys: Keys, *, ttl: int = 0, queued_grace: float | None = None,
+                 active_grace: float | None = None) -> None:
+        """With the graces, messages not yet settled are indexed (sms:pending) with the time after
+        which the sweeper should look at them: `queued_grace` after queueing, `active_grace` after
+        the last attempt (sending/retrying)."""
+        self.redis = client
+        self.keys = keys
+        self.ttl = ttl
+        self.queued_grace, self.active_grace = queued_grace, active_grace
+        self._create = client.register_script(_CREATE)
+        self._advance = client.register_script(_ADVANCE)
+
+    def create(self, message_id: str, fields: dict[str, Any], *, note: str = "", not_before: float | None = None) -> bool:
+        """Write a new `queued` record; a no-op (False) when the message already has one. A message
+        published with an ETA (`not_before`) is not due to the sweeper before its ETA + the grace."""
+        at = now()
+        fields = {"message_id": message_id, "status": MessageStatus.QUEUED.value,
+                  "created_at": at, "updated_at": at, "attempts": 0, **fields}
+        entry = _entry(MessageStatus.QUEUED, at, note)
+        flat = [x for kv in _encode(fields).items() for x in kv]
+        keys = [self.keys.message(message_id), self.keys.history(message_id), self.keys.pending()]
+        deadline = max(at, not_before or 0) + self.queued_grace if self.queued_grace is not None else ""
+        return bool(self._create(keys=keys, args=[self.ttl, entry, deadline, message_id, *flat]))
+
+    def update(self, message_id: str, status: MessageStatus, *, note: str = "",
+               pipe: redis.client.Pipeline | None = None, **fields: Any) -> None:
+        """Set the status (and any fields) and append the change to the history."""
+        at = now()
+        p = pipe if pipe is not None else self.redis.pipeline(transaction=True)
+        key, hist = self.keys.message(message_id), self.keys.history(message_id)
+        p.hset(key, mapping=_encode({"message_id": message_id, "status": status.value,
+                                     "updated_at": at, **fields}))
+        p.hsetnx(key, "created_at", at)
+        p.rpush(hist, _entry(status, at, note, fields.get("error")))
+        if status is MessageStatus.ACCEPTED:      # awaiting a delivery report: the poller's work list
+            p.hsetnx(key, "accepted_at", at)
+            p.zadd(self.keys.inflight(), {message_id: at}, nx=True)
+            if fields.get("gateway_message_id"):   # webhooks that carry only the gateway's id find us
+                p.set(self.keys.gateway_id(fields["gateway_message_id"]), message_id, ex=self.ttl or None)
+        elif status.terminal:
+            p.zrem(self.keys.inflight(), message_id)
+        grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
+                 MessageStatus.RETRYING: self.active_grace}.get(status)
+        if grace is not None:
+            p.zadd(self.keys.pending(), {message_id: at + grace})
+        elif self.active_grace is not None:
+            p.zrem(self.keys.pending(), message_id)
+        if self.ttl:
+            p.expire(key, self.ttl)
+            p.expire(hist, self.ttl)
+        if pipe is None:
+            p.execute()
+
+    def advance(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> bool:
+        """accepted → delivered / failed / expired, atomically; False if the message is not (or no
+        longer) `accepted`, so an old report can never undo a newer one."""
+        at = now()
+        flat = [x for kv in _encode(fields).items() for x in kv]
+        return bool(self._advance(
+            keys=[self.keys.message(message_id), self.keys.history(message_id), self.keys.inflight()],
+            args=[message_id, status.value, at, _entry(status, at, note, fields.get("error")), *flat]))
+
+    def by_gateway_id(self, gateway_message_id: str) -> str | None:
+        found = self.redis.get(self.keys.gateway_id(gateway_message_id))
+        return found.decode() if found else None
+
+    def increment(self, message_id: str, field: str) -> int:
+        """Count one more `attempts` (gateway sends) or `lookups` (reconciliation queries)."""
+        return int(self.redis.hincrby(self.keys.message(message_id), field, 1))
+
+    def reopen(self, message_id: str, *, note: str) -> None:
+        """A new submission of a message whose attempts ran out: count its attempts afresh."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.message(message_id), mapping={"attempts": 0, "lookups": 0})
+        self.update(message_id, MessageStatus.QUEUED, note=note, pipe=pipe)
+        pipe.execute()
+
+    def get(self, message_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.keys.message(message_id))
+        return _decode(raw) if raw else None
+
+    def history(self, message_id: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.redis.lrange(self.keys.history(message_id), 0, -1)]
+
+    def result(self, message_id: str) -> dict[str, Any] | None:
+        """The public result dict (RESULT_FIELDS) of a record."""
+        record = self.get(message_id)
+        if record is None:
+            return None
+        return {f: record.get(f) for f in RESULT_FIELDS}
+
+    def push_dead_letter(self, message_id: str, pipe: redis.client.Pipeline | None = None) -> None:
+        (pipe if pipe is not None else self.redis).rpush(self.keys.dead_letters(), message_id)
+
+    def dead_letters(self) -> list[str]:
+        return [x.decode() for x in self.redis.lrange(self.keys.dead_letters(), 0, -1)]
+
+
+def _entry(status: MessageStatus, at: float, note: str, error: dict | None = None) -> str:
+    entry: dict[str, Any] = {"status": status.value, "at": at}
+    if note:
+        entry["note"] = note
+    if error:
+        entry["error"] = error
+    return json.dumps(entry, ensure_ascii=False)
+
+
+# Hash values are strings; structured fields are stored as JSON and typed fields converted back.
+_JSON_FIELDS = {"error", "metadata", "payload", "options"}
+_INT_FIELDS = {"attempts", "segments", "lookups"}
+_FLOAT_FIELDS = {"created_at", "updated_at", "accepted_at"}
+
+
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in fields.items():
+        if k in _JSON_FIELDS:
+            out[k] = json.dumps(v, ensure_ascii=False)
+        elif isinstance(v, Enum):
+            out[k] = v.value
+        else:
+            out[k] = "" if v is None else str(v)
+    return out
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key, val = k.decode(), v.decode()
+        if key in _JSON_FIELDS:
+            out[key] = json.loads(val) if val else None
+        elif key in _INT_FIELDS:
+            out[key] = int(val) if val else 0
+        elif key in _FLOAT_FIELDS:
+            out[key] = float(val) if val else None
+        else:
+            out[key] = val or None
+    return out

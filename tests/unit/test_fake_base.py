@@ -1,0 +1,237 @@
+"""FakeGateway (smsdispatch/fakes/base.py) through a tiny echo protocol defined here, against a real HTTP client."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from smsdispatch.fakes.base import Accepted, FakeGateway, Reply, Request, parse_body
+
+SEND = "/send"
+
+
+class EchoFake(FakeGateway):
+    """POST /v1/send {to, text, ref?, call?} -> {"id"}; GET /v1/echo -> what the fake saw; GET /v1/boom -> a bug."""
+
+    prefix = "/v1"
+    send_path = SEND
+    name = "echo"
+
+    def error_body(self, status: int, message: str) -> dict:
+        return {"err": {"code": status, "text": message}}
+
+    def route(self, req: Request) -> Reply:
+        if (req.method, req.path) == ("GET", "/echo"):
+            return Reply(200, {"query": req.query, "fields": req.fields, "bearer": req.bearer,
+                               "basic": list(req.basic) if req.basic else None})
+        if (req.method, req.path) == ("GET", "/boom"):
+            return Reply(200, {"x": 1 // 0})
+        if (req.method, req.path) != ("POST", SEND):
+            raise Reply(404, self.error_body(404, "no such route"))
+        to = str(req.fields.get("to", "")).lstrip("+")
+        if to in self.rejected:
+            raise Reply(400, self.error_body(400, "rejected"))
+        if not self.charge(self.price):
+            raise Reply(402, self.error_body(402, "no money"))
+        entry = self.record(Accepted(uuid.uuid4().hex, to, str(req.fields.get("text", "")), None,
+                                     req.fields.get("ref"), req.fields.get("call"), "queued", time.monotonic()))
+        return Reply(200, {"id": entry.gateway_message_id})
+
+
+@pytest.fixture
+def fake():
+    with EchoFake(price=10, balance=1000) as f:
+        yield f
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as s:
+        yield s
+
+
+def send(fake, http, timeout=5.0, **fields) -> requests.Response:
+    body = {"to": "+27000000001", "text": "hi", **fields}
+    return http.post(f"{fake.base_url}{SEND}", json=body, timeout=timeout)
+
+
+def test_record_accepted_and_accepted_for(fake, http):
+    first = send(fake, http, ref="r1", call="c1")
+    send(fake, http, to="27000000002", ref="r2", call="c1")
+    assert first.status_code == 200 and fake.base_url.endswith("/v1")
+    a, b = fake.accepted
+    assert (a.gateway_message_id, a.to, a.text, a.client_ref, a.call_ref) == (first.json()["id"], "27000000001",
+                                                                              "hi", "r1", "c1")
+    assert fake.accepted_for(to="+27000000001") == [a] and fake.accepted_for(to="27000000002") == [b]
+    assert fake.accepted_for(client_ref="r2") == [b] and fake.accepted_for(call_ref="c1") == [a, b]
+    assert fake.accepted_for(call_ref="c1", client_ref="r1") == [a] and fake.accepted_for(client_ref="zz") == []
+    assert fake.balance == 980
+    fake.accepted.clear()  # a copy: the fake's list is untouched
+    assert len(fake.accepted) == 2
+
+
+def test_charge_refuses_without_deducting(fake, http):
+    fake.balance = 15
+    assert send(fake, http).status_code == 200
+    r = send(fake, http)
+    assert r.status_code == 402 and r.json() == {"err": {"code": 402, "text": "no money"}}
+    assert fake.balance == 5 and len(fake.accepted) == 1
+
+
+def test_fail_next_uses_error_body_and_records_fields(fake, http):
+    fake.fail_next(2)
+    r = send(fake, http, ref="f1")
+    assert r.status_code == 500 and r.json() == {"err": {"code": 500, "text": "server error"}}
+    assert send(fake, http, ref="f2").status_code == 500 and send(fake, http, ref="f3").status_code == 200
+    assert [(rec.status, rec.fields["ref"]) for rec in fake.requests_log] == [(500, "f1"), (500, "f2"), (200, "f3")]
+    assert [a.client_ref for a in fake.accepted] == ["f3"]
+
+
+def test_fail_next_custom_answer_other_path_and_any_path(fake, http):
+    fake.fail_next(status=418, body="teapot", headers={"X-Why": "because"}, path="/v1/echo")  # prefix accepted
+    assert send(fake, http).status_code == 200  # a fault on another path leaves send alone
+    r = http.get(f"{fake.base_url}/echo", timeout=5)
+    assert (r.status_code, r.text, r.headers["X-Why"]) == (418, "teapot", "because")
+    assert r.headers["Content-Type"].startswith("text/plain")
+    fake.fail_next(status=503, path="*")
+    assert http.get(f"{fake.base_url}/echo", timeout=5).status_code == 503
+    assert http.get(f"{fake.base_url}/echo", timeout=5).status_code == 200
+
+
+def test_rate_limit_next(fake, http):
+    fake.rate_limit_next(2, retry_after=2.5)
+    r = send(fake, http)
+    assert r.status_code == 429 and r.headers["Retry-After"] == "3"  # whole seconds, rounded up
+    assert r.json() == {"err": {"code": 429, "text": "Too many requests"}}
+    assert send(fake, http).status_code == 429 and send(fake, http).status_code == 200
+    fake.rate_limit_next(retry_after="7")
+    assert send(fake, http).headers["Retry-After"] == "7"
+    assert len(fake.accepted) == 1
+
+
+def test_hang_accepted_records_then_answers_late_and_stop_cuts_it_short(fake, http):
+    fake.hang_next(seconds=2, accept=True)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(fake, http, timeout=(5, 0.3), ref="amb")
+    assert [a.client_ref for a in fake.accepted] == ["amb"]  # routed before the hang
+    assert fake.requests_log[-1].status is None  # still hanging
+    started = time.monotonic()
+    fake.stop()
+    fake.stop()  # idempotent
+    assert time.monotonic() - started < 1.5
+    assert fake.wait_for(lambda f: f.requests_log[-1].status == 200, timeout=1.0)
+
+
+def test_hang_not_accepted_routes_nothing_and_answers_503_late(fake, http):
+    fake.hang_next(seconds=2, accept=False)
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(fake, http, timeout=(5, 0.3), ref="slow")
+    assert fake.wait_for(lambda f: f.requests_log[-1].status == 503, timeout=5)
+    assert time.monotonic() - started >= 1.9
+    assert fake.accepted == [] and fake.requests_log[-1].fields["ref"] == "slow"
+
+
+def test_refuse_and_accept_connections_on_the_same_port(fake, http):
+    port = fake.port
+    assert send(fake, http).status_code == 200  # the session now holds a keep-alive connection
+    fake.refuse_connections()
+    with pytest.raises(requests.ConnectionError):
+        send(fake, http)
+    fake.accept_connections()
+    assert fake.port == port and send(fake, http).status_code == 200
+    assert len(fake.accepted) == 2
+
+
+def test_set_status_by_any_reference(fake, http):
+    gid = send(fake, http, ref="s1", call="call-9").json()["id"]
+    send(fake, http, ref="s2")
+    assert [a.client_ref for a in fake.set_status(gid, "sent")] == ["s1"]
+    assert fake.accepted_for(client_ref="s1")[0].status == "sent"
+    fake.set_status("s2", "delivered")
+    fake.set_status("call-9", "failed")
+    assert [a.status for a in fake.accepted] == ["failed", "delivered"]
+    with pytest.raises(KeyError):
+        fake.set_status("nope", "x")
+
+
+def test_reject_recipients(fake, http):
+    fake.reject_recipients("+27000000001")
+    assert fake.rejected == {"27000000001"}
+    assert send(fake, http).status_code == 400 and send(fake, http, to="27000000002").status_code == 200
+    assert [a.to for a in fake.accepted] == ["27000000002"]
+
+
+def test_reset_forgets_everything_but_balance_and_port(fake, http):
+    port = fake.port
+    send(fake, http)
+    http.get(f"{fake.base_url}/boom", timeout=5)
+    fake.fail_next(path="*")
+    fake.reject_recipients("27000000001")
+    fake.reset()
+    assert (fake.accepted, fake.requests_log, fake.errors, fake.rejected) == ([], [], [], set())
+    assert send(fake, http).status_code == 200  # the fault is gone, and so is the rejection
+    assert fake.port == port and fake.balance == 980
+
+
+def test_wait_for_is_woken_by_requests_and_changes(fake, http):
+    thread = threading.Thread(target=send, args=(fake, http), kwargs={"ref": "bg"})
+    thread.start()
+    assert fake.wait_for(lambda f: len(f.accepted_for(client_ref="bg")) == 1, timeout=5)
+    thread.join()
+    setter = threading.Timer(0.05, fake.set_status, args=("bg", "delivered"))
+    setter.start()
+    assert fake.wait_for(lambda f: f.accepted[0].status == "delivered", timeout=5)
+    setter.join()
+    assert fake.wait_for(lambda f: f.count(SEND) == 2, timeout=0.05) is False
+
+
+def test_count_by_path_and_method(fake, http):
+    send(fake, http)
+    http.get(f"{fake.base_url}{SEND}", timeout=5)  # wrong method: 404 from the protocol, still counted
+    assert fake.count(SEND) == 2 and fake.count("/v1/send") == 2
+    assert fake.count(SEND, "post") == 1 and fake.count(SEND, "GET") == 1 and fake.count("/echo") == 0
+
+
+def test_headers_query_and_auth_are_seen(fake, http):
+    r = http.get(f"{fake.base_url}/echo?a=1&a=2&b=", headers={"X-Custom-Thing": "V", "Authorization": "Bearer t0k"},
+                 timeout=5)
+    assert r.json()["query"] == {"a": "2", "b": ""} and r.json()["bearer"] == "t0k"
+    rec = fake.requests_log[-1]
+    assert rec.headers["x-custom-thing"] == "V" and "X-Custom-Thing" not in rec.headers
+    assert (rec.path, rec.query) == ("/echo", "a=1&a=2&b=")
+    basic = http.get(f"{fake.base_url}/echo", auth=("client", "se:cret"), timeout=5).json()
+    assert basic["basic"] == ["client", "se:cret"] and basic["bearer"] is None
+
+
+def test_outside_the_prefix_is_404_and_not_routed(fake, http):
+    root = fake.base_url.removesuffix("/v1")
+    r = http.post(f"{root}{SEND}", json={"to": "27000000001", "text": "x"}, timeout=5)
+    assert r.status_code == 404 and r.json() == {"err": {"code": 404, "text": "Not found"}}
+    assert fake.accepted == [] and fake.requests_log[-1].fields == {"to": "27000000001", "text": "x"}
+
+
+def test_bodies_json_form_multipart_and_malformed(fake, http):
+    url = f"{fake.base_url}/echo"
+    assert http.get(url, data={"k": "v"}, timeout=5).json()["fields"] == {"k": "v"}
+    assert http.get(url, files={"k": (None, "v")}, timeout=5).json()["fields"] == {"k": "v"}
+    assert http.get(url, json=[1, 2], timeout=5).json()["fields"] == {"_json": [1, 2]}
+    r = http.get(url, data=b"{nope", headers={"Content-Type": "application/json"}, timeout=5)
+    assert r.status_code == 400 and r.json() == {"err": {"code": 400, "text": "Malformed JSON body"}}
+    assert parse_body("", b'{"a": 1}') == {"a": 1} and parse_body("text/plain", b"  ") == {}
+
+
+def test_a_bug_in_the_fake_is_a_500_with_its_traceback(fake, http):
+    r = http.get(f"{fake.base_url}/boom", timeout=5)
+    assert r.status_code == 500 and r.json() == {"err": {"code": 500, "text": "server error"}}
+    assert len(fake.errors) == 1 and "ZeroDivisionError" in fake.errors[0]
+
+
+def test_expire_token_without_tokens(fake):
+    assert fake.has_tokens is False
+    with pytest.raises(NotImplementedError, match="echo has no tokens"):
+        fake.expire_token()

@@ -1,0 +1,60 @@
+from smsdispatch.keys import Keys
+from smsdispatch.records import MessageStatus, Records
+
+
+def test_create_then_update_keeps_a_history_and_typed_fields(redis_client):
+    records = Records(redis_client, Keys("t"), ttl=100)
+    assert records.create("m1", {"task_id": "t", "payload": {"to": "+1"}})
+    records.update("m1", MessageStatus.FAILED, note="why", error={"code": "x", "message": "y"}, segments=2)
+    rec = records.get("m1")
+    assert rec["status"] == "failed" and rec["segments"] == 2 and rec["attempts"] == 0
+    assert rec["error"] == {"code": "x", "message": "y"} and rec["payload"] == {"to": "+1"}
+    assert isinstance(rec["created_at"], float)
+    hist = records.history("m1")
+    assert [h["status"] for h in hist] == ["queued", "failed"] and hist[1]["note"] == "why"
+    assert 0 < redis_client.ttl(Keys("t").message("m1")) <= 100
+    assert 0 < redis_client.ttl(Keys("t").history("m1")) <= 100
+
+
+def test_create_is_a_no_op_when_the_record_exists(redis_client):
+    records = Records(redis_client, Keys("t"))
+    records.create("m1", {})
+    records.update("m1", MessageStatus.ACCEPTED)
+    assert not records.create("m1", {"task_id": "other"})
+    assert records.get("m1")["status"] == "accepted" and records.get("m1").get("task_id") is None
+    assert redis_client.ttl(Keys("t").message("m1")) == -1   # ttl 0 = keep
+
+
+def test_result_has_exactly_the_public_fields(redis_client):
+    records = Records(redis_client, Keys("t"))
+    records.create("m1", {"to": "+998901234567"})
+    assert set(records.result("m1")) == {"message_id", "status", "gateway", "gateway_message_id",
+                                         "attempts", "idempotency_key", "segments", "error"}
+    assert records.result("nope") is None
+
+
+def test_terminal_statuses():
+    assert {s for s in MessageStatus if s.terminal} == {MessageStatus.DELIVERED, MessageStatus.FAILED,
+                                                         MessageStatus.UNKNOWN, MessageStatus.EXPIRED}
+
+
+def test_accepted_messages_join_the_inflight_index_and_leave_it_when_settled(redis_client):
+    keys = Keys("t")
+    records = Records(redis_client, keys)
+    records.update("m1", MessageStatus.ACCEPTED, gateway_message_id="g1")
+    records.update("m2", MessageStatus.ACCEPTED)
+    assert set(redis_client.zrange(keys.inflight(), 0, -1)) == {b"m1", b"m2"}
+    assert records.get("m1")["accepted_at"] is not None
+    records.update("m2", MessageStatus.FAILED)
+    assert redis_client.zrange(keys.inflight(), 0, -1) == [b"m1"]
+
+
+def test_advance_only_moves_accepted_messages_forward(redis_client):
+    records = Records(redis_client, Keys("t"))
+    records.update("m1", MessageStatus.ACCEPTED)
+    assert records.advance("m1", MessageStatus.DELIVERED, note="DELIVRD", raw_status="DELIVRD")
+    assert records.get("m1")["status"] == "delivered" and records.get("m1")["raw_status"] == "DELIVRD"
+    assert not records.advance("m1", MessageStatus.FAILED)          # a stale report cannot undo it
+    assert not records.advance("never-accepted", MessageStatus.DELIVERED)
+    assert [h["status"] for h in records.history("m1")] == ["accepted", "delivered"]
+    assert redis_client.zcard(Keys("t").inflight()) == 0
