@@ -1,0 +1,445 @@
+"""Batches: many messages in one request, stored in Redis and worked off in chunks.
+
+    producer   store(): the entries go to Redis as JSON chunks (BATCH_CHUNK_SIZE entries each) and a
+               batch hash with zeroed counts; only the batch id travels in the task message.
+    send_batch (task) publishes one send_chunk task per chunk.
+    send_chunk (task) run_chunk(): validate each entry; claim every key in one pipeline; reconcile
+               what may have been sent; group the rest into the gateway's native batch calls (one text
+               per call where the gateway needs it, at most max_batch numbers); send the calls
+               concurrently over the gateway's pooled session; record each message and count it once.
+
+A chunk does a fixed handful of Redis round trips whatever its size, and its gateway calls are bounded
+by the HTTP timeouts, so no task carries a large message or runs anywhere near the visibility timeout.
+
+Every entry is its own message with its own idempotency key: the entry's `idempotency_key`, else
+"<batch key>:<index>" (batch key = the batch's idempotency_key, else its batch_id). Re-submitting a
+batch (same batch_id or idempotency_key) therefore sends only what was not sent: accepted entries are
+answered from their records, and entries whose retries ran out get a fresh try.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dispatch import Dispatcher, message_id_for
+from .errors import AmbiguousError, GatewayError, PermanentError, ValidationError
+from .gateways.base import Gateway, ItemResult, OutboundSms
+from .ledger import Claim, ClaimResult
+from .message import SendRequest
+from .records import MessageStatus, now
+
+log = logging.getLogger("smsdispatch.batch")
+
+MAX_BATCH_MESSAGES = 1_000_000
+ENTRY_FIELDS = ("to", "text", "metadata")       # besides idempotency_key; anything else is refused
+CALL_THREADS = 8
+CALL_REF_NAMESPACE = uuid.UUID("0b7e4c1e-52a4-4c55-8a8b-6f3e2d6a9c11")
+
+# Count one message's outcome once per submission, and close the batch when everything is counted.
+# KEYS[1] batch hash, KEYS[2] seen hash; ARGV[1] message id, ARGV[2] outcome field, ARGV[3] now.
+_COUNT = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local c = redis.call('HMGET', KEYS[1], 'total', 'accepted', 'failed', 'unknown')
+if tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) >= tonumber(c[1]) then
+  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[3])
+end
+return 1
+"""
+
+_OUTCOME_FIELD = {MessageStatus.ACCEPTED: "accepted", MessageStatus.DELIVERED: "accepted",
+                  MessageStatus.FAILED: "failed", MessageStatus.UNKNOWN: "unknown"}
+
+
+def batch_id_for(batch_id: object, idempotency_key: object, task_id: str) -> str:
+    """The caller's batch id, else one derived from the batch's idempotency key, else the task id."""
+    if isinstance(batch_id, str) and batch_id:
+        return batch_id
+    if isinstance(idempotency_key, str) and idempotency_key:
+        return str(uuid.uuid5(CALL_REF_NAMESPACE, f"batch:{idempotency_key}"))
+    return task_id
+
+
+@dataclass
+class _Item:
+    index: int
+    message_id: str
+    key: str
+    request: SendRequest
+    gateway: Gateway
+    sms: OutboundSms
+    fp: str
+    claim: ClaimResult | None = None
+    call_ref: str | None = None
+    attempts: int = 0
+    lookups: int = 0
+
+
+@dataclass
+class ChunkOutcome:
+    retry_in: float | None = None                   # some messages need another run
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Batches:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.d = dispatcher
+        self.settings = dispatcher.settings
+        self.redis = dispatcher.records.redis
+        self.keys = dispatcher.keys
+        self._count = self.redis.register_script(_COUNT)
+
+    # --- producer side ------------------------------------------------------------------------
+
+    def store(self, batch_id: str, messages: Any, *, gateway: str | None, sender: str | None,
+              idempotency_key: str | None, submission: str) -> int:
+        """Put a batch in Redis; returns its number of chunks. Raises ValidationError for a batch that
+        is not a list of 1..MAX_BATCH_MESSAGES entries (entries themselves are checked one by one later)."""
+        if not isinstance(messages, list) or not messages:
+            raise ValidationError("messages: must be a non-empty list of {to, text, idempotency_key?, metadata?}")
+        if len(messages) > MAX_BATCH_MESSAGES:
+            raise ValidationError(f"messages: at most {MAX_BATCH_MESSAGES:,} per batch (got {len(messages):,})")
+        size = self.settings.batch_chunk_size
+        try:
+            blobs = [json.dumps(messages[i:i + size], ensure_ascii=False) for i in range(0, len(messages), size)]
+        except (TypeError, ValueError) as e:
+            raise ValidationError(f"messages: not JSON-serialisable ({e})") from None
+        at = now()
+        batch, chunks = self.keys.batch(batch_id), self.keys.batch_chunks(batch_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(chunks)
+        for i in range(0, len(blobs), 50):
+            pipe.rpush(chunks, *blobs[i:i + 50])
+        pipe.delete(batch)
+        pipe.hset(batch, mapping={
+            "batch_id": batch_id, "total": len(messages), "chunks": len(blobs), "chunk_size": size,
+            "gateway": gateway or "", "sender": sender or "", "idempotency_key": idempotency_key or "",
+            "submission": submission, "status": "queued", "accepted": 0, "failed": 0, "unknown": 0,
+            "created_at": at})
+        if self.settings.record_ttl:
+            pipe.expire(batch, self.settings.record_ttl)
+            pipe.expire(chunks, self.settings.record_ttl)
+        pipe.execute()
+        return len(blobs)
+
+    def get(self, batch_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.keys.batch(batch_id))
+        if not raw:
+            return None
+        b = {k.decode(): v.decode() for k, v in raw.items()}
+        out: dict[str, Any] = {k: b.get(k) or None for k in ("batch_id", "status", "gateway", "idempotency_key")}
+        for k in ("total", "accepted", "failed", "unknown", "chunks"):
+            out[k] = int(b.get(k) or 0)
+        out["pending"] = out["total"] - out["accepted"] - out["failed"] - out["unknown"]
+        out["created_at"] = float(b["created_at"]) if b.get("created_at") else None
+        out["finished_at"] = float(b["finished_at"]) if b.get("finished_at") else None
+        return out
+
+    # --- worker side --------------------------------------------------------------------------
+
+    def run_chunk(self, batch_id: str, index: int, *, submission: str) -> ChunkOutcome:
+        meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.batch(batch_id)).items()}
+        blob = self.redis.lindex(self.keys.batch_chunks(batch_id), index)
+        if not meta or blob is None:
+            log.warning("batch %s chunk %s: not in Redis (expired?); nothing to do", batch_id, index)
+            return ChunkOutcome()
+        if meta.get("submission") != submission:
+            log.info("batch %s chunk %s: superseded by a newer submission", batch_id, index)
+            return ChunkOutcome()
+        out = ChunkOutcome()
+        base = index * int(meta["chunk_size"])
+        batch_key = meta.get("idempotency_key") or batch_id
+        items = self._validate(json.loads(blob), base, batch_key, meta, batch_id, submission, out)
+        to_send = self._claim(items, batch_id, submission, out)
+        to_send += self._reconcile([i for i in items if i.claim and i.claim.answer is Claim.RECONCILE],
+                                   batch_id, submission, out)
+        calls = self._plan_calls(self._drop_exhausted(to_send, batch_id, submission, out))
+        self._mark_sending(calls, batch_id, submission)
+        if calls:
+            with ThreadPoolExecutor(min(CALL_THREADS, len(calls))) as pool:
+                results = list(pool.map(self._call, calls))
+            for call, result in zip(calls, results, strict=True):
+                self._settle(call, result, batch_id, submission, out)
+        return out
+
+    def _validate(self, entries: list, base: int, batch_key: str, meta: dict, batch_id: str,
+                  submission: str, out: ChunkOutcome) -> list[_Item]:
+        items, rejected = [], []
+        for offset, entry in enumerate(entries):
+            n = base + offset
+            own_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
+            key = own_key if isinstance(own_key, str) and own_key else f"{batch_key}:{n}"
+            mid = message_id_for(key, "")
+            try:
+                if not isinstance(entry, dict):
+                    raise ValidationError("entry: must be an object {to, text, idempotency_key?, metadata?}")
+                kwargs = {k: v for k, v in entry.items() if k != "idempotency_key"}
+                extra = sorted(set(kwargs) - set(ENTRY_FIELDS))
+                if extra:
+                    raise ValidationError("; ".join(f"{k}: unexpected argument" for k in extra))
+                kwargs.update({k: meta[k] for k in ("gateway", "sender") if meta.get(k)})
+                request, gateway, sms, fp = self.d.prepare(kwargs, mid)
+            except ValidationError as e:
+                rejected.append((mid, key, str(e), "validation"))
+                continue
+            refusal = self.d.balance_refusal(gateway.name)
+            if refusal:
+                rejected.append((mid, key, refusal, "insufficient_balance"))
+                continue
+            items.append(_Item(n, mid, f"key:{key}", request, gateway, sms, fp))
+        for mid, key, reason, code in rejected:
+            result = self.d.reject(mid, submission, {"idempotency_key": key}, code, f"batch {batch_id} entry: {reason}")
+            self._count_one(batch_id, submission, result["message_id"], MessageStatus.FAILED, out)
+        return items
+
+    def _claim(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
+        ledger, t = self.d.ledger, self.d.clock()
+        pipe = self.redis.pipeline(transaction=False)
+        owners = [ledger.claim(i.key, fp=i.fp, message_id=i.message_id, now=t, submission=submission, pipe=pipe)
+                  for i in items]
+        for item, reply, owner in zip(items, pipe.execute(), owners, strict=True):
+            item.claim = ledger.parse(reply, owner)
+        done = [i for i in items if i.claim.answer is Claim.DONE]
+        if done:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in done:
+                pipe.hget(self.keys.message(i.message_id), "status")
+            for i, status in zip(done, pipe.execute(), strict=True):
+                self._count_one(batch_id, submission, i.message_id,
+                                MessageStatus(status.decode()) if status else MessageStatus.UNKNOWN, out)
+        for i in items:
+            if i.claim.answer is Claim.CONFLICT:
+                reason = (f"batch {batch_id} entry {i.index}: idempotency key already used by message "
+                          f"{i.claim.message_id} with a different payload; nothing sent")
+                result = self.d.reject(f"{batch_id}-{i.index}", submission, {}, "idempotency_conflict", reason)
+                self._count_one(batch_id, submission, result["message_id"], MessageStatus.FAILED, out)
+            elif i.claim.answer is Claim.BUSY:
+                out.retry_in = min(out.retry_in or 2.0, 2.0)       # someone else is sending it now
+            elif i.claim.answer is Claim.REOPENED:
+                self.d.records.reopen(i.message_id, note="batch resubmitted after retries_exhausted")
+        return [i for i in items if i.claim.answer in (Claim.CLAIMED, Claim.REOPENED)]
+
+    def _load_state(self, items: list[_Item]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in items:
+            pipe.hmget(self.keys.message(i.message_id), "attempts", "lookups", "call_ref")
+        for i, (attempts, lookups, call_ref) in zip(items, pipe.execute(), strict=True):
+            i.attempts, i.lookups = int(attempts or 0), int(lookups or 0)
+            i.call_ref = call_ref.decode() if call_ref else None
+
+    def _reconcile(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
+        """Messages a dead worker or a lost answer may have sent: look them up (by call where the
+        gateway can), repeat the call where it dedupes, otherwise end them `unknown`."""
+        if not items:
+            return []
+        self._load_state(items)
+        resend: list[_Item] = []
+        groups: dict[tuple[str, str | None], list[_Item]] = defaultdict(list)
+        for i in items:
+            if i.gateway.can_lookup:
+                groups[(i.gateway.name, i.call_ref)].append(i)
+            elif i.gateway.can_dedupe:
+                resend.append(i)
+            else:
+                self._finish(batch_id, submission, out, [(i, MessageStatus.UNKNOWN, {"error": _error(
+                    "unknown", f"an earlier call to {i.gateway.name} may have been accepted and it cannot "
+                               f"look messages up; not resent to avoid a duplicate")})])
+        for (_, call_ref), group in groups.items():
+            gw = group[0].gateway
+            try:
+                found = gw.lookup_batch([i.sms for i in group], call_ref=call_ref,
+                                        since=min(i.claim.first_claimed_at for i in group))
+            except GatewayError as e:
+                self._lookup_failed(group, e, batch_id, submission, out)
+                continue
+            settled = []
+            for i in group:
+                hit = found.get(i.message_id)
+                if hit is not None and hit.found:
+                    settled.append((i, MessageStatus.ACCEPTED, {"gateway_message_id": hit.gateway_message_id,
+                                                                "error": None}))
+                else:
+                    resend.append(i)
+            self._finish(batch_id, submission, out, settled, note=f"reconciled: found at {gw.name}, not resent")
+        return resend
+
+    def _lookup_failed(self, group: list[_Item], e: GatewayError, batch_id: str, submission: str,
+                       out: ChunkOutcome) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in group:
+            pipe.hincrby(self.keys.message(i.message_id), "lookups", 1)
+        counts = pipe.execute()
+        give_up = [(i, MessageStatus.UNKNOWN, {"error": _error(
+            "unknown", f"may have been sent; {n} lookups at {i.gateway.name} failed, last: {e}")})
+            for i, n in zip(group, counts, strict=True) if n >= self.settings.max_attempts or
+            isinstance(e, PermanentError)]
+        self._finish(batch_id, submission, out, give_up)
+        gone = {id(g[0]) for g in give_up}
+        again = [i for i in group if id(i) not in gone]
+        self._release(again, ambiguous=True, error=e)
+        if again:
+            out.retry_in = _sooner(out.retry_in, self.d.backoff(max(counts), e))
+
+    def _drop_exhausted(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
+        if not items:
+            return []
+        self._load_state(items)
+        exhausted = [i for i in items if i.attempts >= self.settings.max_attempts]
+        self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(
+            "retries_exhausted", f"{self.settings.max_attempts} attempts failed")}) for i in exhausted],
+            dead_letter=True, reopenable=True)
+        return [i for i in items if i.attempts < self.settings.max_attempts]
+
+    def _mark_sending(self, calls: list[list[_Item]], batch_id: str, submission: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            for i in call:
+                i.attempts += 1
+                r = i.request
+                self.d.records.update(
+                    i.message_id, MessageStatus.SENDING, note=f"attempt {i.attempts} via {i.gateway.name}",
+                    pipe=pipe, attempts=i.attempts, call_ref=i.call_ref, to=r.to, text=r.text,
+                    gateway=i.gateway.name, requested_gateway=r.gateway, options=r.options,
+                    sender=r.sender, segments=r.segments,
+                    idempotency_key=i.key.split(":", 1)[1], task_id=submission, batch_id=batch_id,
+                    metadata=r.metadata)
+        pipe.execute()
+
+    def _plan_calls(self, items: list[_Item]) -> list[list[_Item]]:
+        """Group into native calls; a replayed call (same call_ref) keeps exactly its members."""
+        calls: list[list[_Item]] = []
+        by_gateway: dict[str, list[_Item]] = defaultdict(list)
+        for i in items:
+            by_gateway[i.gateway.name].append(i)
+        for group in by_gateway.values():
+            gw = group[0].gateway
+            if gw.max_batch == 1:
+                calls += [[i] for i in group]
+                continue
+            replays: dict[str, list[_Item]] = defaultdict(list)
+            fresh: dict[tuple, list[_Item]] = defaultdict(list)
+            for i in group:
+                if i.call_ref and gw.can_dedupe:
+                    replays[i.call_ref].append(i)
+                else:
+                    s = i.sms
+                    fresh[(s.text if gw.batch_same_text else None, s.sender, s.callback_url,
+                           json.dumps(s.options, sort_keys=True))].append(i)
+            calls += [sorted(members, key=lambda i: i.message_id) for members in replays.values()]
+            for members in fresh.values():
+                calls += _split(sorted(members, key=lambda i: i.message_id), gw.max_batch,
+                                unique_numbers=gw.batch_same_text)
+        for call in calls:
+            ref = call[0].call_ref if (call[0].call_ref and call[0].gateway.can_dedupe) else str(
+                uuid.uuid5(CALL_REF_NAMESPACE, "|".join(i.message_id for i in call)))
+            for i in call:
+                i.call_ref = ref
+        return calls
+
+    def _call(self, call: list[_Item]) -> list[ItemResult] | GatewayError:
+        gw = call[0].gateway
+        try:
+            if gw.max_batch == 1:
+                accepted = gw.send(call[0].sms)
+                return [ItemResult(call[0].message_id, accepted.gateway_message_id)]
+            return gw.send_batch([i.sms for i in call], call_ref=call[0].call_ref)
+        except GatewayError as e:
+            return e
+        except Exception as e:  # a bug or an unexpected library error: the call may have gone out
+            log.exception("batch call to %s failed unexpectedly", gw.name)
+            return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
+
+    def _settle(self, call: list[_Item], result: list[ItemResult] | GatewayError, batch_id: str,
+                submission: str, out: ChunkOutcome) -> None:
+        gw = call[0].gateway
+        if isinstance(result, list):
+            self._finish(batch_id, submission, out, [
+                (i, MessageStatus.ACCEPTED, {"gateway_message_id": r.gateway_message_id, "error": None})
+                if r.accepted else (i, MessageStatus.FAILED, {"error": _error(r.error.code, str(r.error))})
+                for i, r in zip(call, result, strict=True)])
+            return
+        e = result
+        if isinstance(e, PermanentError):
+            self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(e.code, str(e))})
+                                                     for i in call])
+            return
+        maybe_sent = isinstance(e, AmbiguousError) or (getattr(e, "maybe_sent", False) and gw.can_lookup)
+        if maybe_sent and not (gw.can_lookup or gw.can_dedupe):
+            self._finish(batch_id, submission, out, [(i, MessageStatus.UNKNOWN, {"error": _error(
+                "unknown", f"{e}; {gw.name} may have accepted it and cannot look messages up: not resent")})
+                for i in call])
+            return
+        exhausted = [i for i in call if i.attempts >= self.settings.max_attempts and not maybe_sent]
+        self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(
+            "retries_exhausted", f"{i.attempts} attempts failed (last: {e})")}) for i in exhausted],
+            dead_letter=True, reopenable=True)
+        gone = {id(i) for i in exhausted}
+        again = [i for i in call if id(i) not in gone]
+        self._release(again, ambiguous=maybe_sent and gw.can_lookup and not gw.can_dedupe, error=e)
+        if again:
+            out.retry_in = _sooner(out.retry_in, self.d.backoff(max(i.attempts for i in again), e))
+
+    # --- recording ----------------------------------------------------------------------------
+
+    def _release(self, items: list[_Item], *, ambiguous: bool, error: GatewayError) -> None:
+        if not items:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for i in items:
+            self.d.ledger.release(i.key, i.claim.owner, ambiguous=ambiguous, pipe=pipe)
+            self.d.records.update(i.message_id, MessageStatus.RETRYING, pipe=pipe, error=_error(error.code, str(error)),
+                                  note="retry scheduled" + ("; will check the gateway first" if ambiguous else ""))
+        pipe.execute()
+
+    def _finish(self, batch_id: str, submission: str, out: ChunkOutcome,
+                settled: list[tuple[_Item, MessageStatus, dict]], *, note: str = "", dead_letter: bool = False,
+                reopenable: bool = False) -> None:
+        """Terminal writes for many messages at once: record, ledger and count in one transaction."""
+        if not settled:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for i, status, fields in settled:
+            self.d.records.update(i.message_id, status, note=note, pipe=pipe, **fields)
+            self.d.ledger.complete(i.key, pipe=pipe, reopenable=reopenable)
+            if dead_letter:
+                self.d.records.push_dead_letter(i.message_id, pipe=pipe)
+            self._count_one(batch_id, submission, i.message_id, status, out, pipe=pipe)
+        pipe.execute()
+
+    def _count_one(self, batch_id: str, submission: str, message_id: str, status: MessageStatus,
+                   out: ChunkOutcome, pipe=None) -> None:
+        outcome = _OUTCOME_FIELD.get(status, "unknown")
+        out.counts[outcome] += 1
+        self._count(keys=[self.keys.batch(batch_id), self.keys.batch_seen(batch_id, submission)],
+                    args=[message_id, outcome, now()], client=pipe or self.redis)
+
+
+def _split(items: list[_Item], size: int, *, unique_numbers: bool) -> list[list[_Item]]:
+    """Calls of at most `size`; with unique_numbers a number appears once per call (the gateway
+    answers per number, so two messages to one number in one call could not be told apart)."""
+    calls: list[list[_Item]] = []
+    numbers: list[set[str]] = []
+    for i in items:
+        for call, seen in zip(calls, numbers, strict=True):
+            if len(call) < size and not (unique_numbers and i.sms.to in seen):
+                call.append(i)
+                seen.add(i.sms.to)
+                break
+        else:
+            calls.append([i])
+            numbers.append({i.sms.to})
+    return calls
+
+
+def _sooner(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}

@@ -1,0 +1,181 @@
+"""Reminders: an SMS to send at a given time, possibly days ahead, exactly once, cancellable.
+
+A reminder is written to Redis before anything else (a hash plus an entry in the `due` sorted set,
+scored by send_at), so it survives worker restarts and, with AOF, Redis restarts. It is *released*
+when it comes within the horizon: atomically moved from `due` to `inflight` and published as a
+`send_reminder` task with an ETA (beat does this every REMINDER_POLL_INTERVAL; `schedule` does it at
+once for a reminder already inside the horizon). Entries left in `inflight` by a crash between the
+move and the publish are moved back by the next release. Publishing twice is harmless: the send goes
+through the idempotency ledger under the reminder's key.
+
+States, each change one Lua script:
+
+    scheduled → releasing → queued → sending → done        (`finish`: the message settled; its
+        │           │          │                            result, accepted or failed, is kept)
+        └───────────┴──────────┴→ cancelled                 (`cancel`: True, and it never sends)
+                                  sending/done: `cancel` answers False (too late)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+from .errors import ValidationError
+from .keys import Keys
+from .message import parse_send
+
+NAMESPACE = uuid.UUID("3c1f5d0e-8f7a-4d3b-9c55-2a7e4b1d6f90")
+
+# KEYS: hash, due; ARGV: id, send_at, payload json, now. Returns 1 if stored, 0 if it already existed.
+_STORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'reminder_id', ARGV[1], 'send_at', ARGV[2], 'payload', ARGV[3],
+           'state', 'scheduled', 'created_at', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: due, inflight; ARGV: until (send_at <= until), now, limit, key prefix for hashes.
+# Moves due ids to inflight; returns {id, send_at, id, send_at, ...}.
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+for i = 1, #ids, 2 do
+  redis.call('ZREM', KEYS[1], ids[i])
+  redis.call('ZADD', KEYS[2], ARGV[2], ids[i])
+  redis.call('HSET', ARGV[4] .. ids[i], 'state', 'releasing')
+end
+return ids
+"""
+
+# KEYS: inflight, due; ARGV: older_than, key prefix. Puts stuck releases back in due.
+_RECOVER = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local h = ARGV[2] .. id
+  if redis.call('HGET', h, 'state') == 'releasing' then
+    redis.call('HSET', h, 'state', 'scheduled')
+    redis.call('ZADD', KEYS[2], redis.call('HGET', h, 'send_at'), id)
+  end
+end
+return #ids
+"""
+
+# KEYS: hash, inflight; ARGV: id. After publishing: releasing → queued.
+_PUBLISHED = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'state') == 'releasing' then redis.call('HSET', KEYS[1], 'state', 'queued') end
+return 1
+"""
+
+# KEYS: hash, due, inflight. Returns 1 cancelled (or already), 0 too late, -1 unknown id.
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
+if state == 'cancelled' then return 1 end
+if state == 'sending' or state == 'done' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'cancelled')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: hash. Returns the payload, or nil when cancelled/unknown. Idempotent for task retries.
+_BEGIN = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'cancelled' then return false end
+if state ~= 'done' then redis.call('HSET', KEYS[1], 'state', 'sending') end
+return redis.call('HGET', KEYS[1], 'payload')
+"""
+
+
+@dataclass(frozen=True)
+class Due:
+    reminder_id: str
+    send_at: float
+
+
+def parse_send_at(value: Any) -> float:
+    """A timezone-aware datetime, or an ISO 8601 string with an offset → epoch seconds."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError(f"send_at: {value!r} is not an ISO 8601 date-time") from None
+    if not isinstance(value, datetime):
+        raise ValidationError("send_at: must be a timezone-aware datetime or an ISO 8601 string with an offset")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValidationError("send_at: must be timezone-aware (e.g. 2026-12-01T09:00:00+05:00); "
+                              "a naive time would be read in some server's local zone")
+    return value.astimezone(timezone.utc).timestamp()
+
+
+class Reminders:
+    def __init__(self, client: redis.Redis, keys: Keys, *, default_region: str | None, ttl: int) -> None:
+        self.redis, self.keys, self.default_region, self.ttl = client, keys, default_region, ttl
+        self._store = client.register_script(_STORE)
+        self._claim_due = client.register_script(_CLAIM_DUE)
+        self._recover = client.register_script(_RECOVER)
+        self._published = client.register_script(_PUBLISHED)
+        self._cancel = client.register_script(_CANCEL)
+        self._begin = client.register_script(_BEGIN)
+
+    def schedule(self, kwargs: dict[str, Any], send_at: Any, *, now: float) -> tuple[str, float]:
+        """Validate (a bad number or text raises here, at the producer) and store a reminder;
+        returns (reminder_id, send_at). The same idempotency key gives the same reminder, once."""
+        when = parse_send_at(send_at)
+        parse_send({k: v for k, v in kwargs.items() if k != "gateway"}, default_region=self.default_region)
+        key = kwargs.get("idempotency_key")
+        reminder_id = str(uuid.uuid5(NAMESPACE, key)) if isinstance(key, str) and key else str(uuid.uuid4())
+        payload = dict(kwargs, idempotency_key=key or f"reminder:{reminder_id}")
+        self._store(keys=[self.keys.reminder(reminder_id), self.keys.reminders_due()],
+                    args=[reminder_id, max(when, now), json.dumps(payload, ensure_ascii=False), now])
+        if self.ttl:
+            self.redis.expire(self.keys.reminder(reminder_id), self.ttl + max(0, int(when - now)))
+        return reminder_id, when
+
+    def claim_due(self, *, until: float, now: float, limit: int = 1000) -> list[Due]:
+        """Atomically take the reminders due by `until` (two beats never take the same one)."""
+        flat = self._claim_due(keys=[self.keys.reminders_due(), self.keys.reminders_inflight()],
+                               args=[until, now, limit, self.keys.reminder("")])
+        return [Due(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    def published(self, reminder_id: str) -> None:
+        self._published(keys=[self.keys.reminder(reminder_id), self.keys.reminders_inflight()], args=[reminder_id])
+
+    def recover(self, *, older_than: float) -> int:
+        """Releases interrupted between claim and publish go back to `due`."""
+        return int(self._recover(keys=[self.keys.reminders_inflight(), self.keys.reminders_due()],
+                                 args=[older_than, self.keys.reminder("")]))
+
+    def cancel(self, reminder_id: str) -> bool:
+        answer = int(self._cancel(keys=[self.keys.reminder(reminder_id), self.keys.reminders_due(),
+                                        self.keys.reminders_inflight()], args=[reminder_id]))
+        if answer < 0:
+            raise ValidationError(f"no reminder {reminder_id}")
+        return bool(answer)
+
+    def begin_send(self, reminder_id: str) -> dict[str, Any] | None:
+        """The payload to send, or None if the reminder was cancelled (or never existed)."""
+        raw = self._begin(keys=[self.keys.reminder(reminder_id)])
+        return json.loads(raw) if raw else None
+
+    def finish(self, reminder_id: str, result: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.reminder(reminder_id),
+                        mapping={"state": "done", "message_id": result.get("message_id") or "",
+                                 "result": json.dumps(result, ensure_ascii=False)})
+
+    def get(self, reminder_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.keys.reminder(reminder_id))
+        if not raw:
+            return None
+        r = {k.decode(): v.decode() for k, v in raw.items()}
+        return {"reminder_id": r["reminder_id"], "state": r["state"], "send_at": float(r["send_at"]),
+                "message_id": r.get("message_id") or None,
+                "result": json.loads(r["result"]) if r.get("result") else None}

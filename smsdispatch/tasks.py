@@ -1,0 +1,194 @@
+"""Thin Celery tasks: hand the raw kwargs to the dispatcher, and retry when it says so.
+
+Task names are explicit and public: web apps may call them by name with ``app.send_task``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import Celery, Task
+from celery.utils import uuid
+
+from .batch import batch_id_for
+from .errors import ValidationError
+from .phone import mask
+
+if TYPE_CHECKING:
+    from .worker import Runtime
+
+SEND_SMS = "smsdispatch.send_sms"
+SEND_BATCH = "smsdispatch.send_batch"
+SEND_CHUNK = "smsdispatch.send_chunk"
+SEND_REMINDER = "smsdispatch.send_reminder"
+RELEASE_REMINDERS = "smsdispatch.release_due_reminders"
+POLL_STATUS = "smsdispatch.poll_delivery_status"
+POLL_BALANCE = "smsdispatch.poll_balance"
+SWEEP = "smsdispatch.sweep_stuck_messages"
+
+
+def register_tasks(app: Celery, runtime: Runtime) -> None:
+
+    class SendTask(Task):
+        def apply_async(self, args=None, kwargs=None, task_id=None, **options):
+            """Record the message as `queued` before publishing it (hazard 6 of the notes), and
+            show Flower a masked number instead of the real one."""
+            task_id = task_id or uuid()
+            kwargs = dict(kwargs or {})
+            if args:
+                kwargs.update(zip(("to", "text"), args, strict=False))
+                kwargs.update({"_extra_args": list(args[2:])} if len(args) > 2 else {})
+            runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
+            options.setdefault("kwargsrepr", _masked_repr(kwargs))
+            options.setdefault("argsrepr", "()")
+            return super().apply_async((), kwargs, task_id=task_id, **options)
+
+    @app.task(bind=True, base=SendTask, name=SEND_SMS, max_retries=None, typing=False, shared=False)
+    def send_sms(self, to=None, text=None, *extra, sender=None, gateway=None, idempotency_key=None,
+                 callback_url=None, metadata=None, options=None, **unexpected) -> dict[str, Any]:
+        """Send one SMS exactly once; returns {message_id, status, gateway, gateway_message_id,
+        attempts, idempotency_key, segments, error}. Bad input ends `failed` (code `validation`)."""
+        kwargs = {"to": to, "text": text, "sender": sender, "gateway": gateway, "idempotency_key": idempotency_key,
+                  "callback_url": callback_url, "metadata": metadata, "options": options}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None} | unexpected
+        if extra:
+            kwargs["_extra_args"] = list(extra)
+        try:
+            outcome = runtime.dispatcher.send(kwargs, task_id=self.request.id)
+        except redis.RedisError as e:
+            # Our store failed mid-way: nothing was decided for sure. Run again later; the ledger
+            # makes the rerun safe (a claim left behind is reconciled, never blindly resent).
+            raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
+        if outcome.retry_in is not None:
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        return outcome.result
+
+
+    class SendBatchTask(Task):
+        def apply_async(self, args=None, kwargs=None, task_id=None, **options):
+            """Store the entries in Redis before publishing: the task message carries only the batch id,
+            however large the batch. Raises ValidationError here, at the producer, for a malformed batch."""
+            task_id = task_id or uuid()
+            kwargs = dict(kwargs or {})
+            if args:
+                kwargs.setdefault("messages", args[0])
+            messages = kwargs.pop("messages", None)
+            kwargs["batch_id"] = batch_id_for(kwargs.get("batch_id"), kwargs.get("idempotency_key"), task_id)
+            if messages is not None:
+                runtime.batches.store(kwargs["batch_id"], messages, gateway=kwargs.get("gateway"),
+                                      sender=kwargs.get("sender"), idempotency_key=kwargs.get("idempotency_key"),
+                                      submission=task_id)
+            return super().apply_async((), kwargs, task_id=task_id, **options)
+
+    @app.task(bind=True, base=SendBatchTask, name=SEND_BATCH, max_retries=None, typing=False, shared=False)
+    def send_batch(self, messages=None, *extra, gateway=None, batch_id=None, sender=None, idempotency_key=None,
+                   **unexpected) -> dict[str, Any]:
+        """Send many messages, each its own message with its own key; returns the batch summary.
+        `messages` is a list of {to, text, idempotency_key?, metadata?}; `smsdispatch.get_batch(batch_id)`
+        follows progress. (Inline `messages` only arrive here when a client calls the task by name.)"""
+        batch_id = batch_id_for(batch_id, idempotency_key, self.request.id)
+        if extra or unexpected:
+            names = ", ".join([*(f"#{n + 2}" for n in range(len(extra))), *sorted(unexpected)])
+            return {"batch_id": batch_id, "status": "failed",
+                    "error": {"code": "validation", "message": f"unexpected arguments: {names}"}}
+        if messages is not None:
+            try:
+                runtime.batches.store(batch_id, messages, gateway=gateway, sender=sender,
+                                      idempotency_key=idempotency_key, submission=self.request.id)
+            except ValidationError as e:
+                return {"batch_id": batch_id, "status": "failed", "error": {"code": "validation", "message": str(e)}}
+        summary = runtime.batches.get(batch_id)
+        if summary is None:
+            return {"batch_id": batch_id, "status": "failed",
+                    "error": {"code": "validation", "message": "no such batch in Redis (expired or never stored)"}}
+        chunk_tasks = [send_chunk.apply_async(kwargs={"batch_id": batch_id, "index": index,
+                                                      "submission": self.request.id}).id
+                       for index in range(summary["chunks"])]
+        return summary | {"chunk_tasks": chunk_tasks}
+
+    @app.task(bind=True, name=SEND_CHUNK, max_retries=None, shared=False)
+    def send_chunk(self, batch_id: str, index: int, submission: str) -> dict[str, int]:
+        try:
+            outcome = runtime.batches.run_chunk(batch_id, index, submission=submission)
+        except redis.RedisError as e:
+            raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
+        if outcome.retry_in is not None:
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        return dict(outcome.counts)
+
+
+    @app.task(bind=True, name=SEND_REMINDER, max_retries=None, shared=False)
+    def send_reminder(self, reminder_id: str) -> dict[str, Any]:
+        """Send a released reminder, unless it was cancelled; its key makes a double release harmless."""
+        payload = runtime.reminders.begin_send(reminder_id)
+        if payload is None:
+            return {"reminder_id": reminder_id, "status": "cancelled"}
+        try:
+            outcome = runtime.dispatcher.send(payload, task_id=self.request.id)
+        except redis.RedisError as e:
+            raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
+        if outcome.retry_in is not None:
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        runtime.reminders.finish(reminder_id, outcome.result)
+        return outcome.result | {"reminder_id": reminder_id}
+
+    @app.task(name=RELEASE_REMINDERS, shared=False)
+    def release_due_reminders() -> int:
+        """Beat: publish the reminders that came within the horizon. Safe to run twice at once."""
+        return release_due(runtime, send_reminder, now=time.time())
+
+
+    @app.task(name=POLL_STATUS, shared=False)
+    def poll_delivery_status() -> dict[str, int]:
+        """Beat: ask gateways what became of accepted messages; expire the ones too old to wait for."""
+        return runtime.poller.poll_status(at=time.time())
+
+    @app.task(name=POLL_BALANCE, shared=False)
+    def poll_balance() -> dict[str, Any]:
+        """Beat: store every configured gateway's balance; alert below its threshold."""
+        return runtime.poller.poll_balance(at=time.time())
+
+
+    @app.task(name=SWEEP, shared=False)
+    def sweep_stuck_messages() -> int:
+        """Beat: publish again messages whose publish or task was lost (safe: the ledger decides)."""
+        again = runtime.poller.sweep(at=time.time())
+        for task_id, kwargs in again:
+            send_sms.apply_async(kwargs=kwargs, task_id=task_id)
+        return len(again)
+
+
+def release_due(runtime: Runtime, send_reminder: Task, *, now: float) -> int:
+    """Move due reminders to `inflight`, publish each with its ETA, mark it queued."""
+    reminders = runtime.reminders
+    reminders.recover(older_than=now - 60)
+    due = reminders.claim_due(until=now + runtime.settings.reminder_horizon, now=now)
+    for d in due:
+        eta = datetime.fromtimestamp(d.send_at, timezone.utc) if d.send_at > now else None
+        send_reminder.apply_async(kwargs={"reminder_id": d.reminder_id}, eta=eta)
+        reminders.published(d.reminder_id)
+    return len(due)
+
+
+def _not_before(options: dict[str, Any]) -> float | None:
+    """The epoch time an `eta=` or `countdown=` publish asks for, if any."""
+    eta, countdown = options.get("eta"), options.get("countdown")
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if isinstance(eta, datetime):
+        return (eta if eta.tzinfo else eta.replace(tzinfo=timezone.utc)).timestamp()
+    if countdown:
+        return time.time() + float(countdown)
+    return None
+
+
+def _masked_repr(kwargs: dict[str, Any]) -> str:
+    shown = {k: v for k, v in kwargs.items() if k not in ("to", "text")}
+    if "to" in kwargs:
+        shown["to"] = mask(kwargs["to"])
+    if isinstance(kwargs.get("text"), str):
+        shown["text"] = f"<{len(kwargs['text'])} chars>"
+    return repr(shown)

@@ -1,0 +1,116 @@
+"""The Celery app: ``celery -A smsdispatch.worker worker|beat|flower``.
+
+Importing this module reads settings from the environment (a bad one stops start-up with a
+ConfigError naming it) and builds the app; it opens no connection until a task is sent or run.
+Recommended worker: ``--pool threads --concurrency 20``: a send is I/O bound (one HTTP call), threads
+share one HTTP connection pool per gateway and one Redis pool, and use far less memory than prefork.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from .batch import Batches
+from .config import Settings, load_settings
+from .dispatch import Dispatcher
+from .polling import Poller
+from .redact import install as install_redaction
+from .reminders import Reminders
+from .tasks import POLL_BALANCE, POLL_STATUS, RELEASE_REMINDERS, SEND_REMINDER, SWEEP, register_tasks, release_due
+
+log = logging.getLogger("smsdispatch.worker")
+
+
+class Runtime:
+    """What tasks need at run time, built on first use in each process (never at import)."""
+
+    def __init__(self, settings: Settings, app: Celery) -> None:
+        self.settings = settings
+        self.app = app
+
+    @functools.cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+
+    @functools.cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.settings, self.redis)
+
+    @functools.cached_property
+    def batches(self) -> Batches:
+        return Batches(self.dispatcher)
+
+    @functools.cached_property
+    def reminders(self) -> Reminders:
+        return Reminders(self.redis, self.dispatcher.keys, default_region=self.settings.default_region,
+                         ttl=self.settings.record_ttl)
+
+    @functools.cached_property
+    def poller(self) -> Poller:
+        return Poller(self.dispatcher)
+
+    def schedule_reminder(self, kwargs: dict[str, Any], send_at: Any) -> str:
+        """Store the reminder first; publish it at once if it is already within the horizon."""
+        now = time.time()
+        reminder_id, when = self.reminders.schedule(kwargs, send_at, now=now)
+        if when <= now + self.settings.reminder_horizon:
+            release_due(self, self.app.tasks[SEND_REMINDER], now=now)
+        return reminder_id
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    app = Celery("smsdispatch", broker=settings.redis_url, backend=settings.redis_url,
+                 set_as_current=False)
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps unacknowledged messages of dead workers back into the queue only every
+        # interval x throttle seconds (10 x 10 by default). Sweep every min(10 s, VT/4) instead: a
+        # crashed worker's messages come back soon after the visibility timeout, for one cheap
+        # Redis query per sweep.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+    }
+    app.conf.update(
+        # JSON only: a pickle message is refused by the consumer and never deserialised.
+        task_serializer="json", result_serializer="json",
+        accept_content=["json"], result_accept_content=["json"],
+        # Late ack + requeue on a lost worker: a killed worker's message runs again, and the ledger
+        # makes that safe (no second send).
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # The visibility timeout in all three places (celery#7651).
+        broker_transport_options=transport, result_backend_transport_options=transport,
+        visibility_timeout=settings.visibility_timeout,
+        task_default_queue=settings.queue,
+        # Events for Flower.
+        worker_send_task_events=True, task_send_sent_event=True,
+        result_extended=False, result_backend_thread_safe=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=True,
+    )
+    app.conf.beat_schedule = {
+        f"smsdispatch-{name}": {"task": task, "schedule": every, "options": {"expires": max(every * 2, 10)}}
+        for name, task, every in [("release-reminders", RELEASE_REMINDERS, settings.reminder_poll_interval),
+                                  ("poll-delivery-status", POLL_STATUS, settings.status_poll_interval),
+                                  ("poll-balance", POLL_BALANCE, settings.balance_poll_interval),
+                                  ("sweep-stuck-messages", SWEEP, settings.sweep_interval)]
+    }
+    app.smsdispatch = Runtime(settings, app)
+    register_tasks(app, app.smsdispatch)
+    return app
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_worker_logs(logger: logging.Logger, **_) -> None:
+    install_redaction(logger)
+
+
+app = create_app()
