@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .dispatch import Dispatcher, message_id_for
-from .errors import AmbiguousError, GatewayError, PermanentError, ValidationError
+from .dispatch import Dispatcher, Route, message_id_for
+from .errors import AmbiguousError, GatewayError, PermanentError, RateLimited, ValidationError
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .message import SendRequest
@@ -75,10 +76,16 @@ class _Item:
     gateway: Gateway
     sms: OutboundSms
     fp: str
+    routes: list[Route] = field(default_factory=list)
     claim: ClaimResult | None = None
     call_ref: str | None = None
     attempts: int = 0
     lookups: int = 0
+    last_gateway: str | None = None     # the gateway of the latest attempt (a reconcile asks it)
+    pinned: str | None = None           # possibly sent there: it must not move to another gateway
+
+    def use(self, route: Route) -> None:
+        self.gateway, self.sms = route.gateway, route.sms
 
 
 @dataclass
@@ -160,11 +167,12 @@ class Batches:
         to_send += self._reconcile([i for i in items if i.claim and i.claim.answer is Claim.RECONCILE],
                                    batch_id, submission, out)
         calls = self._plan_calls(self._drop_exhausted(to_send, batch_id, submission, out))
-        self._mark_sending(calls, batch_id, submission)
+        calls = self._admit(calls, out)
+        self._mark_sending([c for c, _ in calls], batch_id, submission)
         if calls:
             with ThreadPoolExecutor(min(CALL_THREADS, len(calls))) as pool:
                 results = list(pool.map(self._call, calls))
-            for call, result in zip(calls, results, strict=True):
+            for (call, _), result in zip(calls, results, strict=True):
                 self._settle(call, result, batch_id, submission, out)
         return out
 
@@ -184,15 +192,18 @@ class Batches:
                 if extra:
                     raise ValidationError("; ".join(f"{k}: unexpected argument" for k in extra))
                 kwargs.update({k: meta[k] for k in ("gateway", "sender") if meta.get(k)})
-                request, gateway, sms, fp = self.d.prepare(kwargs, mid)
+                request, routes, fp = self.d.prepare(kwargs, mid)
             except ValidationError as e:
                 rejected.append((mid, key, str(e), "validation"))
                 continue
-            refusal = self.d.balance_refusal(gateway.name)
-            if refusal:
-                rejected.append((mid, key, refusal, "insufficient_balance"))
+            usable, skipped = self.d.available(routes)
+            if not usable:
+                rejected.append((mid, key, "; ".join(skipped), "insufficient_balance"))
                 continue
-            items.append(_Item(n, mid, f"key:{key}", request, gateway, sms, fp))
+            # the first gateway of the route whose circuit is not open (failover at chunk level)
+            route = next((r for r in usable if self.d.circuits.state(r.gateway.name, now=self.d.clock()) != "open"),
+                         usable[0])
+            items.append(_Item(n, mid, f"key:{key}", request, route.gateway, route.sms, fp, usable))
         for mid, key, reason, code in rejected:
             result = self.d.reject(mid, submission, {"idempotency_key": key}, code, f"batch {batch_id} entry: {reason}")
             self._count_one(batch_id, submission, result["message_id"], MessageStatus.FAILED, out)
@@ -228,10 +239,31 @@ class Batches:
     def _load_state(self, items: list[_Item]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for i in items:
-            pipe.hmget(self.keys.message(i.message_id), "attempts", "lookups", "call_ref")
-        for i, (attempts, lookups, call_ref) in zip(items, pipe.execute(), strict=True):
+            pipe.hmget(self.keys.message(i.message_id), "attempts", "lookups", "call_ref", "gateway",
+                       "pinned_gateway")
+        for i, (attempts, lookups, call_ref, gateway, pinned) in zip(items, pipe.execute(), strict=True):
             i.attempts, i.lookups = int(attempts or 0), int(lookups or 0)
             i.call_ref = call_ref.decode() if call_ref else None
+            i.last_gateway = gateway.decode() if gateway else None
+            i.pinned = pinned.decode() if pinned else None
+
+    def _stick(self, items: list[_Item], name_of, batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
+        """Move each item to the gateway `name_of(item)` names (None: keep its choice); an item whose
+        gateway is not configured any more cannot be checked there and ends `unknown`."""
+        kept, lost = [], []
+        for i in items:
+            name = name_of(i)
+            if name and name != i.gateway.name:
+                route = self.d.route_for(i.request, i.message_id, i.routes, name)
+                if route is None:
+                    lost.append((i, MessageStatus.UNKNOWN, {"error": _error(
+                        "unknown", f"may have been accepted by {name}, which is not configured any more; "
+                                   f"not resent")}))
+                    continue
+                i.use(route)
+            kept.append(i)
+        self._finish(batch_id, submission, out, lost)
+        return kept
 
     def _reconcile(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
         """Messages a dead worker or a lost answer may have sent: look them up (by call where the
@@ -239,6 +271,7 @@ class Batches:
         if not items:
             return []
         self._load_state(items)
+        items = self._stick(items, lambda i: i.last_gateway, batch_id, submission, out)
         resend: list[_Item] = []
         groups: dict[tuple[str, str | None], list[_Item]] = defaultdict(list)
         for i in items:
@@ -290,6 +323,7 @@ class Batches:
         if not items:
             return []
         self._load_state(items)
+        items = self._stick(items, lambda i: i.pinned, batch_id, submission, out)
         exhausted = [i for i in items if i.attempts >= self.settings.max_attempts]
         self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(
             "retries_exhausted", f"{self.settings.max_attempts} attempts failed")}) for i in exhausted],
@@ -319,7 +353,8 @@ class Batches:
             by_gateway[i.gateway.name].append(i)
         for group in by_gateway.values():
             gw = group[0].gateway
-            if gw.max_batch == 1:
+            limit = self.d.call_limit(gw)
+            if limit == 1:
                 calls += [[i] for i in group]
                 continue
             replays: dict[str, list[_Item]] = defaultdict(list)
@@ -333,7 +368,7 @@ class Batches:
                            json.dumps(s.options, sort_keys=True))].append(i)
             calls += [sorted(members, key=lambda i: i.message_id) for members in replays.values()]
             for members in fresh.values():
-                calls += _split(sorted(members, key=lambda i: i.message_id), gw.max_batch,
+                calls += _split(sorted(members, key=lambda i: i.message_id), limit,
                                 unique_numbers=gw.batch_same_text)
         for call in calls:
             ref = call[0].call_ref if (call[0].call_ref and call[0].gateway.can_dedupe) else str(
@@ -342,8 +377,33 @@ class Batches:
                 i.call_ref = ref
         return calls
 
-    def _call(self, call: list[_Item]) -> list[ItemResult] | GatewayError:
+    def _admit(self, calls: list[list[_Item]], out: ChunkOutcome) -> list[tuple[list[_Item], float]]:
+        """The calls that may go now, each with its rate-limit wait. A call to a gateway whose circuit is
+        open, or whose rate limit is used up for longer than a short wait, gives its claims back
+        (nothing sent, no attempt counted) and the chunk runs again later."""
+        admitted, deferred = [], []
+        for call in calls:
+            gw, t = call[0].gateway, self.d.clock()
+            verdict = self.d.circuits.allow(gw.name, now=t)
+            if not verdict.allowed:
+                deferred.append((call, f"{gw.name}: circuit open", max(0.2, verdict.open_until - t)))
+                continue
+            permit = self.d.limiter.acquire(gw.name, len(call), now=t, max_wait=self.d.max_rate_wait)
+            if not permit.granted:
+                deferred.append((call, f"{gw.name}'s rate limit is used up", permit.wait))
+                continue
+            admitted.append((call, permit.wait))
+        for call, why, wait in deferred:
+            delay = min(wait, self.settings.backoff_max) + self.d.rng.uniform(0, 0.5)
+            self._release(call, ambiguous=False, note=f"{why}; again in {delay:.1f}s")
+            out.retry_in = _sooner(out.retry_in, delay)
+        return admitted
+
+    def _call(self, admitted: tuple[list[_Item], float]) -> list[ItemResult] | GatewayError:
+        call, wait = admitted
         gw = call[0].gateway
+        if wait > 0:
+            time.sleep(wait)
         try:
             if gw.max_batch == 1:
                 accepted = gw.send(call[0].sms)
@@ -359,12 +419,17 @@ class Batches:
                 submission: str, out: ChunkOutcome) -> None:
         gw = call[0].gateway
         if isinstance(result, list):
+            self.d.circuits.success(gw.name, now=self.d.clock())
             self._finish(batch_id, submission, out, [
                 (i, MessageStatus.ACCEPTED, {"gateway_message_id": r.gateway_message_id, "error": None})
                 if r.accepted else (i, MessageStatus.FAILED, {"error": _error(r.error.code, str(r.error))})
                 for i, r in zip(call, result, strict=True)])
             return
         e = result
+        if isinstance(e, RateLimited):
+            self.d.limiter.slow_down(gw.name, now=self.d.clock(), retry_after=e.retry_after)
+        elif not isinstance(e, PermanentError):
+            self.d.circuits.failure(gw.name, now=self.d.clock())
         if isinstance(e, PermanentError):
             self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(e.code, str(e))})
                                                      for i in call])
@@ -381,20 +446,27 @@ class Batches:
             dead_letter=True, reopenable=True)
         gone = {id(i) for i in exhausted}
         again = [i for i in call if id(i) not in gone]
-        self._release(again, ambiguous=maybe_sent and gw.can_lookup and not gw.can_dedupe, error=e)
+        # possibly sent where it cannot be looked up: repeat there only (same call_ref where it dedupes)
+        self._release(again, ambiguous=maybe_sent and gw.can_lookup and not gw.can_dedupe, error=e,
+                      pin=gw.name if maybe_sent and not gw.can_lookup else None)
         if again:
             out.retry_in = _sooner(out.retry_in, self.d.backoff(max(i.attempts for i in again), e))
 
     # --- recording ----------------------------------------------------------------------------
 
-    def _release(self, items: list[_Item], *, ambiguous: bool, error: GatewayError) -> None:
+    def _release(self, items: list[_Item], *, ambiguous: bool, error: GatewayError | None = None,
+                 pin: str | None = None, note: str = "retry scheduled") -> None:
         if not items:
             return
         pipe = self.redis.pipeline(transaction=False)
+        fields: dict[str, Any] = {"error": _error(error.code, str(error))} if error else {}
+        if pin:
+            fields["pinned_gateway"] = pin
         for i in items:
             self.d.ledger.release(i.key, i.claim.owner, ambiguous=ambiguous, pipe=pipe)
-            self.d.records.update(i.message_id, MessageStatus.RETRYING, pipe=pipe, error=_error(error.code, str(error)),
-                                  note="retry scheduled" + ("; will check the gateway first" if ambiguous else ""))
+            self.d.records.update(i.message_id, MessageStatus.RETRYING, pipe=pipe, **fields,
+                                  note=note + ("; will check the gateway first" if ambiguous else
+                                               f"; stays on {pin}" if pin else ""))
         pipe.execute()
 
     def _finish(self, batch_id: str, submission: str, out: ChunkOutcome,

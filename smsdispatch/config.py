@@ -36,9 +36,11 @@ class Settings(BaseSettings):
     queue: str = "sms"
 
     # --- routing and input ---
+    #: The gateway for numbers no route matches; "smscx|smspm" lists fallbacks in priority order.
     default_gateway: str = "console"
     default_region: str | None = None
-    #: "998=eskiz,27=smsflow": the longest matching E.164 prefix picks the gateway when a call names none.
+    #: "998=eskiz|smscx,27=smsflow": the longest matching E.164 prefix picks the gateways (in priority
+    #: order, '|' between them) when a call names none.
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     batch_chunk_size: int = Field(1000, ge=1, le=10_000)
 
@@ -67,6 +69,16 @@ class Settings(BaseSettings):
     # --- delivery webhooks: the URL gateways call back, with our secret in its path ---
     webhook_base_url: str | None = None     # e.g. https://sms.example.com/hooks
     webhook_secret: SecretStr | None = None
+
+    # --- gateway health: circuit breakers and global rate limits, shared through Redis ---
+    circuit_failures: int = Field(5, ge=1)          # this many failed calls ...
+    circuit_window: float = Field(30.0, gt=0)       # ... within this many seconds open the circuit
+    circuit_cooloff: float = Field(30.0, gt=0)      # open this long, then one probe call
+    #: "eskiz=20,smscx=100": messages per second per gateway, for all workers together.
+    rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    #: "smspm=50": at most this many messages per native batch call (also capped by the gateway's own
+    #: maximum and by its rate limit).
+    batch_call_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
 
     # --- retries ---
     max_attempts: int = Field(5, ge=1, le=100)
@@ -125,9 +137,8 @@ class Settings(BaseSettings):
     @field_validator("default_gateway")
     @classmethod
     def _gateway(cls, value: str) -> str:
-        if value not in GATEWAY_NAMES:
-            raise ValueError(f"unknown gateway {value!r}; known: {', '.join(GATEWAY_NAMES)}")
-        return value
+        _chain(value)
+        return value.replace(" ", "")
 
     @field_validator("default_region")
     @classmethod
@@ -154,16 +165,20 @@ class Settings(BaseSettings):
                 raise ValueError("must look like 998=eskiz,27=smsflow")
             value = {k.strip().lstrip("+"): v.strip() for k, v in pairs}
         if isinstance(value, dict):
-            for prefix, gateway in value.items():
+            value = {k: "|".join(v) if isinstance(v, list) else v for k, v in value.items()}
+            for prefix, gateways in value.items():
                 if not str(prefix).isdigit():
                     raise ValueError(f"prefix {prefix!r} must be digits (a country code or longer)")
-                if gateway not in GATEWAY_NAMES:
-                    raise ValueError(f"unknown gateway {gateway!r} for prefix {prefix}")
+                try:
+                    _chain(gateways)
+                except ValueError as e:
+                    raise ValueError(f"{e} (prefix {prefix})") from None
+            value = {str(k): str(v).replace(" ", "") for k, v in value.items()}
         return value
 
-    @field_validator("balance_thresholds", mode="before")
+    @field_validator("balance_thresholds", "rate_limits", "batch_call_limits", mode="before")
     @classmethod
-    def _thresholds(cls, value: object) -> object:
+    def _per_gateway(cls, value: object) -> object:
         if isinstance(value, str):   # "eskiz=1000, smscx=5"
             pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
             if any(len(p) != 2 for p in pairs):
@@ -173,6 +188,14 @@ class Settings(BaseSettings):
             for gateway in value:
                 if gateway not in GATEWAY_NAMES:
                     raise ValueError(f"unknown gateway {gateway!r}")
+        return value
+
+    @field_validator("rate_limits", "batch_call_limits")
+    @classmethod
+    def _positive(cls, value: dict) -> dict:
+        for gateway, limit in value.items():
+            if limit <= 0:
+                raise ValueError(f"{gateway}: must be above 0")
         return value
 
     @field_validator("eskiz_base_url", "devsms_base_url", "smsflow_base_url", "smscx_base_url", "smspm_base_url",
@@ -212,13 +235,17 @@ class Settings(BaseSettings):
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "
                              f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s)")
+        if self.circuit_cooloff + self.claim_lease >= self.visibility_timeout:
+            raise ValueError(f"CIRCUIT_COOLOFF ({self.circuit_cooloff:g}s) + CLAIM_LEASE ({self.claim_lease}s) "
+                             f"must stay below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)")
         configured = self.configured_gateways()
-        if self.default_gateway not in configured:
-            raise ValueError(f"DEFAULT_GATEWAY is {self.default_gateway} but {_NEEDS[self.default_gateway]} "
-                             f"not set")
-        for prefix, gateway in self.routes.items():
+        for gateway in _chain(self.default_gateway):
             if gateway not in configured:
-                raise ValueError(f"ROUTES sends {prefix} to {gateway} but {_NEEDS[gateway]} not set")
+                raise ValueError(f"DEFAULT_GATEWAY is {gateway} but {_NEEDS[gateway]} not set")
+        for prefix, gateways in self.routes.items():
+            for gateway in _chain(gateways):
+                if gateway not in configured:
+                    raise ValueError(f"ROUTES sends {prefix} to {gateway} but {_NEEDS[gateway]} not set")
         return self
 
     @property
@@ -249,14 +276,19 @@ class Settings(BaseSettings):
             return None
         return f"{self.webhook_base_url}/{gateway}/{_secret(self.webhook_secret)}"
 
-    def route(self, e164: str) -> str:
-        """The gateway for a number when the call names none: the longest matching prefix, else the default."""
+    def route_chain(self, e164: str) -> list[str]:
+        """The gateways for a number when the call names none, in priority order: the longest matching
+        prefix of ROUTES, else DEFAULT_GATEWAY."""
         digits = e164.lstrip("+")
         for length in range(len(digits), 0, -1):
-            gateway = self.routes.get(digits[:length])
-            if gateway:
-                return gateway
-        return self.default_gateway
+            gateways = self.routes.get(digits[:length])
+            if gateways:
+                return gateways.split("|")
+        return self.default_gateway.split("|")
+
+    def route(self, e164: str) -> str:
+        """The first-choice gateway for a number (see route_chain)."""
+        return self.route_chain(e164)[0]
 
 
 _NEEDS = {
@@ -267,6 +299,17 @@ _NEEDS = {
     "smscx": "SMSCX_API_KEY (or SMSCX_CLIENT_ID / SMSCX_CLIENT_SECRET) is",
     "smspm": "SMSPM_HASH / SMSPM_TOKEN are",
 }
+
+
+def _chain(value: object) -> list[str]:
+    """"eskiz|smscx" → ["eskiz", "smscx"]; raises ValueError naming an unknown or repeated gateway."""
+    names = [n.strip() for n in str(value).split("|")]
+    for name in names:
+        if name not in GATEWAY_NAMES:
+            raise ValueError(f"unknown gateway {name!r}; known: {', '.join(GATEWAY_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{value!r} names a gateway twice")
+    return names
 
 
 def _secret(value: SecretStr | None) -> str:

@@ -17,7 +17,17 @@ What happens on each kind of error (errors.py):
                                     first (reconcile); can_dedupe: repeated with the same reference;
                                     otherwise: unknown, never resent
     HTTP 500/502 (maybe_sent)     → on a can_lookup gateway, looked up before it is resent;
-                                    elsewhere retried like any TransientError
+                                    elsewhere retried like any TransientError, on the same gateway
+
+Failover: a message without an explicit `gateway` has a route of one or more gateways in priority
+order (config.route_chain). A gateway is skipped while its circuit is open (circuit.py), and the next
+one is tried at once after an error that proves the message was not sent (connection refused, connect
+timeout, 408, 429, 503 and other 5xx but 500/502) or that this gateway cannot take it (auth,
+insufficient balance). After an error that leaves the message possibly sent, the message stays on that
+gateway (`pinned_gateway`): looked up there (can_lookup), repeated there with the same reference
+(can_dedupe), or, with neither, ended `unknown`. It never moves to another gateway until a lookup
+proves the first one does not have it. The history names the gateway that sent and why others were
+skipped. Calls wait for the gateway's global rate limit (ratelimit.py) first.
 """
 
 from __future__ import annotations
@@ -31,14 +41,25 @@ from typing import Any, Callable
 
 import redis
 
+from .circuit import Circuits
 from .config import Settings
-from .errors import AmbiguousError, GatewayError, PermanentError, TransientError, ValidationError
+from .errors import (
+    AmbiguousError,
+    AuthError,
+    GatewayError,
+    InsufficientBalance,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    ValidationError,
+)
 from .gateways import Gateways
 from .gateways.base import Gateway, OutboundSms
 from .keys import Keys
 from .ledger import Claim, ClaimResult, Ledger, fingerprint
 from .message import SendRequest, parse_send
 from .phone import mask
+from .ratelimit import RateLimiter
 from .records import MessageStatus, Records
 from .retry import compute_backoff
 
@@ -72,14 +93,26 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Route:
+    """One gateway a message may go through, and the message as that gateway gets it."""
+    gateway: Gateway
+    sms: OutboundSms
+
+
+@dataclass(frozen=True)
 class _Job:
-    """One execution's view of a message: what to send, through which gateway, under which claim."""
+    """One execution's view of a message: what to send, through which gateways, under which claim."""
     message_id: str
     key: str
     request: SendRequest
-    gateway: Gateway
-    sms: OutboundSms
+    routes: list[Route]          # in priority order; never empty
     claim: ClaimResult
+    skipped: tuple[str, ...] = ()   # gateways left out before the claim (balance guard), with why
+
+
+def not_sent(e: GatewayError) -> bool:
+    """The error proves the request was not acted on: safe to try another gateway at once."""
+    return isinstance(e, TransientError) and not e.maybe_sent
 
 
 class Dispatcher:
@@ -91,6 +124,11 @@ class Dispatcher:
                                active_grace=settings.active_grace)
         self.ledger = Ledger(client, self.keys, lease=settings.claim_lease, ttl=settings.idempotency_ttl)
         self.gateways = gateways or Gateways(settings, client, self.keys)
+        self.circuits = Circuits(client, self.keys, failures=settings.circuit_failures,
+                                 window=settings.circuit_window, cooloff=settings.circuit_cooloff)
+        self.limiter = RateLimiter(client, self.keys, settings.rate_limits)
+        #: The longest a call waits in-process for its rate limit; longer waits go back to the queue.
+        self.max_rate_wait = min(5.0, settings.claim_lease / 4)
         self.clock = clock
         self.rng = rng or random.Random()
         self._balances: dict[str, tuple[float | None, float]] = {}
@@ -111,17 +149,44 @@ class Dispatcher:
 
     # --- worker side --------------------------------------------------------------------------
 
-    def prepare(self, kwargs: dict[str, Any], message_id: str) -> tuple[SendRequest, Gateway, OutboundSms, str]:
-        """Validate one message and pick its gateway: (request, gateway, outbound sms, fingerprint).
-        Raises ValidationError (bad input, unknown or unconfigured gateway, bad gateway options)."""
+    def prepare(self, kwargs: dict[str, Any], message_id: str) -> tuple[SendRequest, list[Route], str]:
+        """Validate one message and list its gateways: (request, routes in priority order, fingerprint).
+        Raises ValidationError (bad input, unknown or unconfigured gateway, bad gateway options). A
+        fallback gateway that cannot take the message's options is left out of the route."""
         request = parse_send(kwargs, default_region=self.settings.default_region)
-        gateway = self.gateways.get(request.gateway or self.settings.route(request.to))
-        options = gateway.validate_options(request.options or {}, text=request.text)
-        callback = request.callback_url or self.settings.callback_url(gateway.name)
-        sms = OutboundSms(message_id, request.to, request.text or "", request.sender, callback, options or None)
+        names = [request.gateway] if request.gateway else self.settings.route_chain(request.to)
+        routes: list[Route] = []
+        for name in names:
+            gateway = self.gateways.get(name)
+            try:
+                options = gateway.validate_options(request.options or {}, text=request.text)
+            except ValidationError:
+                if not routes:
+                    raise
+                continue
+            routes.append(Route(gateway, self._outbound(request, gateway, message_id, options)))
         fp = fingerprint({"to": request.to, "text": request.text, "sender": request.sender,
-                          "gateway": request.gateway, "options": options or None})
-        return request, gateway, sms, fp
+                          "gateway": request.gateway, "options": routes[0].sms.options})
+        return request, routes, fp
+
+    def _outbound(self, request: SendRequest, gateway: Gateway, message_id: str,
+                  options: dict[str, Any] | None) -> OutboundSms:
+        callback = request.callback_url or self.settings.callback_url(gateway.name)
+        return OutboundSms(message_id, request.to, request.text or "", request.sender, callback, options or None)
+
+    def available(self, routes: list[Route]) -> tuple[list[Route], list[str]]:
+        """The routes the balance guard allows, and why the others are left out."""
+        usable, skipped = [], []
+        for route in routes:
+            refusal = self.balance_refusal(route.gateway.name)
+            (skipped.append(refusal) if refusal else usable.append(route))
+        return usable, skipped
+
+    def call_limit(self, gateway: Gateway) -> int:
+        """Most messages in one native batch call: the gateway's maximum, BATCH_CALL_LIMITS, and no
+        more than its rate-limit bucket holds."""
+        return max(1, min(gateway.max_batch, self.settings.batch_call_limits.get(gateway.name, gateway.max_batch),
+                          self.limiter.burst(gateway.name)))
 
     def balance_refusal(self, gateway: str) -> str | None:
         """With BALANCE_GUARD: why `gateway` must not be called now (its last polled balance is
@@ -144,14 +209,14 @@ class Dispatcher:
         message_id = message_id_for(raw_key, task_id)
         key = ledger_key_for(raw_key, task_id)
         try:
-            request, gateway, sms, fp = self.prepare(kwargs, message_id)
+            request, routes, fp = self.prepare(kwargs, message_id)
         except ValidationError as e:
             log.info("message %s rejected: %s", message_id, e)
             return Outcome(self.reject(message_id, task_id, kwargs, "validation", str(e)))
 
-        refusal = self.balance_refusal(gateway.name)
-        if refusal:
-            return Outcome(self.reject(message_id, task_id, kwargs, "insufficient_balance", refusal))
+        usable, skipped = self.available(routes)
+        if not usable:
+            return Outcome(self.reject(message_id, task_id, kwargs, "insufficient_balance", "; ".join(skipped)))
         claim = self.ledger.claim(key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id)
         if claim.answer is Claim.CONFLICT:
             reason = (f"idempotency key already used by message {claim.message_id} with a different "
@@ -164,107 +229,189 @@ class Dispatcher:
             # of its lease it has either recorded an outcome or died (then we reconcile).
             return Outcome(retry_in=min(BUSY_POLL, max(0.0, claim.lease_until - self.clock()) + 0.1))
 
-        job = _Job(message_id, key, request, gateway, sms, claim)
+        job = _Job(message_id, key, request, usable, claim, tuple(skipped))
         if claim.answer is Claim.REOPENED:
             self.records.reopen(message_id, note="resubmitted after retries_exhausted: trying again")
+        record = self.records.get(message_id) or {}
+        pinned = record.get("pinned_gateway")
         if claim.answer is Claim.RECONCILE:
-            outcome = self._reconcile(job)
+            outcome, pinned = self._reconcile(job, record.get("gateway") or usable[0].gateway.name)
             if outcome is not None:
                 return outcome
-        return self._attempt(job, task_id)
+        return self._attempt(job, task_id, record, pinned)
 
     # --- steps --------------------------------------------------------------------------------
 
-    def _reconcile(self, job: _Job) -> Outcome | None:
-        """An earlier call may have reached the gateway. Ask it; None means "not there: send"."""
-        gw = job.gateway
+    def route_for(self, request: SendRequest, message_id: str, routes: list[Route], name: str) -> Route | None:
+        """The route through gateway `name` (the one an earlier attempt used), even if it is no longer
+        first in line or left out by the balance guard; None if it is not configured any more."""
+        for route in routes:
+            if route.gateway.name == name:
+                return route
+        try:
+            gateway = self.gateways.get(name)
+        except ValidationError:
+            return None
+        return Route(gateway, self._outbound(request, gateway, message_id, routes[0].sms.options))
+
+    def _route_named(self, job: _Job, name: str) -> Route | None:
+        return self.route_for(job.request, job.message_id, job.routes, name)
+
+    def _reconcile(self, job: _Job, last_gateway: str) -> tuple[Outcome | None, str | None]:
+        """An earlier call to `last_gateway` may have reached it. Ask it. Returns (outcome, None) when
+        settled or to run again, (None, gateway) to send again on that gateway only (it dedupes), or
+        (None, None): it does not have the message, so any gateway of the route may send it."""
+        route = self._route_named(job, last_gateway)
+        if route is None:
+            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+                "unknown", f"an earlier call to {last_gateway} may have been accepted and {last_gateway} is "
+                           f"not configured any more, so it cannot be asked; not resent")), None
+        gw = route.gateway
         if not gw.can_lookup and gw.can_dedupe:
             self.records.update(job.message_id, MessageStatus.SENDING,
                                 note=f"{gw.name} dedupes repeated calls: sending again with the same reference")
-            return None
+            return None, gw.name
         if not gw.can_lookup:
             return self._finish(job, MessageStatus.UNKNOWN, error=_error(
                 "unknown", f"an earlier call to {gw.name} may have been accepted (worker stopped or no "
-                           f"answer) and {gw.name} cannot look messages up; not resent to avoid a duplicate"))
+                           f"answer) and {gw.name} cannot look messages up; not resent to avoid a duplicate")), None
         lookups = self.records.increment(job.message_id, "lookups")
         try:
-            found = gw.lookup(job.sms, since=job.claim.first_claimed_at)
+            found = gw.lookup(route.sms, since=job.claim.first_claimed_at)
         except (TransientError, AmbiguousError) as e:
             if lookups >= self.settings.max_attempts:
                 return self._finish(job, MessageStatus.UNKNOWN, error=_error(
-                    "unknown", f"may have been sent; {lookups} lookups at {gw.name} failed, last: {e}"))
+                    "unknown", f"may have been sent; {lookups} lookups at {gw.name} failed, last: {e}")), None
             self.ledger.release(job.key, job.claim.owner, ambiguous=True)
             delay = self.backoff(lookups, e)
             self.records.update(job.message_id, MessageStatus.RETRYING, error=_error(e.code, str(e)),
                                 note=f"lookup at {gw.name} failed; again in {delay:.1f}s")
-            return Outcome(retry_in=delay)
+            return Outcome(retry_in=delay), None
         except PermanentError as e:
             return self._finish(job, MessageStatus.UNKNOWN, error=_error(
-                "unknown", f"may have been sent; cannot check at {gw.name}: {e}"))
+                "unknown", f"may have been sent; cannot check at {gw.name}: {e}")), None
         if found.found:
             log.info("message %s reconciled: %s had accepted it", job.message_id, gw.name)
             status = found.status if found.status in (MessageStatus.DELIVERED, MessageStatus.FAILED) \
                 else MessageStatus.ACCEPTED
             return self._finish(job, status, gateway_message_id=found.gateway_message_id, error=None,
-                                note=f"reconciled: found at {gw.name}, not resent")
-        self.records.update(job.message_id, MessageStatus.SENDING,
+                                gateway=gw.name, note=f"reconciled: found at {gw.name}, not resent"), None
+        self.records.update(job.message_id, MessageStatus.SENDING, pinned_gateway=None,
                             note=f"reconciled: {gw.name} has no such message; sending")
-        return None
+        return None, None
 
-    def _attempt(self, job: _Job, task_id: str) -> Outcome:
-        gw, mid = job.gateway, job.message_id
-        record = self.records.get(mid) or {}
-        if int(record.get("attempts") or 0) >= self.settings.max_attempts:
-            return self._exhausted(job, record.get("error"))
-        attempt = self.records.increment(mid, "attempts")
-        self.records.update(mid, MessageStatus.SENDING, note=f"attempt {attempt} via {gw.name}",
-                            to=job.request.to, text=job.request.text, gateway=gw.name,
-                            requested_gateway=job.request.gateway, options=job.request.options,
-                            sender=job.request.sender, segments=job.request.segments,
-                            idempotency_key=job.key.split(":", 1)[1], task_id=task_id,
-                            callback_url=job.request.callback_url, metadata=job.request.metadata)
-        try:
-            accepted = gw.send(job.sms)
-        except PermanentError as e:
-            log.info("message %s to %s failed at %s: %s", mid, mask(job.request.to), gw.name, e)
-            return self._finish(job, MessageStatus.FAILED, error=_error(e.code, str(e)))
-        except (TransientError, AmbiguousError) as e:
-            return self._after_failed_call(job, attempt, e)
-        except Exception as e:  # a bug or an unexpected library error: it may have been sent
-            log.exception("message %s: unexpected error from %s", mid, gw.name)
-            return self._after_failed_call(job, attempt, AmbiguousError(f"unexpected: {e!r}"[:300],
-                                                                        gateway=gw.name))
-        log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
-                 accepted.gateway_message_id)
-        return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
-                            error=None)
-
-    def _after_failed_call(self, job: _Job, attempt: int, e: GatewayError) -> Outcome:
-        gw = job.gateway
-        maybe_sent = isinstance(e, AmbiguousError) or getattr(e, "maybe_sent", False)
-        if maybe_sent and not isinstance(e, AmbiguousError) and not gw.can_lookup:
-            maybe_sent = False   # 500/502 elsewhere: retried like any transient error (documented risk)
-        if maybe_sent and gw.can_dedupe:
-            maybe_sent = False   # the repeat carries the same idempotency reference: the gateway dedupes
-        error = _error(e.code, str(e))
-        if maybe_sent and not gw.can_lookup:
+    def _attempt(self, job: _Job, task_id: str, record: dict[str, Any], pinned: str | None) -> Outcome:
+        """Call the gateways of the route in order until one takes the message or an error says to stop."""
+        mid = job.message_id
+        route = self._route_named(job, pinned) if pinned else None
+        if pinned and route is None:
             return self._finish(job, MessageStatus.UNKNOWN, error=_error(
-                "unknown", f"{e}; {gw.name} may have accepted it and cannot look messages up: not resent"))
-        if attempt >= self.settings.max_attempts and not maybe_sent:
-            return self._exhausted(job, error)
-        # With maybe_sent the next run reconciles first, and only then sends or gives up.
-        self.ledger.release(job.key, job.claim.owner, ambiguous=maybe_sent)
-        delay = self.backoff(attempt, e)
-        log.info("message %s: %s on attempt %d; retry in %.1fs", job.message_id, e.code, attempt, delay)
-        self.records.update(job.message_id, MessageStatus.RETRYING, error=error,
-                            note=f"attempt {attempt} failed; retry in {delay:.1f}s"
-                                 + ("; will check the gateway first" if maybe_sent else ""))
+                "unknown", f"may have been accepted by {pinned}, which is not configured any more; not resent"))
+        candidates = [route] if route else job.routes
+        skipped = list(job.skipped)
+        attempts = int(record.get("attempts") or 0)
+        last: tuple[Route, GatewayError] | None = None
+        reopen_at = None
+        for n, route in enumerate(candidates):
+            gw, has_next = route.gateway, n + 1 < len(candidates)
+            if attempts >= self.settings.max_attempts:
+                return self._exhausted(job, _error(last[1].code, str(last[1])) if last else record.get("error"),
+                                       skipped)
+            verdict = self.circuits.allow(gw.name, now=self.clock())
+            if not verdict.allowed:
+                skipped.append(f"{gw.name}: circuit open")
+                reopen_at = min(reopen_at or verdict.open_until, verdict.open_until)
+                continue
+            permit = self.limiter.acquire(gw.name, now=self.clock(), max_wait=self.max_rate_wait)
+            if not permit.granted:
+                return self._wait(job, permit.wait, f"{gw.name}'s rate limit "
+                                                    f"({self.settings.rate_limits[gw.name]:g}/s) is used up")
+            if permit.wait > 0:
+                time.sleep(permit.wait)
+            attempts = self.records.increment(mid, "attempts")
+            self.records.update(mid, MessageStatus.SENDING, note=_with_skips(f"attempt {attempts} via {gw.name}",
+                                                                             skipped),
+                                to=job.request.to, text=job.request.text, gateway=gw.name,
+                                requested_gateway=job.request.gateway, options=job.request.options,
+                                sender=job.request.sender, segments=job.request.segments,
+                                idempotency_key=job.key.split(":", 1)[1], task_id=task_id,
+                                callback_url=job.request.callback_url, metadata=job.request.metadata)
+            skipped = []
+            try:
+                accepted = gw.send(route.sms)
+            except PermanentError as e:
+                if has_next and isinstance(e, (AuthError, InsufficientBalance)):
+                    skipped.append(f"{gw.name}: {e.code}: {e}")     # this gateway cannot take it; another may
+                    last = (route, e)
+                    continue
+                log.info("message %s to %s failed at %s: %s", mid, mask(job.request.to), gw.name, e)
+                return self._finish(job, MessageStatus.FAILED, error=_error(e.code, str(e)))
+            except (TransientError, AmbiguousError) as e:
+                self._unhealthy(gw, e)
+                if has_next and not_sent(e):
+                    skipped.append(f"{gw.name}: {e.code}: {e}; not sent")
+                    last = (route, e)
+                    continue
+                return self._after_failed_call(job, route, attempts, e)
+            except Exception as e:  # a bug or an unexpected library error: it may have been sent
+                log.exception("message %s: unexpected error from %s", mid, gw.name)
+                e = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
+                self._unhealthy(gw, e)
+                return self._after_failed_call(job, route, attempts, e)
+            self.circuits.success(gw.name, now=self.clock())
+            log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
+                     accepted.gateway_message_id)
+            return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
+                                error=None, pinned_gateway=None)
+        if last is not None:     # the last callable gateway failed too, provably without sending
+            return self._after_failed_call(job, last[0], attempts, last[1], skipped)
+        # every gateway's circuit is open: wait for the first probe
+        delay = min(max(0.2, (reopen_at or 0) - self.clock()), self.settings.backoff_max) + self.rng.uniform(0, 1)
+        return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")")
+
+    def _wait(self, job: _Job, delay: float, why: str) -> Outcome:
+        """Not sent, and no call failed: give the claim back and run again after `delay`."""
+        self.ledger.release(job.key, job.claim.owner, ambiguous=False)
+        self.records.update(job.message_id, MessageStatus.RETRYING, note=f"{why}; again in {delay:.1f}s")
         return Outcome(retry_in=delay)
 
-    def _exhausted(self, job: _Job, last_error: dict | None) -> Outcome:
+    def _unhealthy(self, gw: Gateway, e: GatewayError) -> None:
+        """Count a failed call against the gateway's circuit; a 429 slows its rate limit instead."""
+        if isinstance(e, RateLimited):
+            self.limiter.slow_down(gw.name, now=self.clock(), retry_after=e.retry_after)
+        elif self.circuits.failure(gw.name, now=self.clock()):
+            log.warning("circuit of %s opened: %d failed calls within %gs; skipped for %gs", gw.name,
+                        self.settings.circuit_failures, self.settings.circuit_window, self.settings.circuit_cooloff)
+
+    def _after_failed_call(self, job: _Job, route: Route, attempt: int, e: GatewayError,
+                           skipped: list[str] | None = None) -> Outcome:
+        gw = route.gateway
+        maybe_sent = isinstance(e, AmbiguousError) or getattr(e, "maybe_sent", False)
+        error = _error(e.code, str(e))
+        if maybe_sent and isinstance(e, AmbiguousError) and not (gw.can_lookup or gw.can_dedupe):
+            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+                "unknown", f"{e}; {gw.name} may have accepted it and cannot look messages up: not resent"))
+        # Possibly sent: a can_lookup gateway is asked first on the next run (reconcile); elsewhere the
+        # message is repeated on this gateway only (pinned): with the same reference where it dedupes,
+        # else (500/502 on a gateway that can do neither) like any transient error, the documented risk.
+        reconcile = maybe_sent and gw.can_lookup
+        pin = gw.name if maybe_sent and not gw.can_lookup else None
+        if attempt >= self.settings.max_attempts and not reconcile:
+            return self._exhausted(job, error, skipped)
+        self.ledger.release(job.key, job.claim.owner, ambiguous=reconcile)
+        delay = self.backoff(attempt, e)
+        log.info("message %s: %s on attempt %d; retry in %.1fs", job.message_id, e.code, attempt, delay)
+        note = f"attempt {attempt} via {gw.name} failed; retry in {delay:.1f}s" + (
+            "; will check the gateway first" if reconcile else f"; stays on {gw.name}" if pin else "")
+        self.records.update(job.message_id, MessageStatus.RETRYING, error=error, pinned_gateway=pin,
+                            note=_with_skips(note, skipped or []))
+        return Outcome(retry_in=delay)
+
+    def _exhausted(self, job: _Job, last_error: dict | None, skipped: list[str] | None = None) -> Outcome:
         detail = f" (last: {last_error['message']})" if last_error else ""
-        return self._finish(job, MessageStatus.FAILED, dead_letter=True, reopenable=True, error=_error(
-            "retries_exhausted", f"{self.settings.max_attempts} attempts failed{detail}"))
+        return self._finish(job, MessageStatus.FAILED, dead_letter=True, reopenable=True,
+                            note=_with_skips("", skipped or []), error=_error(
+                                "retries_exhausted", f"{self.settings.max_attempts} attempts failed{detail}"))
 
     def backoff(self, attempt: int, e: GatewayError) -> float:
         s = self.settings
@@ -307,3 +454,9 @@ class Dispatcher:
 
 def _error(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
+
+
+def _with_skips(note: str, skipped: list[str]) -> str:
+    if not skipped:
+        return note
+    return (note + "; " if note else "") + "skipped " + "; ".join(skipped)

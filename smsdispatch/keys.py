@@ -20,6 +20,9 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:rem:inflight                   zset   reminder ids being published, by release time
     sms:gw:<gateway>:<account>:token   string shared access token of a gateway account
     sms:gw:<gateway>:<account>:lock    string single-flight lock around a token refresh
+    sms:circuit:<gateway>              hash   circuit breaker state: open_until, probe_until (circuit.py)
+    sms:circuit:<gateway>:failures     zset   failure times inside the window (circuit.py)
+    sms:rate:<gateway>                 hash   token bucket: tokens, ts, factor, slow_until (ratelimit.py)
 
 Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
 ``unacked`` / ``unacked_index`` (kombu's late-ack bookkeeping) and ``celery-task-meta-<task id>``
@@ -88,3 +91,12 @@ class Keys:
 
     def gateway_lock(self, gateway: str, account: str) -> str:
         return f"{self.prefix}:gw:{gateway}:{account}:lock"
+
+    def circuit(self, gateway: str) -> str:
+        return f"{self.prefix}:circuit:{gateway}"
+
+    def circuit_failures(self, gateway: str) -> str:
+        return f"{self.prefix}:circuit:{gateway}:failures"
+
+    def rate_bucket(self, gateway: str) -> str:
+        return f"{self.prefix}:rate:{gateway}"

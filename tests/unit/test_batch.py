@@ -195,3 +195,38 @@ def test_an_ambiguous_call_without_lookup_or_dedupe_ends_unknown(batches):
 def test_a_malformed_batch_is_refused_at_once(batches, bad):
     with pytest.raises(ValidationError, match="messages"):
         batches(BatchStub()).store("bad", bad, gateway=None, sender=None, idempotency_key=None, submission="s")
+
+
+def test_a_chunk_for_a_gateway_with_an_open_circuit_waits_without_calling(batches, clock):
+    stub = BatchStub(max_batch=3)
+    b = batches(stub, circuit_failures=1)
+    b.d.circuits.failure("bstub", now=clock())
+    b.store("b9", entries(4), gateway="stub", sender=None, idempotency_key=None, submission="s1")
+    out = b.run_chunk("b9", 0, submission="s1")
+    assert stub.calls == [] and out.retry_in is not None and out.retry_in <= b.settings.backoff_max + 0.5
+    record = b.d.records.get(next(iter(b.d.records.redis.scan_iter("sms:msg:*"))).decode().split(":")[-1])
+    assert record["status"] == "retrying" and not record.get("attempts")      # no attempt used up
+    clock.t += b.settings.circuit_cooloff + 1                                 # the probe is due
+    probe = b.run_chunk("b9", 0, submission="s1")
+    assert len(stub.calls) == 1 and probe.retry_in is not None     # one call probes, the other waits
+    assert b.d.circuits.state("bstub", now=clock()) == "closed"    # the probe went through
+    assert b.run_chunk("b9", 0, submission="s1").retry_in is None
+    assert len(stub.accepted) == 4 and len(stub.calls) == 2
+
+
+def test_batch_calls_are_sized_to_the_rate_limit_and_take_one_token_per_message(batches):
+    stub = BatchStub(max_batch=100)
+    b = batches(stub, rate_limits={"bstub": 2.0}, batch_chunk_size=4)
+    b.d.max_rate_wait = 0.0
+    b.store("b10", entries(4), gateway="stub", sender=None, idempotency_key=None, submission="s1")
+    out = b.run_chunk("b10", 0, submission="s1")
+    assert [len(m) for _, m in stub.calls] == [2]          # calls of at most 2 (the bucket), 1 admitted
+    assert out.retry_in == pytest.approx(1.0, abs=0.5)    # the second call waits for 2 more tokens
+
+
+def test_batch_call_limits_cap_the_call_size(batches):
+    stub = BatchStub(max_batch=100)
+    b = batches(stub, batch_call_limits={"bstub": 3}, batch_chunk_size=7)
+    b.store("b11", entries(7), gateway="stub", sender=None, idempotency_key=None, submission="s1")
+    b.run_chunk("b11", 0, submission="s1")
+    assert sorted(len(m) for _, m in stub.calls) == [1, 3, 3]

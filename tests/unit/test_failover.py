@@ -1,0 +1,191 @@
+"""Failover along a route of gateways, circuit breakers and rate limits, in the dispatcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from smsdispatch.dispatch import Dispatcher
+from smsdispatch.errors import (
+    AmbiguousError,
+    AuthError,
+    GatewayUnavailable,
+    RateLimited,
+    RecipientRejected,
+    UnknownGatewayError,
+)
+
+from .conftest import StubGateway
+
+TO = "+998901234567"
+
+
+class Named(StubGateway):
+    def __init__(self, name: str, **kw) -> None:
+        super().__init__(**kw)
+        self.name = name
+
+
+class Pool:
+    def __init__(self, *gateways: Named) -> None:
+        self.by_name = {g.name: g for g in gateways}
+
+    def get(self, name: str):
+        if name not in self.by_name:
+            raise UnknownGatewayError(f"gateway {name!r} is not configured here")
+        return self.by_name[name]
+
+
+@pytest.fixture
+def a():
+    return Named("eskiz")           # can look messages up
+
+
+@pytest.fixture
+def b():
+    return Named("smscx", can_lookup=False, can_dedupe=True)
+
+
+def make(settings, redis_client, clock, *gateways, **update):
+    s = settings.model_copy(update={"default_gateway": "|".join(g.name for g in gateways),
+                                    "circuit_failures": 2, "circuit_window": 60.0, "circuit_cooloff": 30.0,
+                                    "max_attempts": 5, **update})
+    return Dispatcher(s, redis_client, gateways=Pool(*gateways), clock=clock)
+
+
+def send(d, task_id="t1", **kw):
+    return d.send({"to": TO, "text": "Salom", **kw}, task_id=task_id)
+
+
+def notes(d, mid):
+    return " | ".join(h.get("note") or "" for h in d.records.history(mid))
+
+
+def test_a_refused_connection_fails_over_at_once_and_the_history_says_why(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [GatewayUnavailable("cannot connect: refused", gateway="eskiz")]
+    out = send(d).result
+    assert out["status"] == "accepted" and out["gateway"] == "smscx" and out["attempts"] == 2
+    assert len(a.calls) == 1 and len(b.calls) == 1
+    assert "skipped eskiz: gateway_unavailable" in notes(d, "t1") and "not sent" in notes(d, "t1")
+
+
+@pytest.mark.parametrize("error", [RateLimited("HTTP 429", gateway="eskiz", retry_after=5),
+                                   GatewayUnavailable("HTTP 503", gateway="eskiz", status=503),
+                                   AuthError("bad credentials", gateway="eskiz")])
+def test_errors_that_prove_nothing_was_sent_fail_over(settings, redis_client, clock, a, b, error):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [error]
+    assert send(d).result["gateway"] == "smscx"
+    assert len(b.calls) == 1
+
+
+def test_a_permanent_refusal_of_the_message_does_not_fail_over(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [RecipientRejected("blacklisted", gateway="eskiz")]
+    out = send(d).result
+    assert out["status"] == "failed" and out["error"]["code"] == "recipient_rejected"
+    assert b.calls == []
+
+
+def test_an_ambiguous_error_never_fails_over_it_looks_up_first(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [AmbiguousError("read timeout", gateway="eskiz")]
+    first = send(d)
+    assert first.retry_in is not None and b.calls == []
+    a.accepted["t1"] = "gw-late"                          # it had gone through after all
+    out = send(d).result
+    assert out["status"] == "accepted" and out["gateway"] == "eskiz" and a.lookups == ["t1"]
+    assert b.calls == [] and len(a.calls) == 1
+
+
+def test_after_a_lookup_proves_it_was_not_sent_any_gateway_may_send(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [AmbiguousError("read timeout", gateway="eskiz"), GatewayUnavailable("refused", gateway="eskiz")]
+    send(d)
+    out = send(d).result                                  # lookup: not there → eskiz refused → smscx
+    assert a.lookups == ["t1"] and out["gateway"] == "smscx"
+
+
+def test_ambiguous_on_a_gateway_that_cannot_dedupe_or_look_up_ends_unknown(settings, redis_client, clock, b):
+    blind = Named("devsms", can_lookup=False)
+    d = make(settings, redis_client, clock, blind, b)
+    blind.script = [AmbiguousError("connection lost after sending", gateway="devsms")]
+    out = send(d).result
+    assert out["status"] == "unknown" and b.calls == []
+
+
+def test_ambiguous_on_a_deduping_gateway_repeats_there_only(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, b, a)          # smscx first
+    b.script = [AmbiguousError("read timeout", gateway="smscx")]
+    assert send(d).retry_in is not None
+    clock.t += 1
+    for _ in range(2):                                     # open smscx's circuit meanwhile
+        d.circuits.failure("smscx", now=clock())
+    out = send(d)
+    assert out.retry_in is not None and a.calls == []      # waits for smscx; eskiz never gets it
+    clock.t += 31
+    out = send(d).result
+    assert out["gateway"] == "smscx" and len(b.calls) == 2 and a.calls == []
+    assert b.calls[0].message_id == b.calls[1].message_id   # same reference: SMS.CX dedupes
+
+
+def test_a_500_on_a_gateway_without_lookup_is_retried_on_that_gateway_only(settings, redis_client, clock, a, b):
+    blind = Named("devsms", can_lookup=False)
+    d = make(settings, redis_client, clock, blind, a)
+    blind.script = [GatewayUnavailable("HTTP 500", gateway="devsms", status=500, maybe_sent=True)]
+    assert send(d).retry_in is not None and a.calls == []
+    assert d.records.get("t1")["pinned_gateway"] == "devsms"
+    out = send(d).result
+    assert out["gateway"] == "devsms" and a.calls == []
+
+
+def test_an_open_circuit_skips_the_gateway_without_calling_it(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [GatewayUnavailable("refused", gateway="eskiz")] * 2
+    send(d, task_id="m1")
+    send(d, task_id="m2")                                  # two failures: eskiz's circuit opens
+    assert d.circuits.state("eskiz", now=clock()) == "open"
+    out = send(d, task_id="m3").result
+    assert out["gateway"] == "smscx" and len(a.calls) == 2     # m3 never reached eskiz
+    assert "skipped eskiz: circuit open" in notes(d, "m3")
+    clock.t += 31                                          # half-open: the next message probes eskiz
+    assert send(d, task_id="m4").result["gateway"] == "eskiz"
+    assert d.circuits.state("eskiz", now=clock()) == "closed"
+
+
+def test_with_every_circuit_open_it_waits_for_the_probe_without_using_attempts(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    for name in ("eskiz", "smscx"):
+        for _ in range(2):
+            d.circuits.failure(name, now=clock())
+    out = send(d)
+    assert out.retry_in is not None and 0.2 <= out.retry_in <= 11      # capped by BACKOFF_MAX (10)
+    assert a.calls == [] and b.calls == []
+    record = d.records.get("t1")
+    assert record["status"] == "retrying" and not record.get("attempts")
+    assert "no gateway available" in notes(d, "t1")
+
+
+def test_an_explicit_gateway_has_no_failover(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [GatewayUnavailable("refused", gateway="eskiz")]
+    assert send(d, gateway="eskiz").retry_in is not None and b.calls == []
+
+
+def test_a_used_up_rate_limit_sends_the_message_back_to_the_queue(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, rate_limits={"eskiz": 1.0})
+    d.max_rate_wait = 0.0
+    assert send(d, task_id="m1").result["status"] == "accepted"
+    out = send(d, task_id="m2")
+    assert out.retry_in == pytest.approx(1.0) and len(a.calls) == 1
+    assert "rate limit" in notes(d, "m2")
+    clock.t += 1
+    assert send(d, task_id="m2").result["status"] == "accepted"      # its claim was given back
+
+
+def test_a_429_slows_the_shared_bucket(settings, redis_client, clock, a, b):
+    d = make(settings, redis_client, clock, a, b, rate_limits={"eskiz": 10.0})
+    a.script = [RateLimited("HTTP 429", gateway="eskiz", retry_after=3)]
+    send(d)
+    permit = d.limiter.acquire("eskiz", now=clock(), max_wait=100)
+    assert permit.wait > 2.9                                # nobody calls eskiz before Retry-After
