@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import unicodedata
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,6 +17,79 @@ from .errors import ValidationError
 MAX_TEXT_CHARS = 1600       # ten or more segments; gateways cap concatenated SMS around here
 MAX_METADATA_BYTES = 4096
 
+#: The task's named arguments (in the order `send_sms(to, text, ...)` takes them by position).
+FIELDS = ("to", "text", "sender", "gateway", "idempotency_key", "callback_url", "metadata", "options")
+POSITIONAL = ("to", "text")
+EXTRA_ARGS = "_extra_args"     # positional arguments beyond `to` and `text` (always refused)
+
+#: What a phone number may be written with besides digits (any script's decimal digits) and spaces:
+#: "+998 (90) 123-45-67", "+998.90.123/45/67". Anything else (letters, control, invisible or
+#: direction marks, emoji) is refused instead of silently dropped by the parser.
+_PHONE_PUNCTUATION = frozenset("+./")
+_PHONE_CATEGORIES = frozenset({"Nd", "Zs", "Pd", "Ps", "Pe"})
+
+
+def merge_arguments(args: Any, kwargs: Any) -> dict[str, Any]:
+    """One dict of send_sms arguments from a call's positional and keyword arguments: the first two
+    positions are `to` and `text`, any more go under EXTRA_ARGS (refused by validation). Raises
+    ValidationError when they are not a sequence and a mapping, or when an argument is given twice."""
+    if args is None:
+        args = ()
+    if kwargs is None:
+        kwargs = {}
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise ValidationError(f"arguments: positional arguments must be a list, not {type(args).__name__}")
+    if not isinstance(kwargs, Mapping):
+        raise ValidationError(f"arguments: keyword arguments must be a mapping, not {type(kwargs).__name__}")
+    merged = dict(kwargs)
+    named = dict(zip(POSITIONAL, args, strict=False))
+    if len(args) > len(POSITIONAL):
+        named[EXTRA_ARGS] = list(args[len(POSITIONAL):])
+    twice = sorted(str(k) for k in named if k in merged)
+    if twice:
+        raise ValidationError(f"{', '.join(twice)}: given both by position and by name")
+    return merged | named
+
+
+def check_encodable(kwargs: Mapping[str, Any]) -> None:
+    """Raise ValidationError, naming the argument, unless every value is plain JSON (str, number, bool,
+    None, list, object with string keys) and every string is valid Unicode (no lone surrogates): what
+    the record, the ledger and every gateway need. A datetime, bytes or a set is refused here rather
+    than failing later in json or Redis."""
+    for name, value in kwargs.items():
+        if not isinstance(name, str) or not valid_unicode(name):
+            raise ValidationError(f"{name!r}: an argument name must be valid Unicode text")
+        try:
+            encoded = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValidationError(f"{name}: must be plain JSON ({_json_problem(e)})") from None
+        if not valid_unicode(encoded):
+            raise ValidationError(f"{name}: must be valid Unicode text (it holds a lone surrogate)")
+
+
+def valid_unicode(text: str) -> bool:
+    """True if `text` encodes to UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_problem(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    message = str(e)
+    if message.startswith("Object of type "):       # "Object of type datetime is not JSON serializable"
+        kind = message.removeprefix("Object of type ").split(" ", 1)[0]
+        hint = "; send an ISO 8601 string with an offset" if kind in ("datetime", "date", "time") else ""
+        return f"a {kind} is not JSON{hint}"
+    return message.split(";")[0]
+
+
+def _invisible(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf")
+
 
 class SendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,21 +97,37 @@ class SendRequest(BaseModel):
     to: StrictStr
     text: StrictStr | None = Field(None, max_length=MAX_TEXT_CHARS)   # a gateway template may supply it
     sender: StrictStr | None = Field(None, min_length=1, max_length=20)
-    gateway: StrictStr | None = None
+    gateway: StrictStr | None = Field(None, min_length=1)     # omit it (or None) for the route's gateways
     idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=200)
     callback_url: StrictStr | None = None
     metadata: dict[str, Any] | None = None
     options: dict[str, Any] | None = None      # gateway-specific (e.g. DevSMS universal OTP)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: str) -> str:
+        for ch in value.strip(" \t\r\n"):     # a line ending copied along is harmless
+            if not (ch in _PHONE_PUNCTUATION or unicodedata.category(ch) in _PHONE_CATEGORIES):
+                raise ValueError(f"{_describe_char(ch)} is not allowed in a phone number "
+                                 f"(digits, spaces and + - ( ) . / only)")
+        return value
 
     @field_validator("text")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not value.strip():
-            raise ValueError("must not be empty")
+        if all(_invisible(ch) for ch in value):
+            raise ValueError("must not be empty (or only spaces and invisible characters)")
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        if value is not None and any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+            raise ValueError("must not contain control or invisible characters")
         return value
 
     @field_validator("callback_url")
@@ -49,7 +140,13 @@ class SendRequest(BaseModel):
     @field_validator("metadata", "options")
     @classmethod
     def _metadata(cls, value: dict | None) -> dict | None:
-        if value is not None and len(json.dumps(value, ensure_ascii=False)) > MAX_METADATA_BYTES:
+        if value is None:
+            return value
+        try:
+            encoded = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"must be plain JSON ({_json_problem(e)})") from None
+        if len(encoded) > MAX_METADATA_BYTES:
             raise ValueError(f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
         return value
 
@@ -60,6 +157,7 @@ class SendRequest(BaseModel):
 
 def parse_send(kwargs: dict[str, Any], *, default_region: str | None) -> SendRequest:
     """Validate raw task kwargs; `to` comes back in E.164. Raises ValidationError, never leaks the number."""
+    check_encodable(kwargs)
     try:
         request = SendRequest(**kwargs)
     except PydanticValidationError as e:
@@ -69,8 +167,16 @@ def parse_send(kwargs: dict[str, Any], *, default_region: str | None) -> SendReq
 
 def _describe(err: dict) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "arguments"
+    if err["type"] == "extra_forbidden" and where == EXTRA_ARGS:
+        return f"arguments: {len(err['input']) if isinstance(err['input'], list) else 'some'} unexpected " \
+               f"positional argument(s) after to and text"
     if err["type"] == "extra_forbidden":
         return f"{where}: unexpected argument"
     if err["type"] == "missing":
         return f"{where}: required"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def _describe_char(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" {name}" if name else "")

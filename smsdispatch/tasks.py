@@ -5,6 +5,7 @@ Task names are explicit and public: web apps may call them by name with ``app.se
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,9 @@ from celery import Celery, Task
 from celery.utils import uuid
 
 from .batch import batch_id_for
+from .dispatch import message_id_for
 from .errors import ValidationError
+from .message import FIELDS, check_encodable, merge_arguments, valid_unicode
 from .phone import mask
 
 if TYPE_CHECKING:
@@ -29,34 +32,49 @@ POLL_STATUS = "smsdispatch.poll_delivery_status"
 POLL_BALANCE = "smsdispatch.poll_balance"
 SWEEP = "smsdispatch.sweep_stuck_messages"
 
+log = logging.getLogger("smsdispatch.tasks")
+
 
 def register_tasks(app: Celery, runtime: Runtime) -> None:
 
     class SendTask(Task):
         def apply_async(self, args=None, kwargs=None, task_id=None, **options):
             """Record the message as `queued` before publishing it (hazard 6 of the notes), and
-            show Flower a masked number instead of the real one."""
+            show Flower a masked number instead of the real one. Raises ValidationError here, at the
+            producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
+            not valid Unicode (a lone surrogate), or one argument given twice. Everything else is
+            validated by the worker, which records the refusal."""
             task_id = task_id or uuid()
-            kwargs = dict(kwargs or {})
-            if args:
-                kwargs.update(zip(("to", "text"), args, strict=False))
-                kwargs.update({"_extra_args": list(args[2:])} if len(args) > 2 else {})
+            kwargs = merge_arguments(args, kwargs)
+            check_encodable(kwargs)
             runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
             options.setdefault("kwargsrepr", _masked_repr(kwargs))
             options.setdefault("argsrepr", "()")
             return super().apply_async((), kwargs, task_id=task_id, **options)
 
+        def __call__(self, /, *args, **kwargs):
+            """Celery's Task.__call__ names its first parameter `self`, so a keyword argument `self` (bad
+            input, e.g. sent by name) would raise TypeError inside Celery before send_sms could refuse it.
+            Such a call goes straight to the task's function (in the worker the request is already
+            pushed); every other call takes Celery's way."""
+            if "self" in kwargs:
+                return self.run(*args, **kwargs)
+            return super().__call__(*args, **kwargs)
+
     @app.task(bind=True, base=SendTask, name=SEND_SMS, max_retries=None, typing=False, shared=False)
-    def send_sms(self, to=None, text=None, *extra, sender=None, gateway=None, idempotency_key=None,
-                 callback_url=None, metadata=None, options=None, **unexpected) -> dict[str, Any]:
-        """Send one SMS exactly once; returns {message_id, status, gateway, gateway_message_id,
-        attempts, idempotency_key, segments, error}. Bad input ends `failed` (code `validation`)."""
-        kwargs = {"to": to, "text": text, "sender": sender, "gateway": gateway, "idempotency_key": idempotency_key,
-                  "callback_url": callback_url, "metadata": metadata, "options": options}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None} | unexpected
-        if extra:
-            kwargs["_extra_args"] = list(extra)
+    def send_sms(self, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """send_sms(to, text, *, sender=None, gateway=None, idempotency_key=None, callback_url=None,
+        metadata=None, options=None): send one SMS exactly once; returns {message_id, status, gateway,
+        gateway_message_id, attempts, idempotency_key, segments, error}. Bad input ends `failed` (code
+        `validation`), whatever its shape: the signature takes anything (even a keyword named `self`, or
+        `to` both by position and by name) so that no input can make the task itself raise."""
         try:
+            try:
+                kwargs = merge_arguments(args, kwargs)
+                check_encodable(kwargs)     # before the dispatcher derives ids from the key or writes a record
+            except ValidationError as e:
+                return refuse(kwargs, self.request.id, str(e))
+            kwargs = {k: v for k, v in kwargs.items() if not (k in FIELDS and v is None)}
             outcome = runtime.dispatcher.send(kwargs, task_id=self.request.id)
         except redis.RedisError as e:
             # Our store failed mid-way: nothing was decided for sure. Run again later; the ledger
@@ -66,6 +84,17 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
         return outcome.result
 
+
+    def refuse(kwargs: Any, task_id: str, reason: str) -> dict[str, Any]:
+        """Record a submission whose arguments the dispatcher cannot even take as `failed` (validation).
+        Its record is keyed like any refused message, by its idempotency key when that one is usable."""
+        key = kwargs.get("idempotency_key") if isinstance(kwargs, dict) else None
+        if not (isinstance(key, str) and key and valid_unicode(key)):
+            key = None
+        message_id = message_id_for(key, task_id)
+        log.info("message %s rejected: %s", message_id, reason)
+        return runtime.dispatcher.reject(message_id, task_id, {"idempotency_key": key} if key else {},
+                                         "validation", reason)
 
     class SendBatchTask(Task):
         def apply_async(self, args=None, kwargs=None, task_id=None, **options):
