@@ -115,8 +115,10 @@ class Batches:
         size = self.settings.batch_chunk_size
         try:
             blobs = [json.dumps(messages[i:i + size], ensure_ascii=False) for i in range(0, len(messages), size)]
-        except (TypeError, ValueError) as e:
-            raise ValidationError(f"messages: not JSON-serialisable ({e})") from None
+            for blob in blobs:
+                blob.encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as e:      # UnicodeEncodeError: a lone surrogate
+            raise ValidationError(f"messages: not plain JSON text ({str(e)[:120]})") from None
         at = now()
         batch, chunks = self.keys.batch(batch_id), self.keys.batch_chunks(batch_id)
         pipe = self.redis.pipeline(transaction=True)

@@ -22,7 +22,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -117,8 +117,13 @@ def parse_send_at(value: Any) -> float:
 
 
 class Reminders:
-    def __init__(self, client: redis.Redis, keys: Keys, *, default_region: str | None, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, default_region: str | None, ttl: int,
+                 validate: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        """`validate(kwargs)` raises ValidationError for a message that could not be sent (the worker
+        passes the dispatcher's full check, gateway and its options included); by default only the
+        message itself is checked."""
         self.redis, self.keys, self.default_region, self.ttl = client, keys, default_region, ttl
+        self.validate = validate or (lambda kwargs: parse_send(kwargs, default_region=default_region))
         self._store = client.register_script(_STORE)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._recover = client.register_script(_RECOVER)
@@ -130,7 +135,10 @@ class Reminders:
         """Validate (a bad number or text raises here, at the producer) and store a reminder;
         returns (reminder_id, send_at). The same idempotency key gives the same reminder, once."""
         when = parse_send_at(send_at)
-        parse_send({k: v for k, v in kwargs.items() if k != "gateway"}, default_region=self.default_region)
+        if not isinstance(kwargs, dict):
+            raise ValidationError(f"reminder: the message must be a dict of send_sms arguments, "
+                                  f"not {type(kwargs).__name__}")
+        self.validate(kwargs)       # refused now, at the producer, not days later when it is due
         key = kwargs.get("idempotency_key")
         reminder_id = str(uuid.uuid5(NAMESPACE, key)) if isinstance(key, str) and key else str(uuid.uuid4())
         payload = dict(kwargs, idempotency_key=key or f"reminder:{reminder_id}")

@@ -49,7 +49,8 @@ class Runtime:
     @functools.cached_property
     def reminders(self) -> Reminders:
         return Reminders(self.redis, self.dispatcher.keys, default_region=self.settings.default_region,
-                         ttl=self.settings.record_ttl)
+                         ttl=self.settings.record_ttl,
+                         validate=lambda kwargs: self.dispatcher.prepare(kwargs, "reminder-check"))
 
     @functools.cached_property
     def poller(self) -> Poller:

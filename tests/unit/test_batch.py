@@ -230,3 +230,10 @@ def test_batch_call_limits_cap_the_call_size(batches):
     b.store("b11", entries(7), gateway="stub", sender=None, idempotency_key=None, submission="s1")
     b.run_chunk("b11", 0, submission="s1")
     assert sorted(len(m) for _, m in stub.calls) == [1, 3, 3]
+
+
+def test_a_lone_surrogate_in_an_entry_is_refused_at_the_producer(batches):
+    b = batches(BatchStub())
+    with pytest.raises(ValidationError, match="not plain JSON text"):
+        b.store("b12", [{"to": numbers(1)[0], "text": "bad \ud800"}], gateway="stub", sender=None,
+                idempotency_key=None, submission="s1")
