@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import SmsDispatchError
 from .phone import mask
+from .redact import install as install_redaction
 
 OK_STATUSES = ("accepted", "delivered")
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_redaction(logging.getLogger())     # numbers and credentials masked in every line we print
     try:
         if args.command in ("demo", "dev"):
             from . import demo, dev

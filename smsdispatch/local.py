@@ -78,8 +78,8 @@ class WorkerProcess(CeleryProcess):
     ready_pattern = r"\bready\."
 
     def __init__(self, settings: dict[str, str], *, concurrency: int = 8, name: str = "w1",
-                 start_timeout: float = 60.0) -> None:
-        super().__init__(["worker", "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "INFO",
+                 start_timeout: float = 60.0, loglevel: str = "INFO") -> None:
+        super().__init__(["worker", "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", loglevel,
                           "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"],
                          settings, start_timeout=start_timeout)
 
@@ -90,8 +90,8 @@ class BeatProcess(CeleryProcess):
     ready_pattern = r"beat: Starting"
 
     def __init__(self, settings: dict[str, str], *, schedule_dir: str, name: str = "beat",
-                 start_timeout: float = 60.0) -> None:
-        super().__init__(["beat", "--loglevel", "INFO", "--schedule", os.path.join(schedule_dir, f"{name}-schedule")],
+                 start_timeout: float = 60.0, loglevel: str = "INFO") -> None:
+        super().__init__(["beat", "--loglevel", loglevel, "--schedule", os.path.join(schedule_dir, f"{name}-schedule")],
                          settings, start_timeout=start_timeout)
 
 

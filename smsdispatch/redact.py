@@ -1,7 +1,18 @@
-"""A logging filter that masks phone numbers in every log line, whoever wrote it.
+"""A logging filter that masks phone numbers and credentials in every log line, whoever wrote it.
 
 Our own code logs numbers through `phone.mask` already; this catches the rest, e.g. Celery's dump of
-a message body it refused to decode, or a library's exception text.
+a message body it refused to decode, the `argsrepr`/`kwargsrepr` Celery builds for a task sent by name
+(`'+998 93 741 52 86'`: nothing masked it at the producer), or a library's exception text.
+
+What is masked:
+- a run of 9 to 15 digits, optionally after "+" (`998937415286`);
+- a number written with separators (spaces, - . / and parentheses) when that is unambiguous: it
+  starts with "+" (`+998 93 741-52-86`), or it is a whole quoted string with at least one separator
+  other than a dot (`'93 741 52 86'`, `"(93) 741-52-86"`, as in a repr or JSON). Dates, times,
+  versions, decimals and ids are left alone;
+- the value of a credential in a URL's query (`?hash=…&token=…`), and a bearer or basic credential
+  (`Authorization: Bearer …`).
+Exception tracebacks attached to a record are masked the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +25,42 @@ from .phone import mask
 # 9 to 15 digits (E.164 allows 15), optionally after "+", not inside a longer run of digits or a word.
 PHONE_LIKE = re.compile(r"(?<![\w.])\+?\d{9,15}(?![\w.])")
 
+_SEPARATORS = " \u00a0\\-./()"
+# "+" then digits and separators, ending in a digit; not glued to a word before or after.
+PLUS_NUMBER = re.compile(rf"(?<![\w+])\+\(?\d[\d{_SEPARATORS}]*\d(?!\w)")
+# A whole quoted string of digits and separators.
+QUOTED_NUMBER = re.compile(rf"(?P<q>['\"])(?P<n>\+?[\d{_SEPARATORS}]*\d)(?P=q)")
+
+# Credentials in a URL query, and HTTP credentials.
+_CREDENTIAL_NAMES = ("hash", "token", "access_token", "refresh_token", "api_key", "apikey", "key", "secret",
+                     "client_secret", "password", "passwd", "pwd", "signature", "sig", "auth")
+QUERY_CREDENTIAL = re.compile(rf"(?P<k>[?&](?:{'|'.join(_CREDENTIAL_NAMES)})=)[^&\s'\"#]+", re.IGNORECASE)
+HTTP_CREDENTIAL = re.compile(r"(?P<k>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{16,}")
+
+MASKED = "***"
+
+
+def _digits(text: str) -> int:
+    return sum(c.isdigit() for c in text)
+
+
+def _mask_plus(m: re.Match) -> str:
+    return mask(m.group()) if 9 <= _digits(m.group()) <= 15 else m.group()
+
+
+def _mask_quoted(m: re.Match) -> str:
+    number = m.group("n")
+    separated = any(c in number for c in " \u00a0-/()") or number.startswith("+")
+    if separated and number[0] in "+(0123456789" and 9 <= _digits(number) <= 15:
+        return m.group("q") + mask(number) + m.group("q")
+    return m.group()
+
 
 def redact(text: str) -> str:
+    text = QUERY_CREDENTIAL.sub(lambda m: m.group("k") + MASKED, text)
+    text = HTTP_CREDENTIAL.sub(lambda m: m.group("k") + MASKED, text)
+    text = QUOTED_NUMBER.sub(_mask_quoted, text)
+    text = PLUS_NUMBER.sub(_mask_plus, text)
     return PHONE_LIKE.sub(lambda m: mask(m.group()), text)
 
 
@@ -25,6 +70,13 @@ class RedactPhones(logging.Filter):
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, ()
+        if record.exc_info and not record.exc_text:
+            # Formatters use exc_text when it is set: format the traceback once, masked.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
