@@ -235,9 +235,6 @@ class Settings(BaseSettings):
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "
                              f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s)")
-        if self.circuit_cooloff + self.claim_lease >= self.visibility_timeout:
-            raise ValueError(f"CIRCUIT_COOLOFF ({self.circuit_cooloff:g}s) + CLAIM_LEASE ({self.claim_lease}s) "
-                             f"must stay below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)")
         configured = self.configured_gateways()
         for gateway in _chain(self.default_gateway):
             if gateway not in configured:
