@@ -181,6 +181,13 @@ class Batches:
     def _validate(self, entries: list, base: int, batch_key: str, meta: dict, batch_id: str,
                   submission: str, out: ChunkOutcome) -> list[_Item]:
         items, rejected = [], []
+        states: dict[str, bool] = {}
+
+        def circuit_open(gateway: str) -> bool:       # asked once per gateway and chunk
+            if gateway not in states:
+                states[gateway] = self.d.circuits.state(gateway, now=self.d.clock()) == "open"
+            return states[gateway]
+
         for offset, entry in enumerate(entries):
             n = base + offset
             own_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
@@ -203,8 +210,7 @@ class Batches:
                 rejected.append((mid, key, "; ".join(skipped), "insufficient_balance"))
                 continue
             # the first gateway of the route whose circuit is not open (failover at chunk level)
-            route = next((r for r in usable if self.d.circuits.state(r.gateway.name, now=self.d.clock()) != "open"),
-                         usable[0])
+            route = next((r for r in usable if not circuit_open(r.gateway.name)), usable[0])
             items.append(_Item(n, mid, f"key:{key}", request, route.gateway, route.sms, fp, usable))
         for mid, key, reason, code in rejected:
             result = self.d.reject(mid, submission, {"idempotency_key": key}, code, f"batch {batch_id} entry: {reason}")
