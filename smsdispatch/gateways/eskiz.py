@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 
 import redis
@@ -131,16 +132,27 @@ class EskizGateway(HttpGateway):
         raise GatewayUnavailable(f"lookup gave up after {LOOKUP_MAX_PAGES} pages", gateway=self.name)
 
     def lookup(self, sms: OutboundSms, *, since: float) -> Lookup:
-        # The window's timezone is undocumented (inferred Tashkent): span both readings of it.
-        start = datetime.fromtimestamp(since - 300, timezone.utc)
-        end = datetime.now(TASHKENT) + timedelta(minutes=5)
-        form = {"start_date": start.strftime("%Y-%m-%d %H:%M"), "to_date": end.strftime("%Y-%m-%d %H:%M"),
-                "page_size": LOOKUP_PAGE_SIZE}
+        """Find our message (user_sms_id) among those sent since `since`. The listing's timezone is
+        undocumented (inferred Tashkent): ask for the narrow window [since − 5 min, now + 5 min] written
+        in Tashkent time, then, if it is not there, the same window written in UTC. One wide window
+        spanning both readings would cover five extra hours of a busy account's messages."""
+        now = time.time()
+        for zone in (TASHKENT, timezone.utc):
+            start = datetime.fromtimestamp(since - 300, zone)
+            end = datetime.fromtimestamp(now + 300, zone)
+            found = self._find(sms.message_id, {"start_date": start.strftime("%Y-%m-%d %H:%M"),
+                                                "to_date": end.strftime("%Y-%m-%d %H:%M"),
+                                                "page_size": LOOKUP_PAGE_SIZE})
+            if found.found:
+                return found
+        return Lookup(False)
+
+    def _find(self, message_id: str, form: dict) -> Lookup:
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             data = self._call("POST", "/message/sms/get-user-messages", data=form,
                               params={"page": page}).get("data") or {}
             for row in _rows(data):
-                if row.get("user_sms_id") == sms.message_id:
+                if row.get("user_sms_id") == message_id:
                     gid = row.get("request_id") or row.get("id")
                     return Lookup(True, str(gid) if gid is not None else None, map_status(row.get("status")))
             if not isinstance(data, dict) or not data.get("next_page_url"):

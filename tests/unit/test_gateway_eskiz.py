@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -17,7 +18,7 @@ from smsdispatch.errors import (
     RateLimited,
     RecipientRejected,
 )
-from smsdispatch.fakes.eskiz import FakeEskiz
+from smsdispatch.fakes.eskiz import TASHKENT, FakeEskiz
 from smsdispatch.gateways.base import OutboundSms
 from smsdispatch.gateways.eskiz import EskizGateway, map_status
 from smsdispatch.keys import Keys
@@ -191,3 +192,23 @@ def test_status_and_balance(fake, redis_client):
 ])
 def test_status_words_map_to_ours(word, status):
     assert map_status(word) is status
+
+
+def test_lookup_asks_a_narrow_window_so_a_busy_account_does_not_hide_the_message(fake, redis_client):
+    """Hours of earlier traffic must not be paged through: the window is [since − 5 min, now + 5 min]
+    in Tashkent time (then in UTC), not one window spanning both readings (five extra hours)."""
+    gw = gateway(fake, redis_client)
+    for i in range(450):
+        gw.send(OutboundSms(f"earlier-{i}", "+998901234567", "x"))
+    two_hours_ago = (datetime.now(TASHKENT) - timedelta(hours=2)).isoformat(timespec="microseconds")
+    for s in fake.sent:
+        s.created_at = two_hours_ago
+    since = time.time()
+    gw.send(OutboundSms("target", "+998901234567", "x"))
+    before = fake.count("/message/sms/get-user-messages")
+    assert gw.lookup(OutboundSms("target", SMS.to, "x"), since=since).found
+    assert fake.count("/message/sms/get-user-messages") - before == 1      # one page of one window
+    # not found: both readings are asked, each one page
+    before = fake.count("/message/sms/get-user-messages")
+    assert not gw.lookup(OutboundSms("missing", SMS.to, "x"), since=since).found
+    assert fake.count("/message/sms/get-user-messages") - before == 2
