@@ -28,8 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from .dispatch import Dispatcher, Route, message_id_for
-from .errors import AmbiguousError, GatewayError, PermanentError, RateLimited, ValidationError
+from .errors import (
+    AmbiguousError,
+    GatewayError,
+    GatewayUnavailable,
+    PermanentError,
+    RateLimited,
+    ValidationError,
+)
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .message import SendRequest
@@ -419,6 +428,8 @@ class Batches:
             return gw.send_batch([i.sms for i in call], call_ref=call[0].call_ref)
         except GatewayError as e:
             return e
+        except redis.RedisError as e:   # our token store failed before the HTTP call: nothing was sent
+            return GatewayUnavailable(f"Redis unavailable for {gw.name}'s token: {e}"[:300], gateway=gw.name)
         except Exception as e:  # a bug or an unexpected library error: the call may have gone out
             log.exception("batch call to %s failed unexpectedly", gw.name)
             return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)

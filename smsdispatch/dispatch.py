@@ -350,9 +350,20 @@ class Dispatcher:
                 self._unhealthy(gw, e)
                 if has_next and not_sent(e):
                     skipped.append(f"{gw.name}: {e.code}: {e}; not sent")
+                    log.info("message %s: %s did not send it (%s); failing over to %s", mid, gw.name, e.code,
+                             candidates[n + 1].gateway.name)
                     last = (route, e)
                     continue
                 return self._after_failed_call(job, route, attempts, e)
+            except redis.RedisError:
+                # Our Redis failed inside the adapter: gateways touch Redis only for their shared token,
+                # before the HTTP call (or after a 401 refused it), so nothing was sent. Give the claim
+                # back if Redis lets us (else its lease runs out) and let the task retry.
+                try:
+                    self.ledger.release(job.key, job.claim.owner, ambiguous=False)
+                except redis.RedisError:
+                    pass
+                raise
             except Exception as e:  # a bug or an unexpected library error: it may have been sent
                 log.exception("message %s: unexpected error from %s", mid, gw.name)
                 e = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)

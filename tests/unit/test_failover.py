@@ -189,3 +189,16 @@ def test_a_429_slows_the_shared_bucket(settings, redis_client, clock, a, b):
     send(d)
     permit = d.limiter.acquire("eskiz", now=clock(), max_wait=100)
     assert permit.wait > 2.9                                # nobody calls eskiz before Retry-After
+
+
+def test_a_redis_error_inside_the_adapter_is_not_taken_for_a_possible_send(settings, redis_client, clock, a, b):
+    """Adapters touch Redis only for their token, before the HTTP call: the message was not sent,
+    so the claim is given back (not left to reconcile) and the error goes up for the task to retry."""
+    import redis as redis_lib
+    d = make(settings, redis_client, clock, a, b)
+    a.script = [redis_lib.ConnectionError("reset by peer")]
+    with pytest.raises(redis_lib.ConnectionError):
+        send(d)
+    assert d.circuits.state("eskiz", now=clock()) == "closed" and b.calls == []
+    out = send(d).result                                    # the retry: a fresh claim, no lookup
+    assert out["status"] == "accepted" and a.lookups == [] and out["gateway"] == "eskiz"
