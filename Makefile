@@ -27,8 +27,22 @@ unit: $(BIN)/.installed
 integration: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+# The chaos run (chaos/run.py): a private Redis with AOF, fake gateways with random faults, two workers
+# and beat; workers killed, Redis restarted. Exits 1 if any SMS was lost or sent twice.
+.PHONY: chaos chaos-ci
+chaos: $(BIN)/.installed
+	$(BIN)/python -m chaos.run --messages 10000 $(CHAOS_ARGS)
+
+chaos-ci: $(BIN)/.installed
+	$(BIN)/python -m chaos.run --ci $(CHAOS_ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/python -m ruff check smsdispatch tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
+
+# Benchmarks (by hand, not tests): prints a table and one JSON line; a few minutes. BENCH_ARGS="--help".
+.PHONY: bench
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -10,12 +10,16 @@ API that tests use the same way on every fake:
   `count()`, `accepted` / `accepted_for()` (every SMS accepted, in protocol-neutral terms), `errors`
   (bugs inside the fake), `wait_for(predicate)` (notified after every request and every change);
 - control: `fail_next`, `rate_limit_next`, `hang_next` (scripted faults, FIFO, per path or "*"),
-  `reject_recipients`, `set_status`, `expire_token` (token-based fakes), `balance`, `reset()`.
+  `reject_recipients`, `set_status`, `expire_token` (token-based fakes), `balance`, `reset()`;
+- chaos: `chaos(rate, seed=...)` / `calm()`: seeded random faults on send calls (a 5xx answered without
+  routing, a connection reset before routing, a connection reset AFTER routing: the ambiguous case, a
+  brief refusal of new connections), counted in `chaos_counts` and marked on each `RequestRecord.fault`.
 
 Order of work for one request: the body is parsed and recorded, then a scripted fault (if any) is
-taken; a "fail" or rate-limit fault answers at once without routing; a malformed body is answered 400;
-otherwise `route()` answers (after the delay of a "hang" fault). A request outside `prefix` is
-answered 404 without faults or routing. Bodies must come with Content-Length (no chunked uploads).
+taken; a "fail" or rate-limit fault answers at once without routing; without a scripted fault, chaos
+(if on) may draw one of its faults; a malformed body is answered 400; otherwise `route()` answers (after
+the delay of a "hang" fault). A request outside `prefix` is answered 404 without faults or routing.
+Bodies must come with Content-Length (no chunked uploads).
 
 The server speaks HTTP/1.1 keep-alive (every answer has Content-Length) with TCP_NODELAY, skips the
 reverse DNS lookup in server_bind, logs nothing to stderr, and tracks its connections so that
@@ -30,12 +34,17 @@ import base64
 import email.policy
 import json
 import math
+import random
 import socket
 import socketserver
+import struct
+import sys
 import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +63,8 @@ class RequestRecord:
     query: str = ""
     fields: dict[str, Any] = field(default_factory=dict)  # parsed body; filled even when a fault answers
     headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
+    fault: str | None = None  # the chaos fault applied to it (CHAOS_KINDS), if any; scripted faults are not marked
+    answered_at: float | None = None  # time.monotonic() once the answer was written; None: no answer went out
 
 
 @dataclass
@@ -144,6 +155,38 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
     return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
 
+#: The kinds of fault `FakeGateway.chaos()` injects:
+#: - "http_5xx": answered with one of `statuses` (500/502/503) without routing: nothing accepted;
+#: - "reset_before": the connection is reset (RST) before routing: nothing accepted, no answer;
+#: - "reset_after": routed (the SMS is accepted, if the protocol takes it), then the connection is reset
+#:   instead of answering: the client cannot know it was accepted (the dangerous, ambiguous case);
+#: - "refuse": this request is routed and answered normally (with `Connection: close`), but the listening
+#:   socket is closed for a moment (`refuse_seconds`) and idle keep-alive connections are dropped, so new
+#:   connections are refused (ECONNREFUSED) until it re-binds the same port.
+CHAOS_KINDS = ("http_5xx", "reset_before", "reset_after", "refuse")
+
+
+@dataclass
+class _Chaos:
+    rate: float
+    rng: random.Random
+    kinds: tuple[str, ...]
+    weights: tuple[float, ...]
+    statuses: tuple[int, ...]
+    refuse_seconds: tuple[float, float]
+    paths: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    kind: str
+    status: int = 0
+    seconds: float = 0.0
+
+
+_RESET = Reply(0, None)  # sentinel answer of _answer(): reset the connection instead of replying
+
+
 @dataclass
 class _Fault:
     kind: str  # "fail" | "rate" | "hang"
@@ -169,6 +212,13 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:  # skip HTTPServer's getfqdn(): a reverse DNS lookup we do not need
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a killed worker's connections are reset) is not an error worth a
+        traceback on stderr; anything else still gets socketserver's report."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -234,6 +284,9 @@ class FakeGateway(ABC):
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()  # set by stop(): cuts deliberate hangs short
+        self._chaos: _Chaos | None = None
+        self._chaos_counts: Counter[str] = Counter()
+        self._refusing = False  # a chaos refusal window is open
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> Self:
@@ -370,6 +423,115 @@ class FakeGateway(ABC):
                     return fault
         return None
 
+    # ----------------------------------------------------------------- chaos: seeded random faults
+    def chaos(self, rate: float = 0.2, *, seed: int | str | None = None,
+              kinds: Iterable[str] | Mapping[str, float] = CHAOS_KINDS, statuses: Iterable[int] = (500, 502, 503),
+              refuse_seconds: tuple[float, float] = (0.2, 0.5), paths: Iterable[str] | None = None) -> None:
+        """From now on, each request to `paths` (default: send_path) gets, with probability `rate`, one
+        fault of `kinds` (CHAOS_KINDS; a mapping gives each kind a weight, a sequence weighs them equally).
+        The draws come from random.Random(seed): the n-th request to those paths gets the same fault in
+        every run with that seed (which request is n-th depends on the clients). Scripted faults
+        (fail_next, ...) go first: a request that takes one draws nothing. A "refuse" drawn while a
+        refusal window is already open is not applied (and not counted). Calling chaos() again replaces
+        the settings and restarts the sequence; `calm()` ends it."""
+        weighted = dict(kinds) if isinstance(kinds, Mapping) else {k: 1.0 for k in kinds}
+        unknown = set(weighted) - set(CHAOS_KINDS)
+        if unknown:
+            raise ValueError(f"unknown chaos kinds {sorted(unknown)}; known: {', '.join(CHAOS_KINDS)}")
+        if not weighted or any(w < 0 for w in weighted.values()) or not sum(weighted.values()) > 0:
+            raise ValueError("chaos needs at least one kind with a positive weight")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("chaos rate must be between 0 and 1")
+        statuses = tuple(int(s) for s in statuses)
+        if not statuses or any(not 500 <= s <= 599 for s in statuses):
+            raise ValueError("chaos statuses must be 5xx")
+        low, high = (float(x) for x in refuse_seconds)
+        if not 0 <= low <= high:
+            raise ValueError("refuse_seconds must be (low, high) with 0 <= low <= high")
+        wanted = frozenset(self._local(p) for p in paths) if paths is not None else frozenset({self.send_path})
+        with self.lock:
+            self._chaos = _Chaos(float(rate), random.Random(seed), tuple(weighted), tuple(weighted.values()),
+                                 statuses, (low, high), wanted)
+
+    def calm(self) -> None:
+        """No more chaos faults (a refusal window already open still ends by itself); counts are kept."""
+        with self.lock:
+            self._chaos = None
+
+    @property
+    def chaos_counts(self) -> dict[str, int]:
+        """Faults applied so far by chaos, per kind (every kind listed, 0 if none); reset() clears them."""
+        with self.lock:
+            return {kind: self._chaos_counts.get(kind, 0) for kind in CHAOS_KINDS}
+
+    @property
+    def refusing(self) -> bool:
+        """True while a chaos refusal window keeps the listening socket closed."""
+        with self.lock:
+            return self._refusing
+
+    def _draw_chaos(self, record: RequestRecord) -> _Drawn | None:
+        with self.lock:
+            c = self._chaos
+            if c is None or record.path not in c.paths or c.rng.random() >= c.rate:
+                return None
+            kind = c.rng.choices(c.kinds, c.weights)[0]
+            drawn = _Drawn(kind, status=c.rng.choice(c.statuses)) if kind == "http_5xx" else \
+                _Drawn(kind, seconds=c.rng.uniform(*c.refuse_seconds)) if kind == "refuse" else _Drawn(kind)
+            if kind == "refuse" and self._refusing:
+                return None
+            if kind == "refuse":
+                self._refusing = True
+            record.fault = kind
+            self._chaos_counts[kind] += 1
+            return drawn
+
+    def _start_refusal(self, seconds: float) -> None:
+        """Close the listener and idle keep-alive connections now (so a client that got the answer to the
+        triggering request cannot connect again), and re-bind the same port `seconds` later."""
+        with self._control:
+            stopped = self._wake.is_set() or self._server is None
+            if not stopped:
+                self._unbind()
+                self._drop_connections(idle_only=True)
+        if stopped:
+            with self.lock:
+                self._refusing = False
+            return
+        threading.Thread(target=self._end_refusal, args=(seconds,), daemon=True,
+                         name=f"fake-{self.name}-refusal").start()
+
+    def _end_refusal(self, seconds: float) -> None:
+        try:
+            if self._wake.wait(seconds):  # stop() during the window: stay stopped
+                return
+            for _ in range(100):
+                with self._control:
+                    if self._wake.is_set() or self._server is not None:
+                        return
+                    try:
+                        self._bind()
+                        return
+                    except OSError:  # the port is briefly unavailable; try again
+                        pass
+                time.sleep(0.02)
+            with self.lock:
+                self.errors.append(f"chaos: could not re-bind port {self.port} after a refusal window")
+        finally:
+            with self.lock:
+                self._refusing = False
+                self.notify()
+
+    @staticmethod
+    def _reset(h: _Handler) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0), without an answer."""
+        h.close_connection = True
+        try:
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()  # the descriptor closes (RST) once finish() closes rfile/wfile
+        except OSError:
+            pass
+
     def reject_recipients(self, *numbers: str) -> None:
         """Numbers (digits, "+" allowed) that the protocol refuses; see `rejected`."""
         with self.lock:
@@ -391,11 +553,14 @@ class FakeGateway(ABC):
         return hits
 
     def reset(self) -> None:
-        """Forget logs, accepted SMS, faults, rejections and errors; keep credentials, tokens, balance, port."""
+        """Forget logs, accepted SMS, faults (chaos too: calm, counts cleared), rejections and errors; keep
+        credentials, tokens, balance, port."""
         with self.lock:
             self._accepted.clear()
             self._log.clear()
             self._faults.clear()
+            self._chaos = None
+            self._chaos_counts.clear()
             self.rejected.clear()
             self.errors.clear()
             self.notify()
@@ -443,10 +608,15 @@ class FakeGateway(ABC):
             self.notify()
         try:
             reply = self._answer(h, record, routable)
+            if reply is _RESET:  # chaos: no answer at all (record.status stays None)
+                self._reset(h)
+                return
             with self.lock:
                 record.status = reply.status
             try:
                 h.reply(reply)
+                with self.lock:
+                    record.answered_at = time.monotonic()
             except OSError:  # the client gave up (read timeout) or stop() dropped the connection
                 h.close_connection = True
         finally:
@@ -472,6 +642,13 @@ class FakeGateway(ABC):
                 return fault.reply
             if fault and fault.kind == "rate":
                 return self.rate_limit_reply(fault.retry_after)
+            drawn = self._draw_chaos(record) if fault is None else None
+            if drawn is not None and drawn.kind == "http_5xx":
+                return Reply(drawn.status, self.error_body(drawn.status, "server error"))
+            if drawn is not None and drawn.kind == "reset_before":
+                return _RESET
+            if drawn is not None and drawn.kind == "refuse":
+                self._start_refusal(drawn.seconds)
             reply: Reply | None = None
             if malformed is not None:
                 reply = Reply(400, self.error_body(400, str(malformed)))
@@ -483,7 +660,12 @@ class FakeGateway(ABC):
                     reply = r
             if fault:  # a deliberate hang, after an accepted request has been recorded
                 self._wake.wait(fault.seconds)
-            return reply or Reply(503, self.error_body(503, "Service unavailable"))
+            if drawn is not None and drawn.kind == "reset_after":
+                return _RESET
+            reply = reply or Reply(503, self.error_body(503, "Service unavailable"))
+            if drawn is not None and drawn.kind == "refuse":  # the client must reconnect: and is refused
+                reply = Reply(reply.status, reply.body, {**reply.headers, "Connection": "close"})
+            return reply
         except Exception:  # a bug in the fake: make it visible instead of hanging the client
             with self.lock:
                 self.errors.append(traceback.format_exc())

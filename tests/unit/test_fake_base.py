@@ -235,3 +235,123 @@ def test_expire_token_without_tokens(fake):
     assert fake.has_tokens is False
     with pytest.raises(NotImplementedError, match="echo has no tokens"):
         fake.expire_token()
+
+
+# ----------------------------------------------------------------- chaos: seeded random faults
+
+from smsdispatch.fakes.base import CHAOS_KINDS  # noqa: E402 - appended section
+
+
+def drive(fake, n: int, *, timeout: float = 20.0) -> list[str]:
+    """Send (one request at a time, numbered refs) until the fake has logged n send requests; returns
+    what the client saw for each attempt: a status code, "reset" or "refused"."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    with requests.Session() as http:
+        i = 0
+        while fake.count(SEND) < n:
+            assert time.monotonic() < deadline, f"only {fake.count(SEND)} of {n} requests got through"
+            try:
+                seen.append(str(send(fake, http, timeout=5, ref=f"m{i}").status_code))
+            except requests.ConnectionError as e:
+                refused = "refused" in str(e).lower()
+                seen.append("refused" if refused else "reset")
+                if refused:  # wait for the window to end instead of spinning on ECONNREFUSED
+                    fake.wait_for(lambda f: not f.refusing, timeout=5)
+            i += 1
+    return seen
+
+
+def test_chaos_mix_happens_and_is_reproducible_with_the_seed():
+    faults = []
+    for _ in range(2):
+        with EchoFake(balance=10**6) as f:
+            f.chaos(0.3, seed=42, refuse_seconds=(0.02, 0.05))
+            seen = drive(f, 200)
+            log = f.requests_log
+            faults.append([r.fault for r in log])
+            counts = f.chaos_counts
+            assert counts == {k: sum(1 for r in log if r.fault == k) for k in CHAOS_KINDS}
+            assert all(counts[k] > 0 for k in CHAOS_KINDS), counts          # every kind happened
+            assert 30 <= sum(counts.values()) <= 90, counts                  # about 30% of 200
+            # 5xx answers are 500/502/503 and route nothing; resets answer nothing
+            assert {r.status for r in log if r.fault == "http_5xx"} <= {500, 502, 503}
+            assert all(r.status is None and r.answered_at is None for r in log
+                       if r.fault in ("reset_before", "reset_after"))
+            assert all(r.answered_at >= r.received_at for r in log if r.fault not in ("reset_before", "reset_after"))
+            # accepted: every request routed, i.e. no fault, a refusal trigger, or a reset AFTER routing
+            routed = [r.fields["ref"] for r in log if r.fault in (None, "refuse", "reset_after")]
+            assert [a.client_ref for a in f.accepted] == routed
+            assert seen.count("reset") == counts["reset_before"] + counts["reset_after"]
+            assert "refused" in seen                                          # the window refused connections
+    assert faults[0] == faults[1]                                            # same seed, same faults in order
+    with EchoFake() as other:
+        other.chaos(0.3, seed=43, kinds=("http_5xx",))
+        drive(other, 200)
+        assert [r.fault for r in other.requests_log] != faults[0]
+
+
+@pytest.mark.parametrize("kind", ["http_5xx", "reset_before", "reset_after"])
+def test_chaos_each_kind_alone(fake, http, kind):
+    fake.chaos(1.0, seed=1, kinds=(kind,), statuses=(502,))
+    if kind == "http_5xx":
+        r = send(fake, http, ref="k")
+        assert r.status_code == 502 and r.json() == {"err": {"code": 502, "text": "server error"}}
+    else:
+        with pytest.raises(requests.ConnectionError):
+            send(fake, http, ref="k")
+    rec = fake.requests_log[-1]
+    assert rec.fault == kind and rec.fields["ref"] == "k"
+    assert [a.client_ref for a in fake.accepted] == (["k"] if kind == "reset_after" else [])
+    assert fake.chaos_counts == {k: int(k == kind) for k in CHAOS_KINDS}
+
+
+def test_chaos_refuse_answers_then_refuses_new_connections_then_rebinds(fake, http):
+    port = fake.port
+    fake.chaos(1.0, seed=1, kinds={"refuse": 1.0}, refuse_seconds=(0.3, 0.3))
+    r = send(fake, http, ref="trigger")
+    assert r.status_code == 200 and r.headers["Connection"] == "close"     # answered and accepted
+    assert fake.refusing and fake.requests_log[-1].fault == "refuse"
+    with pytest.raises(requests.ConnectionError, match="(?i)refused"):
+        send(fake, http, ref="refused")
+    assert fake.wait_for(lambda f: not f.refusing, timeout=5)
+    fake.calm()
+    assert send(fake, http, ref="after").status_code == 200 and fake.port == port
+    assert [a.client_ref for a in fake.accepted] == ["trigger", "after"] and fake.chaos_counts["refuse"] == 1
+
+
+def test_chaos_only_on_its_paths_calm_and_reset(fake, http):
+    fake.chaos(1.0, seed=7, kinds=("http_5xx",))
+    assert http.get(f"{fake.base_url}/echo", timeout=5).status_code == 200   # not a send path
+    assert send(fake, http).status_code >= 500
+    fake.fail_next(status=418)                                              # scripted faults go first
+    assert send(fake, http).status_code == 418 and fake.requests_log[-1].fault is None
+    fake.calm()
+    assert send(fake, http).status_code == 200
+    assert fake.chaos_counts["http_5xx"] == 1                               # counts survive calm()
+    fake.chaos(1.0, seed=7, kinds=("http_5xx",), paths=["/v1/echo"])        # prefix accepted
+    assert http.get(f"{fake.base_url}/echo", timeout=5).status_code >= 500 and send(fake, http).status_code == 200
+    fake.reset()
+    assert fake.chaos_counts == dict.fromkeys(CHAOS_KINDS, 0)
+    assert http.get(f"{fake.base_url}/echo", timeout=5).status_code == 200  # reset() calms too
+
+
+def test_chaos_refuses_bad_settings(fake):
+    for bad in [dict(rate=1.5), dict(kinds=("flood",)), dict(kinds={}), dict(statuses=(404,)),
+                dict(refuse_seconds=(1, 0))]:
+        with pytest.raises(ValueError):
+            fake.chaos(**bad)
+
+
+def test_a_client_that_went_away_is_not_reported_but_other_errors_are(fake, capsys):
+    server = fake._server
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")   # e.g. a SIGKILLed worker's connection
+    except ConnectionResetError:
+        server.handle_error(None, ("127.0.0.1", 1))
+    assert capsys.readouterr().err == ""
+    try:
+        raise ValueError("a real problem")
+    except ValueError:
+        server.handle_error(None, ("127.0.0.1", 1))
+    assert "ValueError: a real problem" in capsys.readouterr().err

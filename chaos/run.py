@@ -1,0 +1,782 @@
+"""The chaos run: "no SMS lost, none sent twice" under faults, against real parts only.
+
+    python -m chaos.run --messages 10000        # the full run (make chaos)
+    python -m chaos.run --ci                    # 800 messages, well under 3 minutes on 2 cores (make chaos-ci)
+
+Everything runs on 127.0.0.1 and is started here, nothing is mocked:
+
+- a private ``redis-server`` with AOF on (smsdispatch.embedded.EmbeddedRedis);
+- two fake gateways that are real HTTP servers: Eskiz (can look messages up by our id) for numbers
+  routed by ``SMSDISPATCH_ROUTES=998=eskiz|smscx``, and SMS.CX (dedupes by ``idempotencyId``) as
+  ``DEFAULT_GATEWAY=smscx|eskiz``: each the other's fallback, so failover happens under the faults
+  too; a tenth of the messages name their gateway per call instead (no failover);
+- two real ``celery worker`` subprocesses (threads pool) and one ``celery beat`` (the sweeper
+  republishes stuck messages), each under a supervisor thread that restarts it when it exits, like
+  compose's ``restart: unless-stopped``; exits nobody asked for are counted and shown;
+- the producer: this process publishes ``send_sms.apply_async`` with an explicit idempotency key per
+  message (unique per run), paced so the faults below happen *while* it sends.
+
+Faults during the run:
+
+- every send call to a gateway meets the fakes' seeded chaos mode (FakeGateway.chaos): with
+  probability ``--fault-rate`` a 5xx without acceptance, a reset before acceptance, a reset AFTER
+  acceptance (the ambiguous case), or a brief refusal of connections;
+- some recipients are refused by the gateway (a permanent error: must fail after one call);
+- a worker is killed with SIGKILL five times, at spread-out moments (and restarted);
+- Redis is killed (SIGKILL) once and restarted on the same port, from its AOF, a few seconds later;
+  the producer keeps publishing through it (a failed publish is retried once Redis is back, unless
+  its ``queued`` record already exists: then the sweeper must republish it);
+- a few sends are published with an ETA longer than the visibility timeout (redelivered by Redis).
+
+Then it waits, with a deadline, until every message has a final record (accepted, delivered, failed,
+unknown, expired) and the broker holds no more send tasks, and judges from the fakes' OWN logs (what
+each gateway accepted and every call it got) and our records. It prints a table and one JSON line, and
+exits 1 on any violation, printing each violating message id with its record history and gateway calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from importlib.metadata import version
+from typing import Any
+
+import redis
+
+from smsdispatch.config import load_settings
+from smsdispatch.dispatch import message_id_for
+from smsdispatch.embedded import EmbeddedRedis, find_redis_server
+from smsdispatch.fakes.base import RequestRecord
+from smsdispatch.fakes.eskiz import FakeEskiz
+from smsdispatch.fakes.smscx import FakeSmsCx
+from smsdispatch.gateways.smscx import idempotency_id
+from smsdispatch.local import BeatProcess, CeleryProcess, WorkerProcess
+from smsdispatch.tasks import SEND_SMS
+from smsdispatch.worker import create_app
+
+ESKIZ_EMAIL, ESKIZ_PASSWORD = "chaos@example.com", "chaos-password-never-logged"
+SMSCX_API_KEY = "chaos-smscx-key"
+TERMINAL = {"accepted", "delivered", "failed", "unknown", "expired"}
+#: How often each kind of chaos fault is drawn, relative to the others. A refusal closes the port for
+#: 0.2-0.5 s and so fails every call in that window: it is drawn less often.
+FAULT_WEIGHTS = {"http_5xx": 0.35, "reset_before": 0.25, "reset_after": 0.35, "refuse": 0.05}
+#: Moments (as a share of the messages published) of the five worker kills and of the Redis restart.
+KILL_AT = (0.10, 0.27, 0.45, 0.65, 0.85)
+REDIS_RESTART_AT = 0.33
+#: Recipients each gateway refuses (a permanent error): a small fixed pool per gateway.
+REJECTED = {"eskiz": [f"+99899{k:07d}" for k in range(1, 6)], "smscx": [f"+49152{k:08d}" for k in range(1, 6)]}
+
+
+def settings_for(redis_url: str, eskiz: FakeEskiz, smscx: FakeSmsCx, run: str, *, visibility: int) -> dict[str, str]:
+    """SMSDISPATCH_* for workers, beat and the producer: short timings so the run is short, within
+    config.py's cross-checks (lease >= 4 x (connect + read); lease + backoff max < VT; ...)."""
+    env = {
+        "REDIS_URL": redis_url, "KEY_PREFIX": f"chaos{run}", "QUEUE": f"chaos{run}",
+        # Failover on: a message moves to the other gateway after a provably-unsent error (503, refused)
+        # or while a circuit is open; the judge counts acceptances across both gateways together.
+        "ROUTES": "998=eskiz|smscx", "DEFAULT_GATEWAY": "smscx|eskiz",
+        "ESKIZ_BASE_URL": eskiz.base_url, "ESKIZ_EMAIL": ESKIZ_EMAIL, "ESKIZ_PASSWORD": ESKIZ_PASSWORD,
+        "SMSCX_BASE_URL": smscx.base_url, "SMSCX_API_KEY": SMSCX_API_KEY,
+        "HTTP_CONNECT_TIMEOUT": "1", "HTTP_READ_TIMEOUT": "1", "CLAIM_LEASE": "8",
+        "VISIBILITY_TIMEOUT": str(visibility), "MAX_ATTEMPTS": "8",
+        "BACKOFF_BASE": "0.5", "BACKOFF_MAX": "5", "BACKOFF_JITTER": "full",
+        "QUEUED_GRACE": "10", "SWEEP_INTERVAL": "1",
+        "REMINDER_HORIZON": "5", "REMINDER_POLL_INTERVAL": "1",
+        "STATUS_POLL_INTERVAL": "20", "BALANCE_POLL_INTERVAL": "30",
+        # Circuit breakers stay on, but tuned so that 20% random faults do not keep them open: only
+        # a burst (a refusal window, a dead Redis) opens one, for 2 s.
+        "CIRCUIT_FAILURES": "50", "CIRCUIT_WINDOW": "5", "CIRCUIT_COOLOFF": "2",
+    }
+    return {f"SMSDISPATCH_{k}": v for k, v in env.items()}
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+class Supervised:
+    """One celery process kept running by a thread: started, awaited (it blocks on the process's exit,
+    no polling), and restarted whenever it exits, like compose's `restart: unless-stopped`. An exit
+    that `kill()` did not cause is a self-exit: counted, and its log kept for the report."""
+
+    def __init__(self, name: str, factory: Callable[[], CeleryProcess], timeline: Timeline) -> None:
+        self.name, self.factory, self.timeline = name, factory, timeline
+        self.generations: list[CeleryProcess] = []
+        self.self_exits: list[dict[str, Any]] = []
+        self.start_failures: list[str] = []
+        self.kills = 0
+        self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._current: CeleryProcess | None = None
+        self._deliberate = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"supervise-{name}", daemon=True)
+
+    def start(self, timeout: float = 120.0) -> Supervised:
+        self._thread.start()
+        if not self.ready.wait(timeout):
+            raise RuntimeError(f"{self.name} did not become ready:\n" + "\n".join(self.start_failures[-1:]))
+        return self
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                proc = self.factory()       # blocks until the process logs that it is ready
+            except RuntimeError as e:       # it exited or never got ready: try again, as compose would
+                self.start_failures.append(str(e)[-3000:])
+                self.timeline.add(f"{self.name}: start failed; starting again")
+                time.sleep(1.0)             # compose's restart back-off; nothing to wait on
+                continue
+            with self._lock:
+                self._current, self._deliberate = proc, False
+                self.generations.append(proc)
+            if self._stopping:
+                proc.stop()
+                return
+            self.ready.set()
+            code = proc.proc.wait()
+            self.ready.clear()
+            with self._lock:
+                deliberate = self._deliberate
+            if self._stopping:
+                return
+            if not deliberate:
+                self.self_exits.append({"name": self.name, "at": self.timeline.now(), "code": code, "proc": proc})
+                self.timeline.add(f"{self.name}: EXITED by itself (exit code {code}); restarting")
+            else:
+                self.timeline.add(f"{self.name}: restarting after SIGKILL")
+
+    def kill(self) -> bool:
+        """SIGKILL the running process once it is up (a kill asked for during a restart waits for the
+        new process); the supervisor restarts it."""
+        deadline = time.monotonic() + 120
+        while self.ready.wait(max(0.0, deadline - time.monotonic())):
+            with self._lock:
+                proc = self._current
+                alive = self.ready.is_set() and proc is not None and proc.proc.poll() is None
+                if alive:
+                    self.ready.clear()          # a second kill waits for the next process
+                    self._deliberate = True
+                    self.kills += 1
+            if not alive:                       # it exited on its own a moment ago: let the supervisor see it
+                time.sleep(0.05)
+                continue
+            assert proc is not None
+            self.timeline.add(f"{self.name}: killing with SIGKILL (pid {proc.proc.pid})")
+            proc.kill()
+            return True
+        return False
+
+    def stop(self) -> None:
+        self._stopping = True
+        with self._lock:
+            proc = self._current
+        if proc is not None:
+            proc.stop(timeout=20)
+        self._thread.join(timeout=90)
+
+    def lines(self) -> list[str]:
+        return [line for proc in self.generations for line in proc.lines]
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.events: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 1)
+
+    def add(self, what: str) -> None:
+        with self._lock:
+            self.events.append((self.now(), what))
+        print(f"  [{self.now():7.1f}s] {what}", flush=True)
+
+
+# --------------------------------------------------------------------------- the messages
+
+
+@dataclass
+class Message:
+    index: int
+    key: str
+    message_id: str
+    gateway: str                 # where it must go: by route, or named per call
+    kwargs: dict[str, Any]
+    rejected: bool = False       # to a recipient the gateway refuses: must end failed after one call
+    eta_delay: float | None = None   # published with an ETA this many seconds ahead (> visibility timeout)
+    task_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """How SMS.CX's own log knows this message: its idempotencyId (Eskiz knows it by our id, as
+        user_sms_id). With failover a message of either route may reach either gateway."""
+        return idempotency_id("sms:" + self.message_id)
+
+
+def plan_messages(n: int, run: str, rng: random.Random, *, reject_share: float, eta_share: float,
+                  visibility: int) -> list[Message]:
+    out = []
+    for i in range(n):
+        gateway = "eskiz" if i % 2 == 0 else "smscx"
+        rejected = rng.random() < reject_share
+        if rejected:
+            to = rng.choice(REJECTED[gateway])
+        else:
+            to = f"+99890{i:07d}" if gateway == "eskiz" else f"+49151{i:08d}"
+        key = f"chaos-{run}-{i}"
+        kwargs: dict[str, Any] = {"to": to, "text": f"chaos {run} message {i}", "idempotency_key": key}
+        if i % 10 == 5:            # named per call rather than routed
+            kwargs["gateway"] = gateway
+        eta = visibility + rng.uniform(5, 15) if rng.random() < eta_share else None
+        out.append(Message(i, key, message_id_for(key, ""), gateway, kwargs, rejected, eta))
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Stats:
+    publish_failures: int = 0          # apply_async raised (Redis down)
+    publish_retried: int = 0           # ... and had no record: published again once Redis was back
+    left_to_sweeper: int = 0           # ... but its `queued` record existed: the sweeper must republish
+    publish_errors: Counter = field(default_factory=Counter)
+    redis_restarts: int = 0
+    redis_down_seconds: float = 0.0
+    sending_seconds: float = 0.0
+    draining_seconds: float = 0.0
+    drained: bool = False
+
+
+class ChaosRun:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run = uuid.uuid4().hex[:8]
+        self.rng = random.Random(args.seed)
+        self.timeline = Timeline()
+        self.stats = Stats()
+        self.redis_up = threading.Event()
+        self.redis_up.set()
+        self.tmp = tempfile.mkdtemp(prefix="smsdispatch-chaos-")
+        self.redis: EmbeddedRedis | None = None
+        self.eskiz: FakeEskiz | None = None
+        self.smscx: FakeSmsCx | None = None
+        self.procs: list[Supervised] = []
+        self.messages: list[Message] = []
+        self.background: list[threading.Thread] = []
+        self.calls: dict[str, list[tuple[float, str, str]]] = {}
+
+    # --- set-up and tear-down -----------------------------------------------------------------
+
+    def start(self) -> None:
+        a = self.args
+        self.redis = EmbeddedRedis(appendonly=True).start()
+        self.eskiz = FakeEskiz(email=ESKIZ_EMAIL, password=ESKIZ_PASSWORD, balance=10**12).start()
+        self.smscx = FakeSmsCx(api_key=SMSCX_API_KEY, balance=10**9).start()
+        for gateway, fake in (("eskiz", self.eskiz), ("smscx", self.smscx)):
+            # both gateways refuse every refused recipient: with failover either may get it
+            fake.reject_recipients(*REJECTED["eskiz"], *REJECTED["smscx"])
+            fake.chaos(a.fault_rate, seed=f"{a.seed}-{gateway}", kinds=FAULT_WEIGHTS)
+        self.settings = settings_for(self.redis.url, self.eskiz, self.smscx, self.run, visibility=a.visibility)
+        values = {k.removeprefix("SMSDISPATCH_").lower(): v for k, v in self.settings.items()}
+        self.app = create_app(load_settings(**values))
+        self.send_sms = self.app.tasks[SEND_SMS]
+        self.dispatcher = self.app.smsdispatch.dispatcher
+        self.messages = plan_messages(a.messages, self.run, self.rng, reject_share=a.reject_share,
+                                      eta_share=a.eta_share, visibility=a.visibility)
+        workers = [Supervised(f"w{n}", lambda n=n: WorkerProcess(self.settings, concurrency=a.concurrency,
+                                                                 name=f"w{n}", start_timeout=90),
+                              self.timeline) for n in (1, 2)]
+        beat = Supervised("beat", lambda: BeatProcess(self.settings, schedule_dir=self.tmp, start_timeout=90),
+                          self.timeline)
+        self.workers, self.beat = workers, beat
+        for proc in [*workers, beat]:
+            self.procs.append(proc.start())
+        self.timeline.add(f"redis {self.redis.url} (AOF on), eskiz {self.eskiz.base_url}, smscx {self.smscx.base_url}, "
+                          f"workers w1 w2 (threads x{a.concurrency}), beat: up")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        for fake in (self.eskiz, self.smscx):
+            if fake is not None:
+                fake.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def in_background(self, target: Callable[[], Any], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.background.append(thread)
+
+    def kill_worker(self, n: int) -> None:
+        self.in_background(lambda: self.workers[n % 2].kill(), f"kill-{n}")
+
+    def restart_redis(self) -> None:
+        def restart() -> None:
+            assert self.redis is not None and self.redis.process is not None
+            self.redis_up.clear()
+            self.redis.process.kill()          # SIGKILL: no shutdown, no final AOF rewrite
+            self.redis.process.wait()
+            down = time.monotonic()
+            self.timeline.add(f"redis: killed with SIGKILL; down for {self.args.redis_down:g}s")
+            time.sleep(self.args.redis_down)   # the outage's length (nothing to wait for)
+            self.redis.start(timeout=30)       # same port, same directory: it loads its AOF
+            self.stats.redis_down_seconds = round(time.monotonic() - down, 1)
+            self.stats.redis_restarts += 1
+            self.redis_up.set()
+            self.timeline.add(f"redis: restarted on port {self.redis.port} from its AOF "
+                              f"(down {self.stats.redis_down_seconds}s)")
+        self.in_background(restart, "redis-restart")
+
+    # --- producing ----------------------------------------------------------------------------
+
+    def publish(self, m: Message) -> None:
+        """apply_async, surviving a dead Redis: on failure wait until Redis is back; then a message
+        whose `queued` record exists is left to the sweeper (that is what it is for), one without a
+        record is published again."""
+        while True:
+            try:
+                eta = datetime.now(timezone.utc) + timedelta(seconds=m.eta_delay) if m.eta_delay else None
+                m.task_id = self.send_sms.apply_async(kwargs=m.kwargs, eta=eta).id
+                return
+            except Exception as e:  # redis.RedisError, kombu.exceptions.OperationalError, ...
+                self.stats.publish_failures += 1
+                self.stats.publish_errors[type(e).__name__] += 1
+            self.redis_up.wait(timeout=60)
+            record = self._record_after_outage(m.message_id)
+            if record is not None:
+                self.stats.left_to_sweeper += 1
+                self.timeline.add(f"publish of {m.message_id} failed after its record was written: "
+                                  f"left to the sweeper (record {record.get('status')})")
+                return
+            self.stats.publish_retried += 1
+            time.sleep(0.2)  # Redis may still be refusing (a restart in progress): a short back-off
+
+    def _record_after_outage(self, message_id: str) -> dict | None:
+        for _ in range(50):
+            try:
+                return self.dispatcher.records.get(message_id)
+            except redis.RedisError:
+                self.redis_up.wait(timeout=60)
+                time.sleep(0.2)
+        raise RuntimeError("Redis did not come back")
+
+    def produce(self) -> None:
+        a, n = self.args, len(self.messages)
+        kills = {max(1, int(n * share)): k for k, share in enumerate(KILL_AT)}
+        restart_at = max(1, int(n * REDIS_RESTART_AT))
+        started = time.monotonic()
+        self.timeline.add(f"sending {n} messages at {a.per_second:g}/s "
+                          f"({sum(1 for m in self.messages if m.eta_delay)} with an ETA beyond the visibility "
+                          f"timeout, {sum(1 for m in self.messages if m.rejected)} to refused recipients)")
+        for i, m in enumerate(self.messages):
+            due = started + i / a.per_second
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())   # pacing, not synchronisation
+            if i in kills:
+                self.kill_worker(kills[i])
+            if i == restart_at:
+                self.restart_redis()
+            self.publish(m)
+            if i and i % max(1, n // 10) == 0:
+                self.timeline.add(f"published {i}/{n}")
+        self.stats.sending_seconds = round(time.monotonic() - started, 1)
+        self.timeline.add(f"published {n}/{n} in {self.stats.sending_seconds}s")
+        for thread in self.background:   # the kills and the restart have all happened
+            thread.join()
+
+    # --- waiting for the end ------------------------------------------------------------------
+
+    def statuses(self) -> dict[str, str | None]:
+        r, keys = self.dispatcher.records.redis, self.dispatcher.keys
+        out: dict[str, str | None] = {}
+        for start in range(0, len(self.messages), 2000):
+            chunk = self.messages[start:start + 2000]
+            pipe = r.pipeline(transaction=False)
+            for m in chunk:
+                pipe.hget(keys.message(m.message_id), "status")
+            for m, status in zip(chunk, pipe.execute(), strict=True):
+                out[m.message_id] = status.decode() if status else None
+        return out
+
+    def send_tasks_in_broker(self) -> tuple[int, int]:
+        """(queued, unacknowledged) send_sms task messages in the broker: ETA copies held by workers,
+        redeliveries and retries still to run. Zero of both: nothing can call a gateway any more."""
+        r, queue = self.dispatcher.records.redis, self.settings["SMSDISPATCH_QUEUE"]
+        queued = 0
+        for name in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]:
+            queued += sum(1 for raw in r.lrange(name, 0, -1) if _task_name(raw) == SEND_SMS)
+        unacked = sum(1 for raw in r.hvals("unacked") if _task_name(raw, wrapped=True) == SEND_SMS)
+        return queued, unacked
+
+    def drain(self) -> dict[str, str | None]:
+        """Wait (bounded) until every record is final and the broker holds no send task. State lives in
+        another process (Redis) with no event to wait on, so this polls once a second."""
+        started = time.monotonic()
+        deadline = started + self.args.deadline
+        last_report = 0.0
+        while True:
+            statuses = self.statuses()
+            open_ = sum(1 for s in statuses.values() if s not in TERMINAL)
+            queued, unacked = self.send_tasks_in_broker() if open_ == 0 else (-1, -1)
+            if open_ == 0 and queued == 0 and unacked == 0:
+                self.stats.drained = True
+                break
+            if time.monotonic() > deadline:
+                self.timeline.add(f"deadline: {open_} records not final, {queued} queued / {unacked} unacked "
+                                  f"send tasks")
+                break
+            if time.monotonic() - last_report >= 10:
+                last_report = time.monotonic()
+                hist = Counter(s or "none" for s in statuses.values())
+                self.timeline.add(f"waiting: {open_} not final {dict(hist)}"
+                                  + (f"; broker: {queued} queued, {unacked} unacked send tasks" if open_ == 0 else ""))
+            time.sleep(1.0)
+        self.stats.draining_seconds = round(time.monotonic() - started, 1)
+        self.timeline.add(f"drained in {self.stats.draining_seconds}s" if self.stats.drained
+                          else "NOT drained before the deadline")
+        return statuses
+
+
+def _task_name(raw: bytes, *, wrapped: bool = False) -> str | None:
+    try:
+        payload = json.loads(raw)
+        message = payload[0] if wrapped else payload
+        if isinstance(message, str):
+            message = json.loads(message)
+        return message.get("headers", {}).get("task")
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return None
+
+
+# --------------------------------------------------------------------------- the verdict
+
+
+@dataclass
+class Verdict:
+    rows: list[tuple[str, Any, bool]]       # (label, value, must be 0)
+    violations: dict[str, list[str]]        # kind -> message ids
+    summary: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)   # for the report, not the JSON line
+
+
+def _permanent(status: int | None) -> bool:
+    return status is not None and 400 <= status < 500 and status not in (401, 408, 429)
+
+
+def _heard(r: RequestRecord, read_timeout: float) -> bool:
+    """The client got this answer: it went out whole (no reset; a "refuse" fault answers normally and
+    only then closes the port) well within the client's read timeout (an answer written after the
+    client gave up was never heard: a later call is no retry of a permanent error). Answers written
+    between 0.8 and 1 x the timeout count as not heard."""
+    return r.fault in (None, "refuse") and r.answered_at is not None and \
+        r.answered_at - r.received_at < 0.8 * read_timeout
+
+
+def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Verdict:
+    eskiz, smscx = run.eskiz, run.smscx
+    read_timeout = float(run.settings["SMSDISPATCH_HTTP_READ_TIMEOUT"])
+    assert eskiz is not None and smscx is not None
+    by_id = {m.message_id: m for m in run.messages}
+    by_ref = {m.ref: m for m in run.messages}
+
+    # What the gateways themselves say they accepted.
+    accepted: Counter[str] = Counter()
+    unattributed: list[str] = []
+    for gateway, found in [("eskiz", [(by_id.get(a.client_ref or ""), a.client_ref) for a in eskiz.accepted]),
+                           ("smscx", [(by_ref.get(a.call_ref or ""), a.call_ref) for a in smscx.accepted])]:
+        for m, ref in found:
+            if m is None:
+                unattributed.append(f"{gateway}:{ref}")
+            else:
+                accepted[m.message_id] += 1
+
+    # Every send call each gateway got, per message, in order, and whether it answered a permanent error.
+    calls: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
+    for r in eskiz.requests_log:
+        if r.method == "POST" and r.path == eskiz.send_path:
+            m = by_id.get(str(r.fields.get("user_sms_id")))
+            if m:
+                perm = _heard(r, read_timeout) and _permanent(r.status)
+                calls[m.message_id].append((r.received_at, "eskiz", _call_word(r, perm)))
+    for r in smscx.requests_log:
+        if r.method == "POST" and r.path == smscx.send_path:
+            m = by_ref.get(str(r.fields.get("idempotencyId")))
+            if m:
+                refused = r.status == 200 and any(str(n).lstrip("+") in smscx.rejected for n in r.fields.get("to") or [])
+                perm = _heard(r, read_timeout) and (_permanent(r.status) or refused)
+                calls[m.message_id].append((r.received_at, "smscx", _call_word(r, perm)))
+    retries_after_permanent: dict[str, int] = {}
+    permanent_answered = unheard = 0
+    for mid, seq in calls.items():
+        seq.sort()
+        words = [w for _, _, w in seq]
+        first = next((k for k, w in enumerate(words) if w.startswith("PERMANENT")), None)
+        permanent_answered += first is not None
+        unheard += any(w.startswith("fault reset_after") for w in words)
+        if first is not None and first + 1 < len(words):
+            retries_after_permanent[mid] = len(words) - first - 1
+
+    violations: dict[str, list[str]] = {
+        "not final": [mid for mid, s in statuses.items() if s not in TERMINAL],
+        "duplicates": [mid for mid, k in accepted.items() if k > 1],
+        "lost": [m.message_id for m in run.messages
+                 if accepted[m.message_id] == 0 and statuses.get(m.message_id) not in ("failed", "unknown")],
+        "failed but sent": [m.message_id for m in run.messages
+                            if accepted[m.message_id] >= 1 and statuses.get(m.message_id) == "failed"],
+        "refused recipient accepted": [m.message_id for m in run.messages if m.rejected and accepted[m.message_id]],
+        "retries of permanent errors": sorted(retries_after_permanent),
+    }
+    per_message = Counter(accepted[m.message_id] for m in run.messages)
+    exactly_once_violations = sum(1 for m in run.messages if statuses.get(m.message_id) not in ("failed", "unknown")
+                                  and accepted[m.message_id] != 1)
+    status_hist = Counter(statuses.get(m.message_id) or "none" for m in run.messages)
+    faults = {"eskiz": eskiz.chaos_counts, "smscx": smscx.chaos_counts}
+    send_calls = {"eskiz": eskiz.count(eskiz.send_path, "POST"), "smscx": smscx.count(smscx.send_path, "POST")}
+    worker_lines = [line for w in run.workers for line in w.lines()]
+    sweeps = sum(1 for line in worker_lines if "stuck in" in line and "published again" in line)
+    reconciled = sum(1 for line in worker_lines if "reconciled: eskiz had accepted it" in line)
+    failovers = sum(1 for line in worker_lines if "failing over to" in line)
+    eta_ids = {m.task_id for m in run.messages if m.eta_delay and m.task_id}
+    rx = re.compile(r"Task smsdispatch\.send_sms\[([0-9a-f-]+)\] received")
+    eta_deliveries = sum(1 for line in worker_lines if (hit := rx.search(line)) and hit.group(1) in eta_ids)
+    self_exits = [e for p in run.procs for e in p.self_exits]
+    s = run.stats
+    rows: list[tuple[str, Any, bool]] = [
+        ("messages", len(run.messages), False),
+        ("messages without a final record (accepted/delivered/failed/unknown/expired)",
+         len(violations["not final"]), True),
+        ("duplicates (messages accepted more than once, both gateways together)", len(violations["duplicates"]), True),
+        ("acceptances per message: max (must be <= 1)", max(per_message) if per_message else 0, False),
+        ("messages not failed/unknown without exactly 1 acceptance", exactly_once_violations, True),
+        ("  of which lost (no acceptance, record says sent or not final)", len(violations["lost"]), True),
+        ("messages recorded failed that a gateway accepted", len(violations["failed but sent"]), True),
+        ("refused recipients accepted", len(violations["refused recipient accepted"]), True),
+        ("acceptances no message of this run explains", len(unattributed), True),
+        ("retries of permanent errors (calls after the gateway refused it)", sum(retries_after_permanent.values()),
+         True),
+        ("acceptances per message (histogram)", dict(sorted(per_message.items())), False),
+        ("statuses", dict(status_hist.most_common()), False),
+        ("messages to refused recipients / that got a permanent error answered",
+         f"{sum(1 for m in run.messages if m.rejected)} / {permanent_answered}", False),
+        ("messages accepted without the client hearing it (reset after accepting)", unheard, False),
+        ("  reconciled by an Eskiz lookup: found, not resent (worker log)", reconciled, False),
+        ("failovers to the other gateway after a provably-unsent error (worker log)", failovers, False),
+        ("gateway send calls", send_calls, False),
+        ("faults injected (eskiz)", faults["eskiz"], False),
+        ("faults injected (smscx)", faults["smscx"], False),
+        ("worker kills (SIGKILL), each restarted", sum(w.kills for w in run.workers), False),
+        ("self-exits restarted (exits nobody asked for)", len(self_exits), False),
+        ("  by process", dict(Counter(e["name"] for e in self_exits)), False),
+        ("Redis restarts (SIGKILL, AOF on)", s.redis_restarts, False),
+        ("Redis down (s)", s.redis_down_seconds, False),
+        ("publish failures (retried / left to the sweeper)",
+         f"{s.publish_failures} ({s.publish_retried} / {s.left_to_sweeper})", False),
+        ("sweeper republishes (worker log)", sweeps, False),
+        ("ETA sends beyond the visibility timeout / their deliveries",
+         f"{len(eta_ids)} / {eta_deliveries}", False),
+        ("elapsed (s): total / sending / draining", f"{elapsed:.1f} / {s.sending_seconds} / {s.draining_seconds}",
+         False),
+    ]
+    summary = {
+        "messages": len(run.messages), "not_final": len(violations["not final"]),
+        "duplicates": len(violations["duplicates"]), "max_acceptances": max(per_message) if per_message else 0,
+        "exactly_once_violations": exactly_once_violations, "lost": len(violations["lost"]),
+        "failed_but_sent": len(violations["failed but sent"]),
+        "refused_recipient_accepted": len(violations["refused recipient accepted"]),
+        "unattributed_acceptances": len(unattributed),
+        "retries_of_permanent_errors": sum(retries_after_permanent.values()),
+        "acceptances_histogram": {str(k): v for k, v in sorted(per_message.items())},
+        "statuses": dict(status_hist), "rejected_recipients": sum(1 for m in run.messages if m.rejected),
+        "permanent_errors_answered": permanent_answered, "accepted_unheard": unheard,
+        "reconciled_by_lookup": reconciled, "failovers": failovers,
+        "send_calls": send_calls, "faults": faults,
+        "worker_kills": sum(w.kills for w in run.workers), "self_exits_restarted": len(self_exits),
+        "self_exits_by_process": dict(Counter(e["name"] for e in self_exits)),
+        "redis_restarts": s.redis_restarts, "redis_down_seconds": s.redis_down_seconds,
+        "publish_failures": s.publish_failures, "publish_retried": s.publish_retried,
+        "publish_left_to_sweeper": s.left_to_sweeper, "sweeper_republishes": sweeps,
+        "eta_sends": len(eta_ids), "eta_deliveries": eta_deliveries, "drained": s.drained,
+        "elapsed_s": round(elapsed, 1), "sending_s": s.sending_seconds, "draining_s": s.draining_seconds,
+        "seed": run.args.seed, "fault_rate": run.args.fault_rate, "visibility_timeout": run.args.visibility,
+    }
+    summary_private = {"final_statuses": {m.message_id: statuses.get(m.message_id) for m in run.messages
+                                          if m.rejected}}
+    if unattributed:
+        violations["unattributed acceptances"] = unattributed
+    run.calls = calls
+    return Verdict(rows, violations, summary, summary_private)
+
+
+def _call_word(r: RequestRecord, permanent: bool) -> str:
+    took = f" answered in {r.answered_at - r.received_at:.3f}s" if r.answered_at is not None else " not answered"
+    if permanent:
+        return f"PERMANENT {r.status}{took}"
+    if r.fault:
+        return f"fault {r.fault}" + (f" {r.status}" if r.status else "") + took
+    return f"{r.status}{took}"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(run: ChaosRun, verdict: Verdict) -> bool:
+    ok = all(value == 0 for _, value, must in verdict.rows if must) and not any(verdict.violations.values()) \
+        and run.stats.drained
+    width = max(len(label) for label, _, _ in verdict.rows) + 2
+    print()
+    print(f"chaos run {run.run}: {'PASS' if ok else 'FAIL'}  (celery {version('celery')}, kombu {version('kombu')}, "
+          f"redis-py {version('redis')}, {_redis_version()})")
+    print("-" * (width + 40))
+    for label, value, must in verdict.rows:
+        mark = ("ok " if value == 0 else "BAD") if must else "   "
+        shown = json.dumps(value) if isinstance(value, dict) else str(value)
+        print(f"{mark} {label:<{width}} {shown}")
+    print("-" * (width + 40))
+    self_exits = [e for p in run.procs for e in p.self_exits]
+    if self_exits:
+        print("self-exits (the last lines each process logged before it exited):")
+        for e in self_exits:
+            print(f"  {e['name']} at {e['at']}s, exit code {e['code']}:")
+            for line in _evidence(e["proc"].lines):
+                print(f"    | {line[:220]}")
+    if not run.stats.drained:
+        print("the run did not drain before the deadline (see 'not final' below)")
+    unheard = [m for m in run.messages if m.rejected and not any(
+        w.startswith("PERMANENT") for _, _, w in run.calls.get(m.message_id, []))]
+    for m in unheard[:5]:
+        print(f"note: refused recipient, no refusal heard by the client in the gateway log: {m.message_id} "
+              f"(status {verdict.details['final_statuses'].get(m.message_id)})")
+        for at, gateway, word in run.calls.get(m.message_id, []):
+            print(f"  gateway call: {gateway} at +{at - run.timeline.t0:.2f}s -> {word}")
+    shown = 0
+    for kind, ids in verdict.violations.items():
+        for mid in ids[:10]:
+            shown += 1
+            _print_violation(run, kind, mid)
+    if shown:
+        print(f"({shown} violating messages shown, at most 10 per kind)")
+    print(json.dumps({"chaos": verdict.summary | {"pass": ok}}, sort_keys=True))
+    return ok
+
+
+_NOTABLE = re.compile(r"CRITICAL/|Unrecoverable|Connection to broker lost|Restoring \d+ unacknowledged|"
+                      r"Cannot connect to redis|consumer: ")
+
+
+def _evidence(lines: list[str]) -> list[str]:
+    """What an exited process logged last: its critical lines and what kombu said about the broker
+    connection (not the traceback's frames), then its very last lines."""
+    recent = lines[-3000:]
+    notable = [line for line in recent[:-4] if _NOTABLE.search(line)][-8:]
+    return notable + ["..."] + recent[-4:] if notable else recent[-12:]
+
+
+def _print_violation(run: ChaosRun, kind: str, mid: str) -> None:
+    records = run.dispatcher.records
+    m = next((m for m in run.messages if m.message_id == mid), None)
+    print(f"VIOLATION {kind}: message {mid}" + (f" (key {m.key}, {m.gateway}, rejected={m.rejected}, "
+                                                 f"eta={m.eta_delay}, task {m.task_id})" if m else ""))
+    try:
+        record = records.get(mid) or {}
+        print(f"  record: {json.dumps({k: record.get(k) for k in ('status', 'attempts', 'lookups', 'gateway', 'gateway_message_id', 'error', 'pinned_gateway')}, default=str)}")
+        for h in records.history(mid):
+            print(f"  history: {json.dumps(h, ensure_ascii=False)}")
+    except redis.RedisError as e:
+        print(f"  record unreadable: {e}")
+    for at, gateway, word in run.calls.get(mid, []):
+        print(f"  gateway call: {gateway} at +{at - run.timeline.t0:.2f}s -> {word}")
+
+
+def _redis_version() -> str:
+    try:
+        out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True, timeout=10).stdout
+        return out.split()[2] if out else "redis ?"
+    except Exception:
+        return "redis ?"
+
+
+def save_logs(run: ChaosRun, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for proc in run.procs:
+        for n, gen in enumerate(proc.generations):
+            with open(os.path.join(directory, f"{proc.name}.{n}.log"), "w") as f:
+                f.write("\n".join(gen.lines) + "\n")
+    if run.redis is not None:
+        src = os.path.join(run.redis.dir, "redis.log")
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(directory, "redis.log"))
+    with open(os.path.join(directory, "timeline.log"), "w") as f:
+        f.write("\n".join(f"{t:7.1f}s {what}" for t, what in run.timeline.events) + "\n")
+    print(f"logs written to {directory}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m chaos.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=None, help="messages to send (default 10000; 800 with --ci)")
+    p.add_argument("--ci", action="store_true", help="the CI size: 800 messages at 16/s, about 2 minutes")
+    p.add_argument("--per-second", type=float, default=None, help="publishing pace (default 40; 16 with --ci)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the message plan and the fakes' faults")
+    p.add_argument("--fault-rate", type=float, default=0.2, help="share of send calls that meet a fault")
+    p.add_argument("--reject-share", type=float, default=0.01, help="share of messages to refused recipients")
+    p.add_argument("--eta-share", type=float, default=0.03, help="share of messages sent with an ETA > VT")
+    p.add_argument("--visibility", type=int, default=25, help="SMSDISPATCH_VISIBILITY_TIMEOUT (s)")
+    p.add_argument("--concurrency", type=int, default=8, help="threads per worker")
+    p.add_argument("--redis-down", type=float, default=4.0, help="seconds Redis stays dead")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds to wait after sending for every record to be final (default 240; 150 with --ci)")
+    p.add_argument("--logs", default=None, help="write every process's log here (always done on failure)")
+    args = p.parse_args(argv)
+    args.messages = args.messages or (800 if args.ci else 10_000)
+    args.per_second = args.per_second or (16.0 if args.ci else 40.0)
+    args.deadline = args.deadline or (150.0 if args.ci else 240.0)
+    args.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
+    if args.messages < 20:
+        p.error("--messages must be at least 20 (five kills and a Redis restart happen while sending)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"chaos: {args.messages} messages at {args.per_second:g}/s, seed {args.seed}, fault rate "
+          f"{args.fault_rate:g} ({', '.join(f'{k} {w:g}' for k, w in FAULT_WEIGHTS.items())}), visibility timeout "
+          f"{args.visibility}s, 2 workers x {args.concurrency} threads + beat", flush=True)
+    run = ChaosRun(args)
+    ok = False
+    try:
+        run.start()
+        run.produce()
+        statuses = run.drain()
+        verdict = judge(run, statuses, time.monotonic() - run.timeline.t0)
+        ok = print_report(run, verdict)
+        if args.logs or not ok:
+            save_logs(run, args.logs or tempfile.mkdtemp(prefix="smsdispatch-chaos-logs-"))
+    finally:
+        run.stop()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
