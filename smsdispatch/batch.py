@@ -51,14 +51,17 @@ ENTRY_FIELDS = ("to", "text", "metadata")       # besides idempotency_key; anyth
 CALL_THREADS = 8
 CALL_REF_NAMESPACE = uuid.UUID("0b7e4c1e-52a4-4c55-8a8b-6f3e2d6a9c11")
 
-# Count one message's outcome once per submission, and close the batch when everything is counted.
-# KEYS[1] batch hash, KEYS[2] seen hash; ARGV[1] message id, ARGV[2] outcome field, ARGV[3] now.
+# Count each message's outcome once per submission, and close the batch when everything is counted.
+# KEYS[1] batch hash, KEYS[2] seen hash; ARGV[1] now, then message id / outcome field pairs.
 _COUNT = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
-local c = redis.call('HMGET', KEYS[1], 'total', 'accepted', 'failed', 'unknown')
-if tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) >= tonumber(c[1]) then
-  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[3])
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
+  end
+end
+local c = redis.call('HMGET', KEYS[1], 'total', 'accepted', 'failed', 'unknown', 'status')
+if c[5] ~= 'done' and tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) >= tonumber(c[1]) then
+  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[1])
 end
 return 1
 """
@@ -348,19 +351,17 @@ class Batches:
         return [i for i in items if i.attempts < self.settings.max_attempts]
 
     def _mark_sending(self, calls: list[list[_Item]], batch_id: str, submission: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        updates = []
         for call in calls:
             for i in call:
                 i.attempts += 1
                 r = i.request
-                self.d.records.update(
-                    i.message_id, MessageStatus.SENDING, note=f"attempt {i.attempts} via {i.gateway.name}",
-                    pipe=pipe, attempts=i.attempts, call_ref=i.call_ref, to=r.to, text=r.text,
-                    gateway=i.gateway.name, requested_gateway=r.gateway, options=r.options,
-                    sender=r.sender, segments=r.segments,
-                    idempotency_key=i.key.split(":", 1)[1], task_id=submission, batch_id=batch_id,
-                    metadata=r.metadata)
-        pipe.execute()
+                updates.append((i.message_id, MessageStatus.SENDING, f"attempt {i.attempts} via {i.gateway.name}", {
+                    "attempts": i.attempts, "call_ref": i.call_ref, "to": r.to, "text": r.text,
+                    "gateway": i.gateway.name, "requested_gateway": r.gateway, "options": r.options,
+                    "sender": r.sender, "segments": r.segments, "idempotency_key": i.key.split(":", 1)[1],
+                    "task_id": submission, "batch_id": batch_id, "metadata": r.metadata}))
+        self.d.records.update_many(updates)
 
     def _plan_calls(self, items: list[_Item]) -> list[list[_Item]]:
         """Group into native calls; a replayed call (same call_ref) keeps exactly its members."""
@@ -481,34 +482,40 @@ class Batches:
         fields: dict[str, Any] = {"error": _error(error.code, str(error))} if error else {}
         if pin:
             fields["pinned_gateway"] = pin
+        note += "; will check the gateway first" if ambiguous else f"; stays on {pin}" if pin else ""
         for i in items:
             self.d.ledger.release(i.key, i.claim.owner, ambiguous=ambiguous, pipe=pipe)
-            self.d.records.update(i.message_id, MessageStatus.RETRYING, pipe=pipe, **fields,
-                                  note=note + ("; will check the gateway first" if ambiguous else
-                                               f"; stays on {pin}" if pin else ""))
+        self.d.records.update_many([(i.message_id, MessageStatus.RETRYING, note, fields) for i in items], pipe=pipe)
         pipe.execute()
 
     def _finish(self, batch_id: str, submission: str, out: ChunkOutcome,
                 settled: list[tuple[_Item, MessageStatus, dict]], *, note: str = "", dead_letter: bool = False,
                 reopenable: bool = False) -> None:
-        """Terminal writes for many messages at once: record, ledger and count in one transaction."""
+        """Terminal writes for many messages at once: records, ledger and counts in one transaction."""
         if not settled:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for i, status, fields in settled:
-            self.d.records.update(i.message_id, status, note=note, pipe=pipe, **fields)
+        self.d.records.update_many([(i.message_id, status, note, fields) for i, status, fields in settled], pipe=pipe)
+        for i, _, _ in settled:
             self.d.ledger.complete(i.key, pipe=pipe, reopenable=reopenable)
             if dead_letter:
                 self.d.records.push_dead_letter(i.message_id, pipe=pipe)
-            self._count_one(batch_id, submission, i.message_id, status, out, pipe=pipe)
+        self._count_many(batch_id, submission, [(i.message_id, status) for i, status, _ in settled], out, pipe=pipe)
         pipe.execute()
 
     def _count_one(self, batch_id: str, submission: str, message_id: str, status: MessageStatus,
                    out: ChunkOutcome, pipe=None) -> None:
-        outcome = _OUTCOME_FIELD.get(status, "unknown")
-        out.counts[outcome] += 1
+        self._count_many(batch_id, submission, [(message_id, status)], out, pipe=pipe)
+
+    def _count_many(self, batch_id: str, submission: str, outcomes: list[tuple[str, MessageStatus]],
+                    out: ChunkOutcome, pipe=None) -> None:
+        args: list[Any] = [now()]
+        for message_id, status in outcomes:
+            outcome = _OUTCOME_FIELD.get(status, "unknown")
+            out.counts[outcome] += 1
+            args += [message_id, outcome]
         self._count(keys=[self.keys.batch(batch_id), self.keys.batch_seen(batch_id, submission)],
-                    args=[message_id, outcome, now()], client=pipe or self.redis)
+                    args=args, client=pipe or self.redis)
 
 
 def _split(items: list[_Item], size: int, *, unique_numbers: bool) -> list[list[_Item]]:

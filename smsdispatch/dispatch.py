@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import redis
 
-from .circuit import Circuits
+from .circuit import Circuits, Verdict
 from .config import Settings
 from .errors import (
     AmbiguousError,
@@ -108,6 +108,7 @@ class _Job:
     routes: list[Route]          # in priority order; never empty
     claim: ClaimResult
     skipped: tuple[str, ...] = ()   # gateways left out before the claim (balance guard), with why
+    closed: frozenset[str] = frozenset()   # gateways whose circuit was closed a moment ago: no need to ask
 
 
 def not_sent(e: GatewayError) -> bool:
@@ -217,22 +218,33 @@ class Dispatcher:
         usable, skipped = self.available(routes)
         if not usable:
             return Outcome(self.reject(message_id, task_id, kwargs, "insufficient_balance", "; ".join(skipped)))
-        claim = self.ledger.claim(key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id)
+        # One round trip: the claim, the record as it stands after it, and the circuits of the route.
+        pipe = self.records.redis.pipeline(transaction=False)
+        owner = self.ledger.claim(key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id, pipe=pipe)
+        pipe.hgetall(self.keys.message(message_id))
+        for route in usable:
+            pipe.hget(self.keys.circuit(route.gateway.name), "open_until")
+        claim_reply, raw_record, *circuits = pipe.execute()
+        claim = self.ledger.parse(claim_reply, owner)
+        closed = {r.gateway.name for r, open_until in zip(usable, circuits, strict=True) if open_until is None}
         if claim.answer is Claim.CONFLICT:
             reason = (f"idempotency key already used by message {claim.message_id} with a different "
                       f"payload; nothing sent")
             return Outcome(self.reject(task_id, task_id, kwargs, "idempotency_conflict", reason))
         if claim.answer is Claim.DONE:
+            if claim.message_id == message_id and raw_record:
+                return Outcome(self.records.result_from(raw_record))
             return Outcome(self._recorded_result(claim.message_id))
         if claim.answer is Claim.BUSY:
             # Another execution holds the claim (a duplicate delivery): look again soon; by the end
             # of its lease it has either recorded an outcome or died (then we reconcile).
             return Outcome(retry_in=min(BUSY_POLL, max(0.0, claim.lease_until - self.clock()) + 0.1))
 
-        job = _Job(message_id, key, request, usable, claim, tuple(skipped))
+        job = _Job(message_id, key, request, usable, claim, tuple(skipped), frozenset(closed))
+        record = self.records.decode(raw_record) or {}
         if claim.answer is Claim.REOPENED:
             self.records.reopen(message_id, note="resubmitted after retries_exhausted: trying again")
-        record = self.records.get(message_id) or {}
+            record = dict(record, attempts=0, lookups=0)
         pinned = record.get("pinned_gateway")
         if claim.answer is Claim.RECONCILE:
             outcome, pinned = self._reconcile(job, record.get("gateway") or usable[0].gateway.name)
@@ -317,7 +329,7 @@ class Dispatcher:
             if attempts >= self.settings.max_attempts:
                 return self._exhausted(job, _error(last[1].code, str(last[1])) if last else record.get("error"),
                                        skipped)
-            verdict = self.circuits.allow(gw.name, now=self.clock())
+            verdict = Verdict(True) if gw.name in job.closed else self.circuits.allow(gw.name, now=self.clock())
             if not verdict.allowed:
                 skipped.append(f"{gw.name}: circuit open")
                 reopen_at = min(reopen_at or verdict.open_until, verdict.open_until)
@@ -328,9 +340,9 @@ class Dispatcher:
                                                     f"({self.settings.rate_limits[gw.name]:g}/s) is used up")
             if permit.wait > 0:
                 time.sleep(permit.wait)
-            attempts = self.records.increment(mid, "attempts")
+            attempts += 1      # we hold the claim: nobody else writes this record's attempts now
             self.records.update(mid, MessageStatus.SENDING, note=_with_skips(f"attempt {attempts} via {gw.name}",
-                                                                             skipped),
+                                                                             skipped), attempts=attempts,
                                 to=job.request.to, text=job.request.text, gateway=gw.name,
                                 requested_gateway=job.request.gateway, options=job.request.options,
                                 sender=job.request.sender, segments=job.request.segments,
@@ -439,8 +451,9 @@ class Dispatcher:
         self.ledger.complete(job.key, pipe=pipe, reopenable=reopenable)
         if dead_letter:
             self.records.push_dead_letter(job.message_id, pipe=pipe)
-        pipe.execute()
-        return Outcome(self._recorded_result(job.message_id))
+        pipe.hgetall(self.keys.message(job.message_id))       # the result, in the same round trip
+        result = self.records.result_from(pipe.execute()[-1])
+        return Outcome(result if result is not None else self._recorded_result(job.message_id))
 
     def reject(self, record_id: str, task_id: str, kwargs: dict, code: str, reason: str) -> dict:
         """A submission refused before any gateway call. Never overwrite another submission's record:

@@ -69,6 +69,44 @@ def now() -> float:
     return round(time.time(), 3)
 
 
+# Many `update`s in one call (batch chunks): what `Records.update` does, per message, server-side, so
+# a chunk costs one command to pack instead of about ten per message.
+# KEYS: inflight, pending. ARGV: ttl (0 = keep), now, then per message 8 values: record key, history
+# key, message id, status, history entry, fields (a JSON object of strings), pending ('' = leave,
+# 'rem' = remove, else the sweep deadline), gateway-id key ('' = none).
+_UPDATE_MANY = """
+local ttl, at = tonumber(ARGV[1]), ARGV[2]
+local terminal = {delivered = true, failed = true, unknown = true, expired = true}
+for i = 3, #ARGV, 8 do
+  local key, hist, mid, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local flat = {'message_id', mid, 'status', status, 'updated_at', at}
+  for k, v in pairs(cjson.decode(ARGV[i + 5])) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', key, unpack(flat))
+  redis.call('HSETNX', key, 'created_at', at)
+  redis.call('RPUSH', hist, ARGV[i + 4])
+  if status == 'accepted' then
+    redis.call('HSETNX', key, 'accepted_at', at)
+    redis.call('ZADD', KEYS[1], 'NX', at, mid)
+    if ARGV[i + 7] ~= '' then
+      if ttl > 0 then redis.call('SET', ARGV[i + 7], mid, 'EX', ttl) else redis.call('SET', ARGV[i + 7], mid) end
+    end
+  elseif terminal[status] then
+    redis.call('ZREM', KEYS[1], mid)
+  end
+  local pend = ARGV[i + 6]
+  if pend == 'rem' then redis.call('ZREM', KEYS[2], mid) elseif pend ~= '' then redis.call('ZADD', KEYS[2], pend, mid) end
+  if ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+    redis.call('EXPIRE', hist, ttl)
+  end
+end
+return (#ARGV - 2) / 8
+"""
+
+
 class Records:
     def __init__(self, client: redis.Redis, keys: Keys, *, ttl: int = 0, queued_grace: float | None = None,
                  active_grace: float | None = None) -> None:
@@ -81,6 +119,7 @@ class Records:
         self.queued_grace, self.active_grace = queued_grace, active_grace
         self._create = client.register_script(_CREATE)
         self._advance = client.register_script(_ADVANCE)
+        self._update_many = client.register_script(_UPDATE_MANY)
 
     def create(self, message_id: str, fields: dict[str, Any], *, note: str = "", not_before: float | None = None) -> bool:
         """Write a new `queued` record; a no-op (False) when the message already has one. A message
@@ -123,6 +162,24 @@ class Records:
         if pipe is None:
             p.execute()
 
+    def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
+                    pipe: redis.client.Pipeline | None = None) -> None:
+        """`update` for many messages in one script call: (message_id, status, note, fields) each."""
+        if not updates:
+            return
+        at = now()
+        args: list[Any] = [self.ttl, at]
+        for message_id, status, note, fields in updates:
+            grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
+                     MessageStatus.RETRYING: self.active_grace}.get(status)
+            pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
+            gwid = fields.get("gateway_message_id") if status is MessageStatus.ACCEPTED else None
+            args += [self.keys.message(message_id), self.keys.history(message_id), message_id, status.value,
+                     _entry(status, at, note, fields.get("error")),
+                     json.dumps(_encode(fields), ensure_ascii=False), pending,
+                     self.keys.gateway_id(gwid) if gwid else ""]
+        self._update_many(keys=[self.keys.inflight(), self.keys.pending()], args=args, client=pipe or self.redis)
+
     def advance(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> bool:
         """accepted → delivered / failed / expired, atomically; False if the message is not (or no
         longer) `accepted`, so an old report can never undo a newer one."""
@@ -156,10 +213,17 @@ class Records:
 
     def result(self, message_id: str) -> dict[str, Any] | None:
         """The public result dict (RESULT_FIELDS) of a record."""
-        record = self.get(message_id)
-        if record is None:
-            return None
-        return {f: record.get(f) for f in RESULT_FIELDS}
+        return self.result_from(self.redis.hgetall(self.keys.message(message_id)))
+
+    @staticmethod
+    def decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+        """A record from the raw HGETALL reply (e.g. read inside a pipeline)."""
+        return _decode(raw) if raw else None
+
+    @staticmethod
+    def result_from(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+        record = _decode(raw) if raw else None
+        return None if record is None else {f: record.get(f) for f in RESULT_FIELDS}
 
     def push_dead_letter(self, message_id: str, pipe: redis.client.Pipeline | None = None) -> None:
         (pipe if pipe is not None else self.redis).rpush(self.keys.dead_letters(), message_id)

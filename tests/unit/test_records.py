@@ -58,3 +58,30 @@ def test_advance_only_moves_accepted_messages_forward(redis_client):
     assert not records.advance("never-accepted", MessageStatus.DELIVERED)
     assert [h["status"] for h in records.history("m1")] == ["accepted", "delivered"]
     assert redis_client.zcard(Keys("t").inflight()) == 0
+
+
+def test_update_many_writes_exactly_what_update_writes(redis_client):
+    """The batch path's server-side bulk update must leave the same record, history and indexes."""
+    from smsdispatch.keys import Keys
+    from smsdispatch.records import MessageStatus, Records
+    one, many = (Records(redis_client, Keys(p), ttl=3600, queued_grace=10, active_grace=100) for p in ("a", "b"))
+    steps = [(MessageStatus.SENDING, "attempt 1 via x", {"attempts": 1, "to": "+998901234567", "metadata": {"k": [1]},
+                                                         "gateway": "eskiz", "segments": 2}),
+             (MessageStatus.RETRYING, "retry", {"error": {"code": "transient", "message": "HTTP 503"}}),
+             (MessageStatus.ACCEPTED, "", {"gateway_message_id": "g-1", "error": None}),
+             (MessageStatus.FAILED, "", {"error": {"code": "x", "message": "y"}})]
+    for status, note, fields in steps:
+        one.update("m1", status, note=note, **fields)
+        many.update_many([("m1", status, note, fields), ("m2", status, note, fields)])
+        a, b = one.get("m1"), many.get("m1")
+        for rec in (a, b):
+            for t in ("updated_at", "created_at", "accepted_at"):
+                rec.pop(t, None)
+        assert a == b and many.get("m2")["status"] == status.value
+        assert [{k: v for k, v in h.items() if k != "at"} for h in one.history("m1")] == \
+               [{k: v for k, v in h.items() if k != "at"} for h in many.history("m1")]
+        assert (redis_client.zscore("a:inflight", "m1") is None) == (redis_client.zscore("b:inflight", "m1") is None)
+        assert (redis_client.zscore("a:pending", "m1") is None) == (redis_client.zscore("b:pending", "m1") is None)
+        assert redis_client.ttl("b:msg:m1") > 0 and redis_client.ttl("b:msg:m1:history") > 0
+    assert redis_client.get("b:gwid:g-1") == b"m2"          # both messages got id g-1; the later wins
+    assert one.by_gateway_id("g-1") == "m1"
