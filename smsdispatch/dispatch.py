@@ -366,7 +366,7 @@ class Dispatcher:
                              candidates[n + 1].gateway.name)
                     last = (route, e)
                     continue
-                return self._after_failed_call(job, route, attempts, e)
+                return self._after_failed_call(job, route, attempts, e, pinned=bool(pinned))
             except redis.RedisError:
                 # Our Redis failed inside the adapter: gateways touch Redis only for their shared token,
                 # before the HTTP call (or after a 401 refused it), so nothing was sent. Give the claim
@@ -380,14 +380,14 @@ class Dispatcher:
                 log.exception("message %s: unexpected error from %s", mid, gw.name)
                 e = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
                 self._unhealthy(gw, e)
-                return self._after_failed_call(job, route, attempts, e)
+                return self._after_failed_call(job, route, attempts, e, pinned=bool(pinned))
             self.circuits.success(gw.name, now=self.clock())
             log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
                      accepted.gateway_message_id)
             return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
                                 error=None, pinned_gateway=None)
         if last is not None:     # the last callable gateway failed too, provably without sending
-            return self._after_failed_call(job, last[0], attempts, last[1], skipped)
+            return self._after_failed_call(job, last[0], attempts, last[1], skipped, pinned=bool(pinned))
         # every gateway's circuit is open: wait for the first probe
         delay = min(max(0.2, (reopen_at or 0) - self.clock()), self.settings.backoff_max) + self.rng.uniform(0, 1)
         return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")")
@@ -407,7 +407,10 @@ class Dispatcher:
                         self.settings.circuit_failures, self.settings.circuit_window, self.settings.circuit_cooloff)
 
     def _after_failed_call(self, job: _Job, route: Route, attempt: int, e: GatewayError,
-                           skipped: list[str] | None = None) -> Outcome:
+                           skipped: list[str] | None = None, *, pinned: bool = False) -> Outcome:
+        """`pinned`: the message was already held on this gateway by an earlier possibly-sent call. It
+        stays held whatever this call's error says: a later provably-unsent error (a 503 after a
+        reset) does not undo the earlier doubt, and another gateway could duplicate it."""
         gw = route.gateway
         maybe_sent = isinstance(e, AmbiguousError) or getattr(e, "maybe_sent", False)
         error = _error(e.code, str(e))
@@ -418,7 +421,7 @@ class Dispatcher:
         # message is repeated on this gateway only (pinned): with the same reference where it dedupes,
         # else (500/502 on a gateway that can do neither) like any transient error, the documented risk.
         reconcile = maybe_sent and gw.can_lookup
-        pin = gw.name if maybe_sent and not gw.can_lookup else None
+        pin = gw.name if pinned or (maybe_sent and not gw.can_lookup) else None
         if attempt >= self.settings.max_attempts and not reconcile:
             return self._exhausted(job, error, skipped)
         self.ledger.release(job.key, job.claim.owner, ambiguous=reconcile)

@@ -202,3 +202,19 @@ def test_a_redis_error_inside_the_adapter_is_not_taken_for_a_possible_send(setti
     assert d.circuits.state("eskiz", now=clock()) == "closed" and b.calls == []
     out = send(d).result                                    # the retry: a fresh claim, no lookup
     assert out["status"] == "accepted" and a.lookups == [] and out["gateway"] == "eskiz"
+
+
+def test_a_pin_survives_a_later_provably_unsent_error(settings, redis_client, clock, a, b):
+    """Found by the chaos run: reset after sending (pinned to smscx), then a 503 from smscx. The 503
+    proves only that *that* call was not sent; the earlier one may have been. It must stay pinned."""
+    d = make(settings, redis_client, clock, b, a)                 # smscx first, eskiz second
+    b.accepted["t1"] = "accepted-before-the-reset"
+    b.script = [AmbiguousError("connection lost after sending", gateway="smscx"),
+                GatewayUnavailable("HTTP 503", gateway="smscx", status=503)]
+    assert send(d).retry_in is not None                          # reset: pinned to smscx
+    assert send(d).retry_in is not None                          # 503 from smscx: still pinned
+    assert d.records.get("t1")["pinned_gateway"] == "smscx"
+    assert send(d).retry_in is not None and a.calls == []        # smscx's circuit opened (2 failures): waits
+    clock.t += 31                                                 # the probe is due
+    out = send(d).result
+    assert out["gateway"] == "smscx" and a.calls == []           # eskiz never got it
