@@ -381,7 +381,8 @@ class Dispatcher:
                 e = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
                 self._unhealthy(gw, e)
                 return self._after_failed_call(job, route, attempts, e, pinned=bool(pinned))
-            self.circuits.success(gw.name, now=self.clock())
+            if gw.name not in job.closed:      # a probe (or a circuit we did not see closed) went through
+                self.circuits.success(gw.name, now=self.clock())
             log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
                      accepted.gateway_message_id)
             return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
