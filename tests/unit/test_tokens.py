@@ -58,3 +58,24 @@ def test_a_401_renews_once_and_a_second_401_is_an_auth_error(redis_client):
     with pytest.raises(AuthError, match="gw refused a freshly renewed token"):
         token.authorized(lambda t: answer(401))
     assert fetched == [None, "token-1", "token-2"]
+
+
+def test_a_process_keeps_the_token_it_saw_and_a_401_still_renews_it(redis_client, monkeypatch):
+    """No Redis read per send: the token is kept in-process for a while; a 401 renews as before, and
+    picks up a token another worker renewed meanwhile."""
+    fetched = []
+    mine, other = make(redis_client, fetched), make(redis_client, fetched)
+    assert mine.get() == "token-1"
+    reads = []
+    real_get = redis_client.get
+    monkeypatch.setattr(redis_client, "get", lambda key: reads.append(key) or real_get(key))
+    assert mine.get() == "token-1" and reads == []                  # kept locally
+    assert other.renew(stale="token-1") == "token-2"                 # another worker renewed it
+    calls = []
+
+    def call(token):
+        calls.append(token)
+        return answer(401 if token == "token-1" else 200)
+    assert mine.authorized(call).status_code == 200
+    assert calls == ["token-1", "token-2"] and fetched == [None, "token-1"]   # no third fetch
+    assert mine.get() == "token-2"
