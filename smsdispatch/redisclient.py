@@ -1,0 +1,84 @@
+"""The Redis client of workers and producers: every Lua script is on the server before a connection
+is used, so a pipeline does not ask.
+
+redis-py sends ``SCRIPT EXISTS`` before executing any pipeline that holds a script: one more round
+trip on every claim and every outcome of the send path (bench/, part e). A script leaves a Redis
+server only when the server restarts (or on a ``SCRIPT FLUSH``), and a restart drops every
+connection. So `ScriptPool` loads every script registered with the client on each new connection,
+and on each reconnect, before the connection is handed out; a script registered later is loaded
+at once. A pipeline that still meets ``NOSCRIPT`` (someone ran ``SCRIPT FLUSH``) reloads them all
+and raises: its caller retries, as after any Redis error. Plain `redis.Redis` clients (fakeredis in
+the unit tests) work too; they just keep redis-py's check.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from redis.client import Pipeline as _Pipeline
+from redis.exceptions import NoScriptError
+
+
+class ScriptPool(redis.ConnectionPool):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scripts: dict[str, bytes] = {}       # sha -> source
+        self._scripts_lock = threading.Lock()
+
+    def make_connection(self):
+        connection = super().make_connection()
+        connection.register_connect_callback(self._load_scripts)
+        return connection
+
+    def _load_scripts(self, connection) -> None:
+        with self._scripts_lock:
+            sources = list(self.scripts.values())
+        try:
+            for source in sources:
+                connection.send_command("SCRIPT", "LOAD", source)
+            for _ in sources:
+                connection.read_response()
+        except Exception:
+            connection.disconnect()    # never hand out a connection whose server may lack a script
+            raise
+
+    def add(self, script: Any) -> bool:
+        with self._scripts_lock:
+            if script.sha in self.scripts:
+                return False
+            self.scripts[script.sha] = script.script if isinstance(script.script, bytes) else script.script.encode()
+            return True
+
+
+class Pipeline(_Pipeline):
+    def load_scripts(self) -> None:
+        if not isinstance(self.connection_pool, ScriptPool):
+            super().load_scripts()
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)
+        except NoScriptError:
+            if isinstance(self.connection_pool, ScriptPool):
+                for source in list(self.connection_pool.scripts.values()):
+                    self.immediate_execute_command("SCRIPT LOAD", source)
+            raise
+
+
+class Client(redis.Redis):
+    def register_script(self, script):
+        registered = super().register_script(script)
+        pool = self.connection_pool
+        if isinstance(pool, ScriptPool) and pool.add(registered):
+            self.script_load(registered.script)      # connections made before now have not loaded it
+        return registered
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        return Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
+def connect(url: str, **kwargs: Any) -> Client:
+    """A client for `url` whose connections load our scripts (kwargs as for redis.Redis.from_url)."""
+    return Client(connection_pool=ScriptPool.from_url(url, **kwargs))
