@@ -60,7 +60,9 @@ from .ledger import Claim, ClaimResult, Ledger, fingerprint
 from .message import SendRequest, parse_send
 from .phone import mask
 from .ratelimit import RateLimiter
-from .records import MessageStatus, Records
+from .records import RESULT_FIELDS, MessageStatus, Records
+from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
+from .results import Results, ResultSlot
 from .retry import compute_backoff
 
 log = logging.getLogger("smsdispatch.dispatch")
@@ -72,6 +74,9 @@ BALANCE_CACHE_SECONDS = 5.0
 
 #: A duplicate that finds the key claimed looks again this often (or when the lease ends, if sooner).
 BUSY_POLL = 2.0
+
+#: What `send` reads of a record along with its claim: the result, and what an attempt depends on.
+RECORD_FIELDS_READ = (*RESULT_FIELDS, "pinned_gateway")
 
 
 def message_id_for(idempotency_key: object, task_id: str) -> str:
@@ -90,6 +95,7 @@ def ledger_key_for(idempotency_key: object, task_id: str) -> str:
 class Outcome:
     result: dict[str, Any] | None = None     # final: the task returns this
     retry_in: float | None = None            # not final: run the task again after this many seconds
+    stored: bool = False                     # final, and already stored as the task's Celery result
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class _Job:
     claim: ClaimResult
     skipped: tuple[str, ...] = ()   # gateways left out before the claim (balance guard), with why
     closed: frozenset[str] = frozenset()   # gateways whose circuit was closed a moment ago: no need to ask
+    result: ResultSlot | None = None      # store the outcome as this task's Celery result (results.py)
 
 
 def not_sent(e: GatewayError) -> bool:
@@ -118,12 +125,14 @@ def not_sent(e: GatewayError) -> bool:
 
 class Dispatcher:
     def __init__(self, settings: Settings, client: redis.Redis, *, gateways: Gateways | None = None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 result_ttl: int = DEFAULT_RESULT_TTL) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.records = Records(client, self.keys, ttl=settings.record_ttl, queued_grace=settings.queued_grace,
                                active_grace=settings.active_grace)
         self.ledger = Ledger(client, self.keys, lease=settings.claim_lease, ttl=settings.idempotency_ttl)
+        self.results = Results(client, self.keys, ttl=result_ttl)
         self.gateways = gateways or Gateways(settings, client, self.keys)
         self.circuits = Circuits(client, self.keys, failures=settings.circuit_failures,
                                  window=settings.circuit_window, cooloff=settings.circuit_cooloff)
@@ -205,7 +214,9 @@ class Dispatcher:
                     f"(SMSDISPATCH_BALANCE_GUARD); not sent")
         return None
 
-    def send(self, kwargs: dict[str, Any], *, task_id: str) -> Outcome:
+    def send(self, kwargs: dict[str, Any], *, task_id: str, store_result: bool = False) -> Outcome:
+        """`store_result`: store a final outcome as the task's Celery result along with its record
+        (results.py); the Outcome says `stored`. Other final outcomes the caller stores itself."""
         raw_key = kwargs.get("idempotency_key")
         message_id = message_id_for(raw_key, task_id)
         key = ledger_key_for(raw_key, task_id)
@@ -219,14 +230,17 @@ class Dispatcher:
         if not usable:
             return Outcome(self.reject(message_id, task_id, kwargs, "insufficient_balance", "; ".join(skipped)))
         # One round trip: the claim, the record as it stands after it, and the circuits of the route.
-        pipe = self.records.redis.pipeline(transaction=False)
-        owner = self.ledger.claim(key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id, pipe=pipe)
-        pipe.hgetall(self.keys.message(message_id))
-        for route in usable:
-            pipe.hget(self.keys.circuit(route.gateway.name), "open_until")
-        claim_reply, raw_record, *circuits = pipe.execute()
-        claim = self.ledger.parse(claim_reply, owner)
-        closed = {r.gateway.name for r, open_until in zip(usable, circuits, strict=True) if open_until is None}
+        # A first attempt through a gateway without a rate limit also writes its `sending` update
+        # there, unless that gateway's circuit is open (then the attempt below writes it).
+        first = usable[0].gateway
+        begun = self.ledger.begin(
+            key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id,
+            start=self.records.prepared(message_id, MessageStatus.SENDING,
+                                        **self._sending(request, first, key, task_id, 1, list(skipped))),
+            write_start=not self.limiter.limited(first.name), unless_open=self.keys.circuit(first.name),
+            circuits=[self.keys.circuit(r.gateway.name) for r in usable], fields=RECORD_FIELDS_READ)
+        claim, raw_record = begun.claim, begun.record
+        closed = {r.gateway.name for r, open_until in zip(usable, begun.open_until, strict=True) if open_until is None}
         if claim.answer is Claim.CONFLICT:
             reason = (f"idempotency key already used by message {claim.message_id} with a different "
                       f"payload; nothing sent")
@@ -240,7 +254,8 @@ class Dispatcher:
             # of its lease it has either recorded an outcome or died (then we reconcile).
             return Outcome(retry_in=min(BUSY_POLL, max(0.0, claim.lease_until - self.clock()) + 0.1))
 
-        job = _Job(message_id, key, request, usable, claim, tuple(skipped), frozenset(closed))
+        job = _Job(message_id, key, request, usable, claim, tuple(skipped), frozenset(closed),
+                   self.results.slot(task_id) if store_result else None)
         record = self.records.decode(raw_record) or {}
         if claim.answer is Claim.REOPENED:
             self.records.reopen(message_id, note="resubmitted after retries_exhausted: trying again")
@@ -326,29 +341,27 @@ class Dispatcher:
         reopen_at = None
         for n, route in enumerate(candidates):
             gw, has_next = route.gateway, n + 1 < len(candidates)
-            if attempts >= self.settings.max_attempts:
-                return self._exhausted(job, _error(last[1].code, str(last[1])) if last else record.get("error"),
-                                       skipped)
-            verdict = Verdict(True) if gw.name in job.closed else self.circuits.allow(gw.name, now=self.clock())
-            if not verdict.allowed:
-                skipped.append(f"{gw.name}: circuit open")
-                reopen_at = min(reopen_at or verdict.open_until, verdict.open_until)
-                continue
-            permit = self.limiter.acquire(gw.name, now=self.clock(), max_wait=self.max_rate_wait)
-            if not permit.granted:
-                return self._wait(job, permit.wait, f"{gw.name}'s rate limit "
-                                                    f"({self.settings.rate_limits[gw.name]:g}/s) is used up")
-            if permit.wait > 0:
-                time.sleep(permit.wait)
-            attempts += 1      # we hold the claim: nobody else writes this record's attempts now
-            self.records.update(mid, MessageStatus.SENDING, note=_with_skips(f"attempt {attempts} via {gw.name}",
-                                                                             skipped), attempts=attempts,
-                                to=job.request.to, text=job.request.text, gateway=gw.name,
-                                requested_gateway=job.request.gateway, options=job.request.options,
-                                sender=job.request.sender, segments=job.request.segments,
-                                idempotency_key=job.key.split(":", 1)[1], task_id=task_id,
-                                callback_url=job.request.callback_url, metadata=job.request.metadata)
-            skipped = []
+            if n == 0 and job.claim.started:    # the claim wrote this attempt's `sending` update
+                attempts, skipped = 1, []
+            else:
+                if attempts >= self.settings.max_attempts:
+                    return self._exhausted(job, _error(last[1].code, str(last[1])) if last else record.get("error"),
+                                           skipped)
+                verdict = Verdict(True) if gw.name in job.closed else self.circuits.allow(gw.name, now=self.clock())
+                if not verdict.allowed:
+                    skipped.append(f"{gw.name}: circuit open")
+                    reopen_at = min(reopen_at or verdict.open_until, verdict.open_until)
+                    continue
+                permit = self.limiter.acquire(gw.name, now=self.clock(), max_wait=self.max_rate_wait)
+                if not permit.granted:
+                    return self._wait(job, permit.wait, f"{gw.name}'s rate limit "
+                                                        f"({self.settings.rate_limits[gw.name]:g}/s) is used up")
+                if permit.wait > 0:
+                    time.sleep(permit.wait)
+                attempts += 1      # we hold the claim: nobody else writes this record's attempts now
+                self.records.update(mid, MessageStatus.SENDING,
+                                    **self._sending(job.request, gw, job.key, task_id, attempts, skipped))
+                skipped = []
             try:
                 accepted = gw.send(route.sms)
             except PermanentError as e:
@@ -392,6 +405,16 @@ class Dispatcher:
         # every gateway's circuit is open: wait for the first probe
         delay = min(max(0.2, (reopen_at or 0) - self.clock()), self.settings.backoff_max) + self.rng.uniform(0, 1)
         return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")")
+
+    @staticmethod
+    def _sending(request: SendRequest, gw: Gateway, key: str, task_id: str, attempt: int,
+                 skipped: list[str]) -> dict[str, Any]:
+        """The `sending` update of one attempt (note and fields), before its gateway call."""
+        return {"note": _with_skips(f"attempt {attempt} via {gw.name}", skipped), "attempts": attempt,
+                "to": request.to, "text": request.text, "gateway": gw.name, "requested_gateway": request.gateway,
+                "options": request.options, "sender": request.sender, "segments": request.segments,
+                "idempotency_key": key.split(":", 1)[1], "task_id": task_id, "callback_url": request.callback_url,
+                "metadata": request.metadata}
 
     def _wait(self, job: _Job, delay: float, why: str) -> Outcome:
         """Not sent, and no call failed: give the claim back and run again after `delay`."""
@@ -449,15 +472,11 @@ class Dispatcher:
 
     def _finish(self, job: _Job, status: MessageStatus, *, dead_letter: bool = False, note: str = "",
                 reopenable: bool = False, **fields: Any) -> Outcome:
-        """The terminal write: record and ledger change together, in one transaction."""
-        pipe = self.records.redis.pipeline(transaction=True)
-        self.records.update(job.message_id, status, note=note, pipe=pipe, **fields)
-        self.ledger.complete(job.key, pipe=pipe, reopenable=reopenable)
-        if dead_letter:
-            self.records.push_dead_letter(job.message_id, pipe=pipe)
-        pipe.hgetall(self.keys.message(job.message_id))       # the result, in the same round trip
-        result = self.records.result_from(pipe.execute()[-1])
-        return Outcome(result if result is not None else self._recorded_result(job.message_id))
+        """The terminal write, one script: record, ledger and the task's result (if asked) together;
+        the result comes back in the same round trip."""
+        update = self.records.prepared(job.message_id, status, note=note, **fields)
+        values = self.ledger.finish(job.key, update, reopenable=reopenable, dead_letter=dead_letter, result=job.result)
+        return Outcome(self.records.result_from_fields(values), stored=job.result is not None)
 
     def reject(self, record_id: str, task_id: str, kwargs: dict, code: str, reason: str) -> dict:
         """A submission refused before any gateway call. Never overwrite another submission's record:

@@ -26,7 +26,8 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
 
 Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
 ``unacked`` / ``unacked_index`` (kombu's late-ack bookkeeping) and ``celery-task-meta-<task id>``
-(results). We never write those.
+(results). We never write the first three; the results of `send_sms` we write ourselves, in
+Celery's format and under Celery's key (results.py), with no prefix of ours.
 """
 
 from __future__ import annotations
@@ -100,3 +101,8 @@ class Keys:
 
     def rate_bucket(self, gateway: str) -> str:
         return f"{self.prefix}:rate:{gateway}"
+
+    @staticmethod
+    def task_result(task_id: str) -> str:
+        """Celery's Redis result backend key (its task_keyprefix; results.py)."""
+        return f"celery-task-meta-{task_id}"

@@ -22,6 +22,10 @@ redelivered task never does.
 The lease is longer than the longest possible in-flight call (config.py enforces it), so an expired
 lease means the holder is gone. RECONCILE tells the caller to ask the gateway whether the message got
 through before sending again (dispatch.py).
+
+A single send costs two round trips here, each one script that carries the record's write with it
+(records.UPDATE_FUNCTION): `begin` (the claim; on a first attempt the `sending` update; the record and
+circuits read back) and `finish` (the outcome, `done`, and the task's result for Celery).
 """
 
 from __future__ import annotations
@@ -35,30 +39,93 @@ from enum import Enum
 import redis
 
 from .keys import Keys
+from .records import INT_FIELDS, JSON_FIELDS, RESULT_FIELDS, UPDATE_FUNCTION, RecordUpdate
+from .results import ResultSlot
+
+# The claim, as a Lua function (the scripts below include it). Arguments: entry key, fp, message_id,
+# owner, now_ms, lease_ms, ttl_s, submission. Returns {answer, message_id, lease_until or
+# first_claimed_at, fresh}: fresh is 1 when the key had no entry at all (a first attempt).
+CLAIM_FUNCTION = """
+local function claim(key, fp, mid, owner, now, lease, ttl, submission)
+  local e = redis.call('HMGET', key, 'fp', 'state', 'lease_until', 'message_id', 'first_claimed_at',
+                       'reopenable', 'submission')
+  local function take(answer, first, fresh)
+    redis.call('HSET', key, 'fp', fp, 'state', 'claimed', 'owner', owner, 'submission', submission,
+               'lease_until', now + lease, 'message_id', mid, 'first_claimed_at', first, 'reopenable', 0)
+    redis.call('EXPIRE', key, ttl)
+    return {answer, mid, first, fresh}
+  end
+  if not e[2] then return take('claimed', now, 1) end
+  if e[1] ~= fp then return {'conflict', e[4], 0, 0} end
+  if e[2] == 'done' then
+    if e[6] == '1' and e[7] ~= submission then return take('reopened', now, 0) end
+    return {'done', e[4], 0, 0}
+  end
+  if e[2] == 'pending' then return take('claimed', tonumber(e[5]), 0) end
+  if e[2] == 'claimed' and tonumber(e[3]) > now then return {'busy', e[4], tonumber(e[3]), 0} end
+  return take('reconcile', tonumber(e[5]), 0)
+end
+"""
 
 # KEYS[1] entry; ARGV: fp, message_id, owner, now_ms, lease_ms, ttl_s, submission.
-# Returns {answer, message_id, lease_until or first_claimed_at}.
-_CLAIM = """
-local e = redis.call('HMGET', KEYS[1], 'fp', 'state', 'lease_until', 'message_id', 'first_claimed_at',
-                     'reopenable', 'submission')
-local fp, mid, owner, now, lease, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local submission = ARGV[7]
-local function take(answer, first)
-  redis.call('HSET', KEYS[1], 'fp', fp, 'state', 'claimed', 'owner', owner, 'submission', submission,
-             'lease_until', now + lease, 'message_id', mid, 'first_claimed_at', first, 'reopenable', 0)
-  redis.call('EXPIRE', KEYS[1], ttl)
-  return {answer, mid, first}
-end
-if not e[2] then return take('claimed', now) end
-if e[1] ~= fp then return {'conflict', e[4], 0} end
-if e[2] == 'done' then
-  if e[6] == '1' and e[7] ~= submission then return take('reopened', now) end
-  return {'done', e[4], 0}
-end
-if e[2] == 'pending' then return take('claimed', tonumber(e[5])) end
-if e[2] == 'claimed' and tonumber(e[3]) > now then return {'busy', e[4], tonumber(e[3])} end
-return take('reconcile', tonumber(e[5]))
+_CLAIM = CLAIM_FUNCTION + """
+return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
 """
+
+# The send path's first step, one script: the claim; when it is a first attempt (no entry, no
+# attempt on the record) through a gateway whose circuit is closed, the record's `sending` update;
+# then what the caller decides on: the record as it stands after that, and the route's circuits.
+# KEYS: entry, circuit of the first gateway, inflight, pending, record, then the circuits of the
+# route. ARGV: the claim's 7; '1' to write the update (else '0'); the record's ttl, now and the 8
+# values of the update (Records.update_args; the record key first); then the record fields to read.
+# Returns {answer, message_id, lease_until or first_claimed_at, fresh (2 when the update was
+# written), the record fields (false where absent), each circuit's open_until (false if closed)}.
+_BEGIN = CLAIM_FUNCTION + UPDATE_FUNCTION + """
+local r = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
+if ARGV[8] == '1' and r[4] == 1 then
+  local attempts = redis.call('HGET', KEYS[5], 'attempts')
+  if (not attempts or attempts == '0' or attempts == '') and redis.call('HEXISTS', KEYS[2], 'open_until') == 0 then
+    update_record(tonumber(ARGV[9]), ARGV[10], KEYS[3], KEYS[4], unpack(ARGV, 11, 18))
+    r[4] = 2
+  end
+end
+local circuits = {}
+for i = 6, #KEYS do circuits[#circuits + 1] = redis.call('HGET', KEYS[i], 'open_until') end
+r[5] = redis.call('HMGET', KEYS[5], unpack(ARGV, 19))
+r[6] = circuits
+return r
+"""
+
+# The outcome, in one step: the record's update, the entry marked done, the dead letter, and the
+# task's result where Celery's Redis result backend keeps it, in its format (results.py), built from
+# the updated record. KEYS: entry, inflight, pending, dead letters, result key ('' = none). ARGV:
+# reopenable (0/1), dead letter (0/1), result ttl, task id, date_done, the record's ttl, now, then
+# the 8 update values. Returns the record's RESULT_FIELDS, raw (false where absent).
+_FINISH = UPDATE_FUNCTION + """
+update_record(tonumber(ARGV[6]), ARGV[7], KEYS[2], KEYS[3], unpack(ARGV, 8, 15))
+redis.call('HSET', KEYS[1], 'state', 'done', 'reopenable', ARGV[1])
+if ARGV[2] == '1' then redis.call('RPUSH', KEYS[4], ARGV[10]) end
+local names = {%(names)s}
+local f = redis.call('HMGET', ARGV[8], unpack(names))
+if KEYS[5] ~= '' then
+  local ints, json = {%(ints)s}, {%(json)s}
+  local result = {}
+  for i, name in ipairs(names) do
+    local v = f[i]
+    if v == false or (v == '' and not ints[name]) then result[name] = cjson.null
+    elseif ints[name] then result[name] = tonumber(v) or 0
+    elseif json[name] then result[name] = cjson.decode(v)
+    else result[name] = v end
+  end
+  local meta = '{"status":"SUCCESS","result":' .. cjson.encode(result) .. ',"traceback":null,"children":[],' ..
+               '"date_done":' .. cjson.encode(ARGV[5]) .. ',"task_id":' .. cjson.encode(ARGV[4]) .. '}'
+  redis.call('SETEX', KEYS[5], ARGV[3], meta)
+  redis.call('PUBLISH', KEYS[5], meta)
+end
+return f
+""" % {"names": ", ".join(f"'{n}'" for n in RESULT_FIELDS),
+       "ints": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in INT_FIELDS),
+       "json": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in JSON_FIELDS)}
 
 # KEYS[1] entry; ARGV: owner, new state. Only the holder may release; returns 1 if it did.
 _RELEASE = """
@@ -84,6 +151,16 @@ class ClaimResult:
     owner: str
     lease_until: float = 0.0        # BUSY: when the other holder's lease ends (s since the epoch)
     first_claimed_at: float = 0.0   # CLAIMED / RECONCILE: when the first send of this key began
+    started: bool = False           # the claim also wrote the record's `sending` update (begin)
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What `Ledger.begin` found: the claim, the record's fields read (raw, as HGETALL would give
+    them; empty when there is no record) and the circuits' open_until."""
+    claim: ClaimResult
+    record: dict[bytes, bytes]
+    open_until: list[bytes | None]
 
 
 def fingerprint(payload: dict) -> str:
@@ -99,6 +176,8 @@ class Ledger:
         self.lease_ms = int(lease * 1000)
         self.ttl = ttl
         self._claim = client.register_script(_CLAIM)
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
 
     def claim(self, key: str, *, fp: str, message_id: str, now: float, submission: str = "",
@@ -112,15 +191,40 @@ class Ledger:
             return owner
         return self.parse(self._claim(keys=[self.keys.idempotency(key)], args=args), owner)
 
+    def begin(self, key: str, *, fp: str, message_id: str, now: float, submission: str, start: RecordUpdate,
+              write_start: bool, unless_open: str, circuits: list[str], fields: tuple[str, ...]) -> Begun:
+        """The claim of one send, in one round trip: with `write_start`, a first claim also writes
+        `start` (the record's `sending` update) unless the circuit `unless_open` is open; then the
+        record's `fields` as they stand and the `open_until` of each circuit in `circuits` are read."""
+        owner = uuid.uuid4().hex
+        record = self.keys.message(message_id)
+        keys = [self.keys.idempotency(key), unless_open, *start.index_keys, record, *circuits]
+        args = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission,
+                "1" if write_start else "0", *start.args, *fields]
+        reply = self._begin(keys=keys, args=args)
+        record = {name.encode(): v for name, v in zip(fields, reply[4], strict=True) if v is not None}
+        return Begun(self.parse(reply[:4], owner), record, list(reply[5]))
+
     @staticmethod
     def parse(reply: list, owner: str) -> ClaimResult:
-        answer, mid, t = reply
+        answer, mid, t, fresh = reply
         answer = Claim(answer.decode() if isinstance(answer, bytes) else answer)
         mid = mid.decode() if isinstance(mid, bytes) else mid
         t = int(t) / 1000
         if answer is Claim.BUSY:
             return ClaimResult(answer, mid, owner, lease_until=t)
-        return ClaimResult(answer, mid, owner, first_claimed_at=t)
+        return ClaimResult(answer, mid, owner, first_claimed_at=t, started=int(fresh) == 2)
+
+    def finish(self, key: str, update: RecordUpdate, *, reopenable: bool = False, dead_letter: bool = False,
+               result: ResultSlot | None = None) -> list:
+        """The outcome in one atomic step: the record's update (`update`: Records.update_args), the key
+        marked done (`reopenable`: provably not sent, retries exhausted, so a new submission may try
+        again), the id pushed on the dead letters, and the task's result stored for Celery's result
+        backend. Returns the record's raw RESULT_FIELDS (for Records.result_from_fields)."""
+        keys = [self.keys.idempotency(key), *update.index_keys, self.keys.dead_letters(), result.key if result else ""]
+        args = [int(reopenable), int(dead_letter), result.ttl if result else 0, result.task_id if result else "",
+                result.date_done if result else "", *update.args]
+        return self._finish(keys=keys, args=args)
 
     def release(self, key: str, owner: str, *, ambiguous: bool, pipe: redis.client.Pipeline | None = None) -> bool:
         """Give the claim up after a failed call: `pending` (nothing sent) or `ambiguous` (maybe sent)."""

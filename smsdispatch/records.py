@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -69,42 +70,55 @@ def now() -> float:
     return round(time.time(), 3)
 
 
-# Many `update`s in one call (batch chunks): what `Records.update` does, per message, server-side, so
-# a chunk costs one command to pack instead of about ten per message.
-# KEYS: inflight, pending. ARGV: ttl (0 = keep), now, then per message 8 values: record key, history
-# key, message id, status, history entry, fields (a JSON object of strings), pending ('' = leave,
-# 'rem' = remove, else the sweep deadline), gateway-id key ('' = none).
-_UPDATE_MANY = """
-local ttl, at = tonumber(ARGV[1]), ARGV[2]
-local terminal = {delivered = true, failed = true, unknown = true, expired = true}
-for i = 3, #ARGV, 8 do
-  local key, hist, mid, status = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+# One `Records.update`, server-side, as a Lua function other scripts include (the ledger's claim and
+# finish, batch chunks). Arguments: ttl (0 = keep), now, inflight key, pending key, then the 8 values
+# of `Records.update_args`: record key, history key, message id, status, history entry, fields (a
+# JSON object of strings), pending ('' = leave, 'rem' = remove, else the sweep deadline), gateway-id
+# key ('' = none).
+UPDATE_FUNCTION = """
+local function update_record(ttl, at, inflight, pending, key, hist, mid, status, entry, fields, pend, gwid)
   local flat = {'message_id', mid, 'status', status, 'updated_at', at}
-  for k, v in pairs(cjson.decode(ARGV[i + 5])) do
+  for k, v in pairs(cjson.decode(fields)) do
     flat[#flat + 1] = k
     flat[#flat + 1] = v
   end
   redis.call('HSET', key, unpack(flat))
   redis.call('HSETNX', key, 'created_at', at)
-  redis.call('RPUSH', hist, ARGV[i + 4])
+  redis.call('RPUSH', hist, entry)
   if status == 'accepted' then
     redis.call('HSETNX', key, 'accepted_at', at)
-    redis.call('ZADD', KEYS[1], 'NX', at, mid)
-    if ARGV[i + 7] ~= '' then
-      if ttl > 0 then redis.call('SET', ARGV[i + 7], mid, 'EX', ttl) else redis.call('SET', ARGV[i + 7], mid) end
+    redis.call('ZADD', inflight, 'NX', at, mid)
+    if gwid ~= '' then
+      if ttl > 0 then redis.call('SET', gwid, mid, 'EX', ttl) else redis.call('SET', gwid, mid) end
     end
-  elseif terminal[status] then
-    redis.call('ZREM', KEYS[1], mid)
+  elseif status == 'delivered' or status == 'failed' or status == 'unknown' or status == 'expired' then
+    redis.call('ZREM', inflight, mid)
   end
-  local pend = ARGV[i + 6]
-  if pend == 'rem' then redis.call('ZREM', KEYS[2], mid) elseif pend ~= '' then redis.call('ZADD', KEYS[2], pend, mid) end
+  if pend == 'rem' then redis.call('ZREM', pending, mid) elseif pend ~= '' then redis.call('ZADD', pending, pend, mid) end
   if ttl > 0 then
     redis.call('EXPIRE', key, ttl)
     redis.call('EXPIRE', hist, ttl)
   end
 end
+"""
+
+# Many `update`s in one call (batch chunks and single updates alike).
+# KEYS: inflight, pending. ARGV: ttl (0 = keep), now, then 8 values per message (UPDATE_FUNCTION).
+_UPDATE_MANY = UPDATE_FUNCTION + """
+local ttl, at = tonumber(ARGV[1]), ARGV[2]
+for i = 3, #ARGV, 8 do
+  update_record(ttl, at, KEYS[1], KEYS[2], unpack(ARGV, i, i + 7))
+end
 return (#ARGV - 2) / 8
 """
+
+
+@dataclass(frozen=True)
+class RecordUpdate:
+    """One update, ready for a script that includes UPDATE_FUNCTION (ledger.py): the record's ttl,
+    the time and the 8 values of `Records.update_args`, and the index keys (inflight, pending)."""
+    args: list
+    index_keys: tuple[str, str]
 
 
 class Records:
@@ -135,32 +149,26 @@ class Records:
 
     def update(self, message_id: str, status: MessageStatus, *, note: str = "",
                pipe: redis.client.Pipeline | None = None, **fields: Any) -> None:
-        """Set the status (and any fields) and append the change to the history."""
-        at = now()
-        p = pipe if pipe is not None else self.redis.pipeline(transaction=True)
-        key, hist = self.keys.message(message_id), self.keys.history(message_id)
-        p.hset(key, mapping=_encode({"message_id": message_id, "status": status.value,
-                                     "updated_at": at, **fields}))
-        p.hsetnx(key, "created_at", at)
-        p.rpush(hist, _entry(status, at, note, fields.get("error")))
-        if status is MessageStatus.ACCEPTED:      # awaiting a delivery report: the poller's work list
-            p.hsetnx(key, "accepted_at", at)
-            p.zadd(self.keys.inflight(), {message_id: at}, nx=True)
-            if fields.get("gateway_message_id"):   # webhooks that carry only the gateway's id find us
-                p.set(self.keys.gateway_id(fields["gateway_message_id"]), message_id, ex=self.ttl or None)
-        elif status.terminal:
-            p.zrem(self.keys.inflight(), message_id)
+        """Set the status (and any fields) and append the change to the history: one script call,
+        atomic on its own; with `pipe`, queued there (grouped with the caller's other changes)."""
+        self.update_many([(message_id, status, note, fields)], pipe=pipe)
+
+    def update_args(self, message_id: str, status: MessageStatus, note: str, fields: dict[str, Any],
+                    at: float) -> list[Any]:
+        """The 8 values of one update for UPDATE_FUNCTION (scripts here and in ledger.py)."""
         grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
                  MessageStatus.RETRYING: self.active_grace}.get(status)
-        if grace is not None:
-            p.zadd(self.keys.pending(), {message_id: at + grace})
-        elif self.active_grace is not None:
-            p.zrem(self.keys.pending(), message_id)
-        if self.ttl:
-            p.expire(key, self.ttl)
-            p.expire(hist, self.ttl)
-        if pipe is None:
-            p.execute()
+        pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
+        gwid = fields.get("gateway_message_id") if status is MessageStatus.ACCEPTED else None
+        return [self.keys.message(message_id), self.keys.history(message_id), message_id, status.value,
+                _entry(status, at, note, fields.get("error")), json.dumps(_encode(fields), ensure_ascii=False),
+                pending, self.keys.gateway_id(gwid) if gwid else ""]
+
+    def prepared(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> RecordUpdate:
+        """`update`'s write, to be carried out by a ledger step (claim or finish) in the same script."""
+        at = now()
+        return RecordUpdate([self.ttl, at, *self.update_args(message_id, status, note, fields, at)],
+                            (self.keys.inflight(), self.keys.pending()))
 
     def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
                     pipe: redis.client.Pipeline | None = None) -> None:
@@ -170,14 +178,7 @@ class Records:
         at = now()
         args: list[Any] = [self.ttl, at]
         for message_id, status, note, fields in updates:
-            grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
-                     MessageStatus.RETRYING: self.active_grace}.get(status)
-            pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
-            gwid = fields.get("gateway_message_id") if status is MessageStatus.ACCEPTED else None
-            args += [self.keys.message(message_id), self.keys.history(message_id), message_id, status.value,
-                     _entry(status, at, note, fields.get("error")),
-                     json.dumps(_encode(fields), ensure_ascii=False), pending,
-                     self.keys.gateway_id(gwid) if gwid else ""]
+            args += self.update_args(message_id, status, note, fields, at)
         self._update_many(keys=[self.keys.inflight(), self.keys.pending()], args=args, client=pipe or self.redis)
 
     def advance(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> bool:
@@ -221,6 +222,12 @@ class Records:
         return _decode(raw) if raw else None
 
     @staticmethod
+    def result_from_fields(values: list) -> dict[str, Any] | None:
+        """The result from the raw RESULT_FIELDS values (HMGET order); None if the record is gone."""
+        raw = {name.encode(): v for name, v in zip(RESULT_FIELDS, values, strict=True) if v is not None}
+        return Records.result_from(raw) if raw else None
+
+    @staticmethod
     def result_from(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         record = _decode(raw) if raw else None
         return None if record is None else {f: record.get(f) for f in RESULT_FIELDS}
@@ -242,15 +249,15 @@ def _entry(status: MessageStatus, at: float, note: str, error: dict | None = Non
 
 
 # Hash values are strings; structured fields are stored as JSON and typed fields converted back.
-_JSON_FIELDS = {"error", "metadata", "payload", "options"}
-_INT_FIELDS = {"attempts", "segments", "lookups"}
+JSON_FIELDS = {"error", "metadata", "payload", "options"}
+INT_FIELDS = {"attempts", "segments", "lookups"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "accepted_at"}
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
     out = {}
     for k, v in fields.items():
-        if k in _JSON_FIELDS:
+        if k in JSON_FIELDS:
             out[k] = json.dumps(v, ensure_ascii=False)
         elif isinstance(v, Enum):
             out[k] = v.value
@@ -263,9 +270,9 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
         key, val = k.decode(), v.decode()
-        if key in _JSON_FIELDS:
+        if key in JSON_FIELDS:
             out[key] = json.loads(val) if val else None
-        elif key in _INT_FIELDS:
+        elif key in INT_FIELDS:
             out[key] = int(val) if val else 0
         elif key in _FLOAT_FIELDS:
             out[key] = float(val) if val else None

@@ -50,7 +50,13 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
             options.setdefault("kwargsrepr", _masked_repr(kwargs))
             options.setdefault("argsrepr", "()")
-            return super().apply_async((), kwargs, task_id=task_id, **options)
+            if not self.app.conf.task_always_eager:
+                # The worker stores the result itself, with the record (results.py): Celery need not,
+                # nor subscribe to it now (a result is subscribed to when `.get()` asks for it).
+                options.setdefault("ignore_result", True)
+            result = super().apply_async((), kwargs, task_id=task_id, **options)
+            result.ignored = False         # `.get()` waits for the result all the same
+            return result
 
         def __call__(self, /, *args, **kwargs):
             """Celery's Task.__call__ names its first parameter `self`, so a keyword argument `self` (bad
@@ -61,7 +67,10 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                 return self.run(*args, **kwargs)
             return super().__call__(*args, **kwargs)
 
-    @app.task(bind=True, base=SendTask, name=SEND_SMS, max_retries=None, typing=False, shared=False)
+    # Published with ignore_result (SendTask.apply_async), Celery does not store the result: we do,
+    # with the record (results.py). Retries and errors (an unexpected exception) Celery still stores.
+    @app.task(bind=True, base=SendTask, name=SEND_SMS, max_retries=None, typing=False, shared=False,
+              store_errors_even_if_ignored=True)
     def send_sms(self, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """send_sms(to, text, *, sender=None, gateway=None, idempotency_key=None, callback_url=None,
         metadata=None, options=None): send one SMS exactly once; returns {message_id, status, gateway,
@@ -73,9 +82,11 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                 kwargs = merge_arguments(args, kwargs)
                 check_encodable(kwargs)     # before the dispatcher derives ids from the key or writes a record
             except ValidationError as e:
-                return refuse(kwargs, self.request.id, str(e))
+                return stored(self.request.id, refuse(kwargs, self.request.id, str(e)))
             kwargs = {k: v for k, v in kwargs.items() if not (k in FIELDS and v is None)}
-            outcome = runtime.dispatcher.send(kwargs, task_id=self.request.id)
+            outcome = runtime.dispatcher.send(kwargs, task_id=self.request.id, store_result=True)
+            if outcome.retry_in is None and not outcome.stored:
+                stored(self.request.id, outcome.result)
         except redis.RedisError as e:
             # Our store failed mid-way: nothing was decided for sure. Run again later; the ledger
             # makes the rerun safe (a claim left behind is reconciled, never blindly resent).
@@ -83,6 +94,11 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         if outcome.retry_in is not None:
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
         return outcome.result
+
+    def stored(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Store a final result of send_sms as its task's Celery result (it ignores Celery's storing)."""
+        runtime.dispatcher.results.store(task_id, result)
+        return result
 
 
     def refuse(kwargs: Any, task_id: str, reason: str) -> dict[str, Any]:

@@ -45,9 +45,9 @@ class Harness:
         self.runs = 0
         send = self.dispatcher.send
 
-        def counting_send(kwargs, *, task_id):
+        def counting_send(kwargs, *, task_id, **options):
             self.runs += 1
-            return send(kwargs, task_id=task_id)
+            return send(kwargs, task_id=task_id, **options)
         self.dispatcher.send = counting_send
 
     def reset(self) -> Harness:

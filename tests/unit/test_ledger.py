@@ -74,3 +74,65 @@ def test_claims_can_be_pipelined(redis_client):
     owners = [ledger.claim(k, fp="a", message_id=k, now=0, pipe=pipe) for k in ("x", "y", "x")]
     results = [ledger.parse(reply, owner) for reply, owner in zip(pipe.execute(), owners, strict=True)]
     assert [r.answer for r in results] == [Claim.CLAIMED, Claim.CLAIMED, Claim.BUSY]
+
+
+def test_a_first_claim_writes_the_sending_update_with_it_unless_the_circuit_is_open(redis_client):
+    from smsdispatch.records import MessageStatus, Records
+    records = Records(redis_client, Keys("t"))
+    ledger = make(redis_client)
+
+    def begin(key, mid, now, write_start=True):
+        start = records.prepared(mid, MessageStatus.SENDING, note="attempt 1 via stub", attempts=1, gateway="stub")
+        return ledger.begin(key, fp="a", message_id=mid, now=now, submission="s", start=start,
+                            write_start=write_start, unless_open="t:circuit:stub",
+                            circuits=["t:circuit:stub", "t:circuit:other"], fields=("status", "attempts"))
+    first = begin("k1", "m1", 100.0)
+    assert first.claim.answer is Claim.CLAIMED and first.claim.started
+    assert first.record == {b"status": b"sending", b"attempts": b"1"}       # read after the write
+    assert first.open_until == [None, None]
+    assert records.get("m1")["attempts"] == 1
+    assert [h["note"] for h in records.history("m1")] == ["attempt 1 via stub"]
+    ledger.release("k1", first.claim.owner, ambiguous=False)   # a retry is not a first claim: the caller writes
+    again = begin("k1", "m1", 101.0)
+    assert again.claim.answer is Claim.CLAIMED and not again.claim.started and len(records.history("m1")) == 1
+    assert not begin("k3", "m3", 100.0, write_start=False).claim.started and records.get("m3") is None
+    redis_client.hset("t:circuit:stub", "open_until", 200)
+    blocked = begin("k2", "m2", 100.0)
+    assert blocked.claim.answer is Claim.CLAIMED and not blocked.claim.started and records.get("m2") is None
+    assert blocked.record == {} and blocked.open_until == [b"200", None]
+    assert begin("k2", "m2", 101.0).claim.answer is Claim.BUSY
+
+
+def test_finish_records_completes_and_stores_the_result_in_celerys_format(redis_client):
+    from celery import Celery
+
+    from smsdispatch.records import MessageStatus, Records
+    from smsdispatch.results import Results, encode
+    records, results = Records(redis_client, Keys("t")), Results(redis_client, Keys("t"), ttl=600)
+    ledger = make(redis_client)
+    c = ledger.claim("k", fp="a", message_id="m", now=100.0)
+    records.update("m", MessageStatus.SENDING, attempts=1, gateway="stub", segments=1, idempotency_key="k")
+    update = records.prepared("m", MessageStatus.ACCEPTED, gateway_message_id="g-1", error=None)
+    values = ledger.finish("k", update, result=results.slot("task-1"))
+    result = records.result_from_fields(values)
+    assert result == records.result("m") == {"message_id": "m", "status": "accepted", "gateway": "stub",
+                                             "gateway_message_id": "g-1", "attempts": 1, "idempotency_key": "k",
+                                             "segments": 1, "error": None}
+    assert ledger.claim("k", fp="a", message_id="m", now=101.0).answer is Claim.DONE and c.owner
+    raw = redis_client.get("celery-task-meta-task-1")
+    assert 0 < redis_client.ttl("celery-task-meta-task-1") <= 600
+    backend = Celery(backend="redis://127.0.0.1:1/0", set_as_current=False).backend
+    meta, python = backend.decode_result(raw), backend.decode_result(encode("task-1", result))
+    assert meta["status"] == "SUCCESS" and meta["result"] == result and meta["task_id"] == "task-1"
+    assert {k: v for k, v in meta.items() if k != "date_done"} == {k: v for k, v in python.items() if k != "date_done"}
+
+
+def test_a_record_with_attempts_is_not_started_by_a_claim_even_without_an_entry(redis_client):
+    """The ledger entry expired (IDEMPOTENCY_TTL) but the record kept its attempts: the caller counts on."""
+    from smsdispatch.records import MessageStatus, Records
+    records = Records(redis_client, Keys("t"))
+    records.update("m", MessageStatus.RETRYING, attempts=2)
+    start = records.prepared("m", MessageStatus.SENDING, note="attempt 1 via stub", attempts=1)
+    begun = make(redis_client).begin("k", fp="a", message_id="m", now=100.0, submission="s", start=start,
+                                     write_start=True, unless_open="t:c", circuits=[], fields=("attempts",))
+    assert begun.claim.answer is Claim.CLAIMED and not begun.claim.started and records.get("m")["attempts"] == 2

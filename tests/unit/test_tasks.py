@@ -10,12 +10,22 @@ from smsdispatch.tasks import SEND_SMS
 from smsdispatch.worker import create_app
 
 
+class StoredResults:
+    def __init__(self):
+        self.stored = []
+
+    def store(self, task_id, result):
+        self.stored.append((task_id, result))
+
+
 class ScriptedDispatcher:
     def __init__(self, *answers):
         self.answers = list(answers)
         self.calls = []
+        self.results = StoredResults()
 
-    def send(self, kwargs, *, task_id):
+    def send(self, kwargs, *, task_id, store_result=False):
+        assert store_result, "send_sms asks the dispatcher to store its result with the record"
         self.calls.append((kwargs, task_id))
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
@@ -39,6 +49,19 @@ def test_arguments_reach_the_dispatcher_as_given_including_unexpected_ones(app):
     kwargs, _ = d.calls[0]
     assert kwargs == {"to": "+998901234567", "text": "Hi", "sender": "Shop", "colour": "red",
                       "_extra_args": ["surplus"]}
+
+
+def test_a_final_result_is_stored_once_as_the_tasks_celery_result(app):
+    d = ScriptedDispatcher(Outcome(result={"status": "accepted"}))
+    use(app, d)
+    app.tasks[SEND_SMS].apply(kwargs={"to": "+998901234567", "text": "Hi"}, task_id="t-0")
+    assert d.results.stored == [("t-0", {"status": "accepted"})]
+    d = ScriptedDispatcher(Outcome(result={"status": "accepted"}, stored=True), Outcome(retry_in=0.01),
+                           Outcome(result={"status": "failed"}, stored=True))
+    use(app, d)
+    app.tasks[SEND_SMS].apply(kwargs={"to": "+998901234567", "text": "Hi"}, task_id="t-1")
+    app.tasks[SEND_SMS].apply(kwargs={"to": "+998901234567", "text": "Hi"}, task_id="t-2")
+    assert d.results.stored == []       # stored with the record already, or not final
 
 
 def test_a_redis_error_is_retried_under_the_same_task_id(app):
