@@ -21,7 +21,9 @@ from .config import Settings, load_settings
 from .dispatch import Dispatcher
 from .polling import Poller
 from .redact import install as install_redaction
+from .redisclient import connect
 from .reminders import Reminders
+from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .tasks import POLL_BALANCE, POLL_STATUS, RELEASE_REMINDERS, SEND_REMINDER, SWEEP, register_tasks, release_due
 
 log = logging.getLogger("smsdispatch.worker")
@@ -36,11 +38,13 @@ class Runtime:
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30)
+        return connect(self.settings.redis_url, health_check_interval=30)
 
     @functools.cached_property
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.settings, self.redis)
+        expires = self.app.conf.result_expires
+        ttl = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+        return Dispatcher(self.settings, self.redis, result_ttl=int(ttl or 0) or DEFAULT_RESULT_TTL)
 
     @functools.cached_property
     def batches(self) -> Batches:
@@ -96,6 +100,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True, task_send_sent_event=False,
         result_extended=False, result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport, reusing one client per channel (transport.py): a publish, an ack
+        # or a task event no longer builds a redis-py client first.
+        broker_transport="smsdispatch.transport:Transport",
+        # Task events go out in batches, every 0.1 s (consumer.py), not one publish per event.
+        worker_consumer="smsdispatch.consumer:Consumer",
         worker_hijack_root_logger=True,
     )
     app.conf.beat_schedule = {

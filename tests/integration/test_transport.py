@@ -1,0 +1,98 @@
+"""Our kombu transport (transport.py) and consumer (consumer.py) against the real Redis and a real worker:
+one redis-py client per channel, and every task event still published, in batches."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import redis
+from kombu import Connection
+
+from smsdispatch.local import WorkerProcess
+from smsdispatch.transport import Transport
+
+from .conftest import Producer, worker_settings
+
+TO = "+998901234567"
+
+
+def test_a_channel_reuses_one_client_until_its_pool_is_dropped(redis_url):
+    with Connection(redis_url, transport=Transport) as conn:
+        channel = conn.channel()
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.connection_pool is channel.pool
+        given = redis.Redis.from_url(redis_url)
+        with channel.conn_or_acquire(given) as client:
+            assert client is given
+        channel._disconnect_pools()          # after a fork or a lost connection: a new pool, a new client
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
+        queue = conn.SimpleQueue("it-transport-roundtrip")
+        queue.put({"n": 1})
+        assert queue.get(timeout=5).payload == {"n": 1}
+        queue.clear()
+        queue.close()
+
+
+class EventTap:
+    """Every message Redis carries on Celery's event exchange (kombu fanout: /<db>.celeryev/<key>)."""
+
+    def __init__(self, url: str) -> None:
+        self.pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe("/*.celeryev/*")
+        self.publishes: list[list[dict]] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            m = self.pubsub.get_message(timeout=0.2)
+            if m and m["type"] == "pmessage":
+                envelope = json.loads(m["data"])
+                body = envelope["body"]
+                if envelope["properties"].get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                events = json.loads(body)
+                with self._cond:
+                    self.publishes.append(events if isinstance(events, list) else [events])
+                    self._cond.notify_all()
+
+    def task_events(self) -> list[dict]:
+        with self._cond:
+            return [e for batch in self.publishes for e in batch if e.get("type", "").startswith("task-")]
+
+    def wait_for(self, predicate, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.pubsub.close()
+
+
+def test_every_task_event_reaches_the_event_exchange_in_batches(redis_url, fake):
+    settings = worker_settings(redis_url, fake)
+    tap = EventTap(redis_url)
+    worker = WorkerProcess(settings, name="events", concurrency=8)
+    try:
+        producer = Producer(settings)
+        handles = [producer.send_sms.delay(TO, f"Event {i}") for i in range(40)]
+        ids = {h.get(timeout=30)["message_id"] for h in handles}
+        assert len(ids) == 40
+
+        def seen(kind: str) -> set[str]:
+            return {e["uuid"] for batch in tap.publishes for e in batch if e.get("type") == kind}
+        # the last events are published by the consumer's timer, a moment after the results
+        assert tap.wait_for(lambda: ids <= seen("task-succeeded"), timeout=10)
+        for kind in ("task-received", "task-started", "task-succeeded"):
+            assert ids <= seen(kind), f"{kind} missing for {len(ids - seen(kind))} tasks"
+        task_publishes = [b for b in tap.publishes if any(e.get("type", "").startswith("task-") for e in b)]
+        assert len(task_publishes) < len(tap.task_events()) / 2       # batched: many events per publish
+    finally:
+        worker.stop()
+        tap.close()
