@@ -79,6 +79,10 @@ def batch_id_for(batch_id: object, idempotency_key: object, task_id: str) -> str
     return task_id
 
 
+#: What a chunk reads of each record with its claim: the state of earlier attempts.
+_STATE_FIELDS = ("attempts", "lookups", "call_ref", "gateway", "pinned_gateway")
+
+
 @dataclass
 class _Item:
     index: int
@@ -230,12 +234,15 @@ class Batches:
         return items
 
     def _claim(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
-        ledger, t = self.d.ledger, self.d.clock()
-        pipe = self.redis.pipeline(transaction=False)
-        owners = [ledger.claim(i.key, fp=i.fp, message_id=i.message_id, now=t, submission=submission, pipe=pipe)
-                  for i in items]
-        for item, reply, owner in zip(items, pipe.execute(), owners, strict=True):
-            item.claim = ledger.parse(reply, owner)
+        """Claim every item in one script, reading back what its record says of earlier attempts."""
+        claimed = self.d.ledger.claim_many([(i.key, i.fp, i.message_id) for i in items], now=self.d.clock(),
+                                           submission=submission, fields=_STATE_FIELDS)
+        for item, (claim, state) in zip(items, claimed, strict=True):
+            item.claim = claim
+            item.attempts, item.lookups = int(state["attempts"] or 0), int(state["lookups"] or 0)
+            item.call_ref = state["call_ref"].decode() if state["call_ref"] else None
+            item.last_gateway = state["gateway"].decode() if state["gateway"] else None
+            item.pinned = state["pinned_gateway"].decode() if state["pinned_gateway"] else None
         done = [i for i in items if i.claim.answer is Claim.DONE]
         if done:
             pipe = self.redis.pipeline(transaction=False)
@@ -254,18 +261,8 @@ class Batches:
                 out.retry_in = min(out.retry_in or 2.0, 2.0)       # someone else is sending it now
             elif i.claim.answer is Claim.REOPENED:
                 self.d.records.reopen(i.message_id, note="batch resubmitted after retries_exhausted")
+                i.attempts = i.lookups = 0
         return [i for i in items if i.claim.answer in (Claim.CLAIMED, Claim.REOPENED)]
-
-    def _load_state(self, items: list[_Item]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for i in items:
-            pipe.hmget(self.keys.message(i.message_id), "attempts", "lookups", "call_ref", "gateway",
-                       "pinned_gateway")
-        for i, (attempts, lookups, call_ref, gateway, pinned) in zip(items, pipe.execute(), strict=True):
-            i.attempts, i.lookups = int(attempts or 0), int(lookups or 0)
-            i.call_ref = call_ref.decode() if call_ref else None
-            i.last_gateway = gateway.decode() if gateway else None
-            i.pinned = pinned.decode() if pinned else None
 
     def _stick(self, items: list[_Item], name_of, batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
         """Move each item to the gateway `name_of(item)` names (None: keep its choice); an item whose
@@ -290,7 +287,6 @@ class Batches:
         gateway can), repeat the call where it dedupes, otherwise end them `unknown`."""
         if not items:
             return []
-        self._load_state(items)
         items = self._stick(items, lambda i: i.last_gateway, batch_id, submission, out)
         resend: list[_Item] = []
         groups: dict[tuple[str, str | None], list[_Item]] = defaultdict(list)
@@ -342,7 +338,6 @@ class Batches:
     def _drop_exhausted(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
         if not items:
             return []
-        self._load_state(items)
         items = self._stick(items, lambda i: i.pinned, batch_id, submission, out)
         exhausted = [i for i in items if i.attempts >= self.settings.max_attempts]
         self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(
@@ -495,11 +490,10 @@ class Batches:
         if not settled:
             return
         pipe = self.redis.pipeline(transaction=True)
-        self.d.records.update_many([(i.message_id, status, note, fields) for i, status, fields in settled], pipe=pipe)
-        for i, _, _ in settled:
-            self.d.ledger.complete(i.key, pipe=pipe, reopenable=reopenable)
-            if dead_letter:
-                self.d.records.push_dead_letter(i.message_id, pipe=pipe)
+        common, values = self.d.records.prepared_many([(i.message_id, status, note, fields)
+                                                       for i, status, fields in settled])
+        self.d.ledger.finish_many([(i.key, v) for (i, _, _), v in zip(settled, values, strict=True)], common,
+                                  reopenable=reopenable, dead_letter=dead_letter, pipe=pipe)
         self._count_many(batch_id, submission, [(i.message_id, status) for i, status, _ in settled], out, pipe=pipe)
         pipe.execute()
 

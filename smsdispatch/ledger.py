@@ -127,6 +127,39 @@ return f
        "ints": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in INT_FIELDS),
        "json": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in JSON_FIELDS)}
 
+# Many claims in one call (a batch chunk), each with some fields of its record read back.
+# KEYS: per message its entry and its record. ARGV: now_ms, lease_ms, ttl_s, submission, the number
+# of fields n, the n field names, then per message fp, message_id, owner. Returns per message the 4
+# values of a claim and the n fields (false where absent), flat.
+_CLAIM_MANY = CLAIM_FUNCTION + """
+local now, lease, ttl, submission, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local out = {}
+local m = 0
+for i = 6 + n, #ARGV, 3 do
+  m = m + 1
+  local r = claim(KEYS[2 * m - 1], ARGV[i], ARGV[i + 1], ARGV[i + 2], now, lease, ttl, submission)
+  for j = 1, 4 do out[#out + 1] = r[j] end
+  if n > 0 then
+    local f = redis.call('HMGET', KEYS[2 * m], unpack(ARGV, 6, 5 + n))
+    for j = 1, n do out[#out + 1] = f[j] end
+  end
+end
+return out
+"""
+
+# Many outcomes in one call (a batch's settled messages): each record's update and its entry done.
+# KEYS: inflight, pending, dead letters. ARGV: reopenable (0/1), dead letter (0/1), the records' ttl,
+# now, then per message its entry key and the 8 update values (Records.update_args).
+_FINISH_MANY = UPDATE_FUNCTION + """
+local ttl, at = tonumber(ARGV[3]), ARGV[4]
+for i = 5, #ARGV, 9 do
+  update_record(ttl, at, KEYS[1], KEYS[2], unpack(ARGV, i + 1, i + 8))
+  redis.call('HSET', ARGV[i], 'state', 'done', 'reopenable', ARGV[1])
+  if ARGV[2] == '1' then redis.call('RPUSH', KEYS[3], ARGV[i + 3]) end
+end
+return (#ARGV - 4) / 9
+"""
+
 # KEYS[1] entry; ARGV: owner, new state. Only the holder may release; returns 1 if it did.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
@@ -178,6 +211,8 @@ class Ledger:
         self._claim = client.register_script(_CLAIM)
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
+        self._claim_many = client.register_script(_CLAIM_MANY)
+        self._finish_many = client.register_script(_FINISH_MANY)
         self._release = client.register_script(_RELEASE)
 
     def claim(self, key: str, *, fp: str, message_id: str, now: float, submission: str = "",
@@ -204,6 +239,35 @@ class Ledger:
         reply = self._begin(keys=keys, args=args)
         record = {name.encode(): v for name, v in zip(fields, reply[4], strict=True) if v is not None}
         return Begun(self.parse(reply[:4], owner), record, list(reply[5]))
+
+    def claim_many(self, claims: list[tuple[str, str, str]], *, now: float, submission: str,
+                   fields: tuple[str, ...] = ()) -> list[tuple[ClaimResult, dict[str, bytes | None]]]:
+        """Claim many keys in one call: (key, fp, message_id) each. Returns each claim with its
+        record's `fields` as they stand (raw; None where absent)."""
+        if not claims:
+            return []
+        owners = [uuid.uuid4().hex for _ in claims]
+        keys: list[str] = []
+        args: list = [int(now * 1000), self.lease_ms, self.ttl, submission, len(fields), *fields]
+        for (key, fp, message_id), owner in zip(claims, owners, strict=True):
+            keys += [self.keys.idempotency(key), self.keys.message(message_id)]
+            args += [fp, message_id, owner]
+        flat = self._claim_many(keys=keys, args=args)
+        width = 4 + len(fields)
+        return [(self.parse(flat[i * width:i * width + 4], owner),
+                 dict(zip(fields, flat[i * width + 4:(i + 1) * width], strict=True)))
+                for i, owner in enumerate(owners)]
+
+    def finish_many(self, done: list[tuple[str, list]], update: RecordUpdate, *, reopenable: bool = False,
+                    dead_letter: bool = False, pipe: redis.client.Pipeline | None = None) -> None:
+        """Outcomes of many keys in one call: `done` holds (key, the 8 update values) per message, `update`
+        the records' ttl, time and index keys (Records.prepared_many)."""
+        if not done:
+            return
+        args: list = [int(reopenable), int(dead_letter), *update.args]
+        for key, values in done:
+            args += [self.keys.idempotency(key), *values]
+        self._finish_many(keys=[*update.index_keys, self.keys.dead_letters()], args=args, client=pipe or self.redis)
 
     @staticmethod
     def parse(reply: list, owner: str) -> ClaimResult:

@@ -170,6 +170,14 @@ class Records:
         return RecordUpdate([self.ttl, at, *self.update_args(message_id, status, note, fields, at)],
                             (self.keys.inflight(), self.keys.pending()))
 
+    def prepared_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]]
+                      ) -> tuple[RecordUpdate, list[list[Any]]]:
+        """Many updates for a ledger step (Ledger.finish_many): their common part (ttl, time, index
+        keys) and the 8 values of each, in order."""
+        at = now()
+        return (RecordUpdate([self.ttl, at], (self.keys.inflight(), self.keys.pending())),
+                [self.update_args(message_id, status, note, fields, at) for message_id, status, note, fields in updates])
+
     def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
                     pipe: redis.client.Pipeline | None = None) -> None:
         """`update` for many messages in one script call: (message_id, status, note, fields) each."""
@@ -231,9 +239,6 @@ class Records:
     def result_from(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
         record = _decode(raw) if raw else None
         return None if record is None else {f: record.get(f) for f in RESULT_FIELDS}
-
-    def push_dead_letter(self, message_id: str, pipe: redis.client.Pipeline | None = None) -> None:
-        (pipe if pipe is not None else self.redis).rpush(self.keys.dead_letters(), message_id)
 
     def dead_letters(self) -> list[str]:
         return [x.decode() for x in self.redis.lrange(self.keys.dead_letters(), 0, -1)]

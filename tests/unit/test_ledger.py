@@ -136,3 +136,24 @@ def test_a_record_with_attempts_is_not_started_by_a_claim_even_without_an_entry(
     begun = make(redis_client).begin("k", fp="a", message_id="m", now=100.0, submission="s", start=start,
                                      write_start=True, unless_open="t:c", circuits=[], fields=("attempts",))
     assert begun.claim.answer is Claim.CLAIMED and not begun.claim.started and records.get("m")["attempts"] == 2
+
+
+def test_claim_many_reads_each_records_state_and_finish_many_completes_them(redis_client):
+    from smsdispatch.records import MessageStatus, Records
+    records, ledger = Records(redis_client, Keys("t")), make(redis_client)
+    records.update("m2", MessageStatus.RETRYING, attempts=2, pinned_gateway="eskiz")
+    ledger.claim("k3", fp="a", message_id="m3", now=90.0)            # someone else holds k3
+    claimed = ledger.claim_many([("k1", "a", "m1"), ("k2", "a", "m2"), ("k3", "a", "m3")], now=100.0,
+                                submission="s", fields=("attempts", "pinned_gateway"))
+    assert [c.answer for c, _ in claimed] == [Claim.CLAIMED, Claim.CLAIMED, Claim.BUSY]
+    assert [state for _, state in claimed] == [{"attempts": None, "pinned_gateway": None},
+                                              {"attempts": b"2", "pinned_gateway": b"eskiz"},
+                                              {"attempts": None, "pinned_gateway": None}]
+    common, values = records.prepared_many([("m1", MessageStatus.ACCEPTED, "", {"gateway_message_id": "g1"}),
+                                            ("m2", MessageStatus.FAILED, "", {"error": {"code": "x", "message": "y"}})])
+    ledger.finish_many([("k1", values[0]), ("k2", values[1])], common, dead_letter=True, reopenable=True)
+    assert records.get("m1")["status"] == "accepted" and records.get("m2")["status"] == "failed"
+    assert records.by_gateway_id("g1") == "m1" and records.dead_letters() == ["m1", "m2"]
+    assert ledger.state("k1") == ledger.state("k2") == "done"
+    again = ledger.claim_many([("k2", "a", "m2")], now=101.0, submission="s2")      # reopenable, new submission
+    assert again[0][0].answer is Claim.REOPENED and again[0][1] == {}
