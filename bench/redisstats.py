@@ -112,11 +112,13 @@ class Trace:
         client.echo(self.END)
         self._thread.join(10)
 
-    def render(self, producer_ports: set[str]) -> dict[str, Any]:
+    def render(self, producer_ports: set[str], own_ports: set[str] = frozenset()) -> dict[str, Any]:
         """The commands in order, per connection: P1, P2... are the driver's (the producer), W1, W2... the
         worker's, named in order of appearance. A MULTI..EXEC block is shown as [..], a script with the
-        commands it ran as EVALSHA{..}, and n equal neighbours as WORD*n."""
+        commands it ran as EVALSHA{..}, and n equal neighbours as WORD*n. `own_ports`: the connections
+        of smsdispatch's own client (named CLIENT_NAME); their top-level calls are counted apart."""
         names: dict[str, str] = {}
+        own: set[str] = set()
         groups: list[tuple[str, list[Any]]] = []      # (connection, items); an item is a word or [word, inner]
         open_multi: dict[str, list[Any]] = {}
         script: list[Any] | None = None
@@ -130,6 +132,8 @@ class Trace:
             if port not in names:
                 side = "P" if port in producer_ports else "W"
                 names[port] = f"{side}{sum(1 for n in names.values() if n[0] == side) + 1}"
+                if port in own_ports:
+                    own.add(names[port])
             who = names[port]
             item: Any = [word, []] if word in ("EVAL", "EVALSHA") else word
             script = item if isinstance(item, list) else None
@@ -147,7 +151,13 @@ class Trace:
                     for who, items in groups]
         return {"sequence": rendered, "commands": len(self.commands),
                 "calls": {side: sum(1 for who, _ in groups if who[0] == side) for side in ("P", "W")},
-                "connections": sorted(set(names.values()))}
+                "own_calls": {side: sum(1 for who, _ in groups if who[0] == side and who in own) for side in ("P", "W")},
+                "connections": sorted(set(names.values())), "own_connections": sorted(own)}
+
+
+def ports_named(client: redis.Redis, name: str) -> set[str]:
+    """The client ports of the connections that called themselves `name` (CLIENT SETNAME)."""
+    return {c["addr"].rsplit(":", 1)[1] for c in client.client_list() if c.get("name") == name}
 
 
 def _render(items: list[Any]) -> str:

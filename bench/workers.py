@@ -97,6 +97,11 @@ class CeleryWorker:
         t = self.ps.cpu_times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def system_seconds(self) -> float:
+        """CPU time in the kernel (system calls: sockets, futexes of the threads' GIL hand-offs)."""
+        t = self.ps.cpu_times()
+        return t.system + t.children_system
+
     def tail(self, n: int = 40) -> str:
         with open(self.log_path, "rb") as f:
             return b"\n".join(f.read().splitlines()[-n:]).decode("utf-8", "replace")
