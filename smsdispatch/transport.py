@@ -9,8 +9,9 @@ is a thread-safe handle on a connection pool, holding no connection of its own, 
 pool does the same work: same pool, same connections, same commands. A channel whose pools are
 dropped (after a fork or a lost connection) gets a new client with the new pool.
 
-Used by `worker.create_app` as the broker transport (``broker_transport``) for ``redis://`` and
-``rediss://`` URLs; every other kombu behaviour is unchanged.
+Used by `worker.create_app` as the broker transport (``broker_transport``) for ``redis://`` URLs
+(``rediss://`` and ``unix://`` keep kombu's own, which takes its TLS defaults from the scheme);
+every other kombu behaviour is unchanged.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 from celery import Celery, signals
@@ -101,8 +102,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_extended=False, result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
         # kombu's Redis transport, reusing one client per channel (transport.py): a publish, an ack
-        # or a task event no longer builds a redis-py client first.
-        broker_transport="smsdispatch.transport:Transport",
+        # or a task event no longer builds a redis-py client first. For redis:// only: kombu picks
+        # its TLS defaults for rediss:// from the URL's scheme, which a named transport would hide.
+        broker_transport="smsdispatch.transport:Transport" if urlparse(settings.redis_url).scheme == "redis" else None,
         # Task events go out in batches, every 0.1 s (consumer.py), not one publish per event.
         worker_consumer="smsdispatch.consumer:Consumer",
         worker_hijack_root_logger=True,
