@@ -159,6 +159,7 @@ class Records:
         grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
                  MessageStatus.RETRYING: self.active_grace}.get(status)
         pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
+        # accepted: webhooks that carry only the gateway's id find the message through this key
         gwid = fields.get("gateway_message_id") if status is MessageStatus.ACCEPTED else None
         return [self.keys.message(message_id), self.keys.history(message_id), message_id, status.value,
                 _entry(status, at, note, fields.get("error")), json.dumps(_encode(fields), ensure_ascii=False),
@@ -166,9 +167,8 @@ class Records:
 
     def prepared(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> RecordUpdate:
         """`update`'s write, to be carried out by a ledger step (claim or finish) in the same script."""
-        at = now()
-        return RecordUpdate([self.ttl, at, *self.update_args(message_id, status, note, fields, at)],
-                            (self.keys.inflight(), self.keys.pending()))
+        common, (values,) = self.prepared_many([(message_id, status, note, fields)])
+        return RecordUpdate([*common.args, *values], common.index_keys)
 
     def prepared_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]]
                       ) -> tuple[RecordUpdate, list[list[Any]]]:
@@ -183,11 +183,9 @@ class Records:
         """`update` for many messages in one script call: (message_id, status, note, fields) each."""
         if not updates:
             return
-        at = now()
-        args: list[Any] = [self.ttl, at]
-        for message_id, status, note, fields in updates:
-            args += self.update_args(message_id, status, note, fields, at)
-        self._update_many(keys=[self.keys.inflight(), self.keys.pending()], args=args, client=pipe or self.redis)
+        common, values = self.prepared_many(updates)
+        self._update_many(keys=list(common.index_keys), args=[*common.args, *(v for each in values for v in each)],
+                          client=pipe or self.redis)
 
     def advance(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> bool:
         """accepted → delivered / failed / expired, atomically; False if the message is not (or no
