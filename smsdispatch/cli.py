@@ -22,6 +22,7 @@ OK_STATUSES = ("accepted", "delivered")
 
 
 def main(argv: list[str] | None = None) -> int:
+    _line_buffered()
     parser = argparse.ArgumentParser(prog="smsdispatch", description="Send SMS through the smsdispatch worker.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the whole pipeline locally: embedded Redis, worker, fake Eskiz")
@@ -61,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _line_buffered() -> None:
+    """Progress lines reach a pipe at once (`smsdispatch dev | tee dev.log`, a test reading them):
+    Python block-buffers a piped stdout unless PYTHONUNBUFFERED is set, which a user's shell is not."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)     # absent on a replaced stream (pytest's capture)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
 
 
 def _runtime():

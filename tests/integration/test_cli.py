@@ -13,6 +13,7 @@ import pytest
 from smsdispatch.dispatch import message_id_for
 from smsdispatch.local import WorkerProcess
 
+from ..procs import Lines, user_env
 from .conftest import worker_settings
 
 TO = "+998901234567"
@@ -94,6 +95,7 @@ def test_balance_asks_the_gateways(cli_env, fake):
 
 
 def test_dev_brings_up_redis_worker_beat_and_flower_and_stops_them(tmp_path):
+    """As a user runs it: no PYTHONUNBUFFERED, its output read through a pipe (`dev | tee dev.log`)."""
     import re
     import signal
 
@@ -104,12 +106,11 @@ def test_dev_brings_up_redis_worker_beat_and_flower_and_stops_them(tmp_path):
     from smsdispatch.tasks import SEND_SMS
     from smsdispatch.worker import create_app
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSDISPATCH_")} | {
-        "FLOWER_BASIC_AUTH": "me:pw"}
-    dev = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "dev"], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    dev = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "dev"], env=user_env(FLOWER_BASIC_AUTH="me:pw"),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = Lines(dev)
     try:
-        lines = [dev.stdout.readline() for _ in range(3)]          # printed once everything is up
+        lines = [out.next(timeout=120) for _ in range(3)]          # printed once everything is up
         url = re.search(r"SMSDISPATCH_REDIS_URL=(\S+)", lines[0]).group(1)
         flower = re.search(r"(http://127\.0\.0\.1:\d+)", lines[1]).group(1)
         app = create_app(load_settings(redis_url=url))              # the web app's side
@@ -119,5 +120,6 @@ def test_dev_brings_up_redis_worker_beat_and_flower_and_stops_them(tmp_path):
     finally:
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0
+    assert "Stopping." in out.rest()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()   # its Redis is gone too

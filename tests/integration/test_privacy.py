@@ -8,12 +8,10 @@ wrote is scanned: no secret (nor a long piece of one) and no phone number we use
 from __future__ import annotations
 
 import base64
-import os
 import re
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -30,6 +28,7 @@ from smsdispatch.fakes.smspm import FakeSmsPm
 from smsdispatch.local import BeatProcess, WorkerProcess
 from smsdispatch.tasks import SEND_SMS
 
+from ..procs import Lines, user_env
 from .conftest import Producer, worker_settings
 
 TIMEOUT = 30
@@ -124,20 +123,16 @@ class Receiver:
     """`smsdispatch webhooks` as a subprocess; its output is collected."""
 
     def __init__(self, settings: dict[str, str], port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSDISPATCH_")} | settings
         self.proc = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "webhooks", "--port", str(port)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = [self.proc.stdout.readline().rstrip("\n")]
-        assert "listening on" in self.lines[0], self.lines
-        self._pump = threading.Thread(target=lambda: self.lines.extend(l.rstrip("\n") for l in self.proc.stdout),
-                                      daemon=True)
-        self._pump.start()
+                                     env=user_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines = Lines(self.proc)
+        assert "listening on" in self.lines.next(timeout=60)
 
     def stop(self) -> str:
         self.proc.terminate()
         self.proc.wait(10)
-        self._pump.join(5)
-        return "\n".join(self.lines)
+        return self.lines.rest()
 
 
 @pytest.fixture(scope="module")

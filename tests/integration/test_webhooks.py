@@ -3,7 +3,6 @@ follows; a caller without the secret changes nothing."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import requests
 from smsdispatch.embedded import free_port
 from smsdispatch.local import WorkerProcess
 
+from ..procs import Lines, user_env
 from .conftest import Producer, worker_settings
 
 SECRET = "hook-secret-" + "x" * 16
@@ -22,12 +22,13 @@ def test_a_gateway_callback_delivers_the_message_and_a_stranger_cannot(redis_url
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     settings = worker_settings(redis_url, fake, WEBHOOK_BASE_URL=base, WEBHOOK_SECRET=SECRET)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMSDISPATCH_")} | settings
+    # as a user starts it (no PYTHONUNBUFFERED), read through a pipe
     receiver = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "webhooks", "--port", str(port)],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=user_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = Lines(receiver)
     worker = WorkerProcess(settings, name="hooked")
     try:
-        assert "listening on" in receiver.stdout.readline()          # the receiver is up
+        assert "listening on" in lines.next(timeout=60)              # the receiver is up
         producer = Producer(settings)
         result = producer.send_sms.delay(TO, "Tell me when it arrives").get(timeout=30)
         sent = fake.sends_for(result["message_id"])[0]
@@ -45,5 +46,6 @@ def test_a_gateway_callback_delivers_the_message_and_a_stranger_cannot(redis_url
     finally:
         worker.stop()
         receiver.terminate()
-        output = receiver.communicate(timeout=10)[0]
+        receiver.wait(timeout=10)
+        output = lines.rest()
     assert SECRET not in output                                    # request lines are not logged
