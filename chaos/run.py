@@ -99,7 +99,7 @@ def settings_for(redis_url: str, eskiz: FakeEskiz, smscx: FakeSmsCx, run: str, *
         "STATUS_POLL_INTERVAL": "20", "BALANCE_POLL_INTERVAL": "30",
         # Circuit breakers stay on, but tuned so that 20% random faults do not keep them open: only
         # a burst (a refusal window, a dead Redis) opens one, for 2 s.
-        "CIRCUIT_FAILURES": "50", "CIRCUIT_WINDOW": "5", "CIRCUIT_COOLOFF": "2",
+        "CIRCUIT_MIN_CALLS": "50", "CIRCUIT_WINDOW": "5", "CIRCUIT_COOLOFF": "2",
     }
     return {f"SMSDISPATCH_{k}": v for k, v in env.items()}
 

@@ -7,6 +7,8 @@
                what may have been sent; group the rest into the gateway's native batch calls (one text
                per call where the gateway needs it, at most max_batch numbers); send the calls
                concurrently over the gateway's pooled session; record each message and count it once.
+               After a failed call, each of its messages gets the same decision a single send would
+               (policy.py): those that fail over are called again on their next gateway in the same run.
 
 A chunk does a fixed handful of Redis round trips whatever its size, and its gateway calls are bounded
 by the HTTP timeouts, so no task carries a large message or runs anywhere near the visibility timeout.
@@ -34,14 +36,13 @@ from .dispatch import Dispatcher, Route, message_id_for
 from .errors import (
     AmbiguousError,
     GatewayError,
-    GatewayUnavailable,
     PermanentError,
-    RateLimited,
     ValidationError,
 )
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .message import SendRequest
+from .policy import Action, Health, after_failure
 from .records import MessageStatus, now
 
 log = logging.getLogger("smsdispatch.batch")
@@ -80,7 +81,7 @@ def batch_id_for(batch_id: object, idempotency_key: object, task_id: str) -> str
 
 
 #: What a chunk reads of each record with its claim: the state of earlier attempts.
-_STATE_FIELDS = ("attempts", "lookups", "call_ref", "gateway", "pinned_gateway")
+_STATE_FIELDS = ("attempts", "lookups", "call_ref", "gateway", "pinned_gateway", "maybe_sent")
 
 
 @dataclass
@@ -99,9 +100,28 @@ class _Item:
     lookups: int = 0
     last_gateway: str | None = None     # the gateway of the latest attempt (a reconcile asks it)
     pinned: str | None = None           # possibly sent there: it must not move to another gateway
+    maybe_sent: bool = False            # an earlier call may have reached a gateway (policy.py)
 
     def use(self, route: Route) -> None:
         self.gateway, self.sms = route.gateway, route.sms
+
+    def next_route(self) -> Route | None:
+        """The gateway after the current one on this message's route (None if last, or if pinned)."""
+        if self.pinned:
+            return None
+        names = [r.gateway.name for r in self.routes]
+        at = names.index(self.gateway.name) if self.gateway.name in names else len(names)
+        return self.routes[at + 1] if at + 1 < len(self.routes) else None
+
+
+@dataclass
+class _Call:
+    """One native call of a chunk: its messages, its rate-limit wait, whether it probes a half-open
+    circuit, and (after it went through) whether it was slow enough to count as a failure."""
+    items: list[_Item]
+    wait: float = 0.0
+    probe: bool = False
+    slow: bool = False
 
 
 @dataclass
@@ -184,14 +204,16 @@ class Batches:
         to_send = self._claim(items, batch_id, submission, out)
         to_send += self._reconcile([i for i in items if i.claim and i.claim.answer is Claim.RECONCILE],
                                    batch_id, submission, out)
-        calls = self._plan_calls(self._drop_exhausted(to_send, batch_id, submission, out))
-        calls = self._admit(calls, out)
-        self._mark_sending([c for c, _ in calls], batch_id, submission)
-        if calls:
-            with ThreadPoolExecutor(min(CALL_THREADS, len(calls))) as pool:
-                results = list(pool.map(self._call, calls))
-            for (call, _), result in zip(calls, results, strict=True):
-                self._settle(call, result, batch_id, submission, out)
+        pending = self._drop_exhausted(to_send, batch_id, submission, out)
+        while pending:          # a round of calls; messages that fail over go round again, on their next gateway
+            calls = self._admit(self._plan_calls(pending), out)
+            self._mark_sending([c.items for c in calls], batch_id, submission)
+            pending = []
+            if calls:
+                with ThreadPoolExecutor(min(CALL_THREADS, len(calls))) as pool:
+                    results = list(pool.map(self._call, calls))
+                for call, result in zip(calls, results, strict=True):
+                    pending += self._settle(call, result, batch_id, submission, out)
         return out
 
     def _validate(self, entries: list, base: int, batch_key: str, meta: dict, batch_id: str,
@@ -243,6 +265,7 @@ class Batches:
             item.call_ref = state["call_ref"].decode() if state["call_ref"] else None
             item.last_gateway = state["gateway"].decode() if state["gateway"] else None
             item.pinned = state["pinned_gateway"].decode() if state["pinned_gateway"] else None
+            item.maybe_sent = bool(int(state["maybe_sent"] or 0)) or claim.answer is Claim.RECONCILE
         done = [i for i in items if i.claim.answer is Claim.DONE]
         if done:
             pipe = self.redis.pipeline(transaction=False)
@@ -273,7 +296,7 @@ class Batches:
             if name and name != i.gateway.name:
                 route = self.d.route_for(i.request, i.message_id, i.routes, name)
                 if route is None:
-                    lost.append((i, MessageStatus.UNKNOWN, {"error": _error(
+                    lost.append((i, MessageStatus.UNKNOWN, {"maybe_sent": 1, "error": _error(
                         "unknown", f"may have been accepted by {name}, which is not configured any more; "
                                    f"not resent")}))
                     continue
@@ -296,7 +319,7 @@ class Batches:
             elif i.gateway.can_dedupe:
                 resend.append(i)
             else:
-                self._finish(batch_id, submission, out, [(i, MessageStatus.UNKNOWN, {"error": _error(
+                self._finish(batch_id, submission, out, [(i, MessageStatus.UNKNOWN, {"maybe_sent": 1, "error": _error(
                     "unknown", f"an earlier call to {i.gateway.name} may have been accepted and it cannot "
                                f"look messages up; not resent to avoid a duplicate")})])
         for (_, call_ref), group in groups.items():
@@ -314,6 +337,7 @@ class Batches:
                     settled.append((i, MessageStatus.ACCEPTED, {"gateway_message_id": hit.gateway_message_id,
                                                                 "error": None}))
                 else:
+                    i.maybe_sent = False        # the gateway does not have it: provably unsent again
                     resend.append(i)
             self._finish(batch_id, submission, out, settled, note=f"reconciled: found at {gw.name}, not resent")
         return resend
@@ -324,7 +348,7 @@ class Batches:
         for i in group:
             pipe.hincrby(self.keys.message(i.message_id), "lookups", 1)
         counts = pipe.execute()
-        give_up = [(i, MessageStatus.UNKNOWN, {"error": _error(
+        give_up = [(i, MessageStatus.UNKNOWN, {"maybe_sent": 1, "error": _error(
             "unknown", f"may have been sent; {n} lookups at {i.gateway.name} failed, last: {e}")})
             for i, n in zip(group, counts, strict=True) if n >= self.settings.max_attempts or
             isinstance(e, PermanentError)]
@@ -339,11 +363,17 @@ class Batches:
         if not items:
             return []
         items = self._stick(items, lambda i: i.pinned, batch_id, submission, out)
-        exhausted = [i for i in items if i.attempts >= self.settings.max_attempts]
-        self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(
-            "retries_exhausted", f"{self.settings.max_attempts} attempts failed")}) for i in exhausted],
-            dead_letter=True, reopenable=True)
+        self._exhausted(batch_id, submission, out, [i for i in items if i.attempts >= self.settings.max_attempts],
+                        f"{self.settings.max_attempts} attempts failed")
         return [i for i in items if i.attempts < self.settings.max_attempts]
+
+    def _exhausted(self, batch_id: str, submission: str, out: ChunkOutcome, items: list[_Item], why: str) -> None:
+        """Retries ran out: `failed` and dead-lettered; reopenable by a new submission only when provably
+        unsent (policy.py)."""
+        for maybe in (False, True):
+            self._finish(batch_id, submission, out, [
+                (i, MessageStatus.FAILED, {"maybe_sent": int(maybe), "error": _error("retries_exhausted", why)})
+                for i in items if i.maybe_sent is maybe], dead_letter=True, reopenable=not maybe)
 
     def _mark_sending(self, calls: list[list[_Item]], batch_id: str, submission: str) -> None:
         updates = []
@@ -352,7 +382,8 @@ class Batches:
                 i.attempts += 1
                 r = i.request
                 updates.append((i.message_id, MessageStatus.SENDING, f"attempt {i.attempts} via {i.gateway.name}", {
-                    "attempts": i.attempts, "call_ref": i.call_ref, "to": r.to, "text": r.text,
+                    "attempts": i.attempts, "call_ref": i.call_ref, "maybe_sent": int(i.maybe_sent), "to": r.to,
+                    "text": r.text,
                     "gateway": i.gateway.name, "requested_gateway": r.gateway, "options": r.options,
                     "sender": r.sender, "segments": r.segments, "idempotency_key": i.key.split(":", 1)[1],
                     "task_id": submission, "batch_id": batch_id, "metadata": r.metadata}))
@@ -390,7 +421,7 @@ class Batches:
                 i.call_ref = ref
         return calls
 
-    def _admit(self, calls: list[list[_Item]], out: ChunkOutcome) -> list[tuple[list[_Item], float]]:
+    def _admit(self, calls: list[list[_Item]], out: ChunkOutcome) -> list[_Call]:
         """The calls that may go now, each with its rate-limit wait. A call to a gateway whose circuit is
         open, or whose rate limit is used up for longer than a short wait, gives its claims back
         (nothing sent, no attempt counted) and the chunk runs again later."""
@@ -399,88 +430,109 @@ class Batches:
             gw, t = call[0].gateway, self.d.clock()
             verdict = self.d.circuits.allow(gw.name, now=t)
             if not verdict.allowed:
-                deferred.append((call, f"{gw.name}: circuit open", max(0.2, verdict.open_until - t)))
+                deferred.append((call, f"{gw.name}: circuit open",
+                                 self.d.circuits.wait(verdict.open_until, now=t, cap=self.settings.backoff_max,
+                                                      rng=self.d.rng)))
                 continue
             permit = self.d.limiter.acquire(gw.name, len(call), now=t, max_wait=self.d.max_rate_wait)
             if not permit.granted:
-                deferred.append((call, f"{gw.name}'s rate limit is used up", permit.wait))
+                deferred.append((call, f"{gw.name}'s rate limit is used up",
+                                 min(permit.wait, self.settings.backoff_max) + self.d.rng.uniform(0, 0.5)))
                 continue
-            admitted.append((call, permit.wait))
-        for call, why, wait in deferred:
-            delay = min(wait, self.settings.backoff_max) + self.d.rng.uniform(0, 0.5)
+            admitted.append(_Call(call, permit.wait, verdict.probe))
+        for call, why, delay in deferred:
             self._release(call, ambiguous=False, note=f"{why}; again in {delay:.1f}s")
             out.retry_in = _sooner(out.retry_in, delay)
         return admitted
 
-    def _call(self, admitted: tuple[list[_Item], float]) -> list[ItemResult] | GatewayError:
-        call, wait = admitted
-        gw = call[0].gateway
-        if wait > 0:
-            time.sleep(wait)
+    def _call(self, call: _Call) -> list[ItemResult] | GatewayError | redis.RedisError:
+        gw = call.items[0].gateway
+        if call.wait > 0:
+            time.sleep(call.wait)
+        started = time.monotonic()
         try:
             if gw.max_batch == 1:
-                accepted = gw.send(call[0].sms)
-                return [ItemResult(call[0].message_id, accepted.gateway_message_id)]
-            return gw.send_batch([i.sms for i in call], call_ref=call[0].call_ref)
-        except GatewayError as e:
+                accepted = gw.send(call.items[0].sms)
+                results = [ItemResult(call.items[0].message_id, accepted.gateway_message_id)]
+            else:
+                results = gw.send_batch([i.sms for i in call.items], call_ref=call.items[0].call_ref)
+        except (GatewayError, redis.RedisError) as e:   # a Redis error: our token store failed, nothing sent
             return e
-        except redis.RedisError as e:   # our token store failed before the HTTP call: nothing was sent
-            return GatewayUnavailable(f"Redis unavailable for {gw.name}'s token: {e}"[:300], gateway=gw.name)
         except Exception as e:  # a bug or an unexpected library error: the call may have gone out
             log.exception("batch call to %s failed unexpectedly", gw.name)
             return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
+        call.slow = time.monotonic() - started > self.settings.circuit_slow_call
+        return results
 
-    def _settle(self, call: list[_Item], result: list[ItemResult] | GatewayError, batch_id: str,
-                submission: str, out: ChunkOutcome) -> None:
-        gw = call[0].gateway
+    def _settle(self, call: _Call, result: list[ItemResult] | GatewayError | redis.RedisError, batch_id: str,
+                submission: str, out: ChunkOutcome) -> list[_Item]:
+        """Record what a call did; returns the messages that fail over to their next gateway now."""
+        gw = call.items[0].gateway
         if isinstance(result, list):
-            self.d.circuits.success(gw.name, now=self.d.clock())
+            self.d.circuits.record(gw.name, now=self.d.clock(), failed=call.slow, probe=call.probe)
             self._finish(batch_id, submission, out, [
                 (i, MessageStatus.ACCEPTED, {"gateway_message_id": r.gateway_message_id, "error": None})
                 if r.accepted else (i, MessageStatus.FAILED, {"error": _error(r.error.code, str(r.error))})
-                for i, r in zip(call, result, strict=True)])
-            return
+                for i, r in zip(call.items, result, strict=True)])
+            return []
         e = result
-        if isinstance(e, RateLimited):
-            self.d.limiter.slow_down(gw.name, now=self.d.clock(), retry_after=e.retry_after)
-        elif not isinstance(e, PermanentError):
-            self.d.circuits.failure(gw.name, now=self.d.clock())
-        if isinstance(e, PermanentError):
-            self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(e.code, str(e))})
-                                                     for i in call])
-            return
-        maybe_sent = isinstance(e, AmbiguousError) or (getattr(e, "maybe_sent", False) and gw.can_lookup)
-        if maybe_sent and not (gw.can_lookup or gw.can_dedupe):
-            self._finish(batch_id, submission, out, [(i, MessageStatus.UNKNOWN, {"error": _error(
-                "unknown", f"{e}; {gw.name} may have accepted it and cannot look messages up: not resent")})
-                for i in call])
-            return
-        exhausted = [i for i in call if i.attempts >= self.settings.max_attempts and not maybe_sent]
-        self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": _error(
-            "retries_exhausted", f"{i.attempts} attempts failed (last: {e})")}) for i in exhausted],
-            dead_letter=True, reopenable=True)
-        gone = {id(i) for i in exhausted}
-        again = [i for i in call if id(i) not in gone]
-        # possibly sent where it cannot be looked up: repeat there only (same call_ref where it dedupes)
-        self._release(again, ambiguous=maybe_sent and gw.can_lookup and not gw.can_dedupe, error=e,
-                      pin=gw.name if maybe_sent and not gw.can_lookup else None)
+        code = getattr(e, "code", "store_unavailable")
+        # the same decision a single send gets (policy.py), message by message
+        decided = [(i, after_failure(e, gw, attempts=i.attempts, max_attempts=self.settings.max_attempts,
+                                     has_next=i.next_route() is not None, pinned=bool(i.pinned)))
+                   for i in call.items]
+        first = decided[0][1]
+        if first.health is Health.ANSWERED:
+            self.d.circuits.record(gw.name, now=self.d.clock(), failed=False, probe=call.probe)
+        else:
+            self.d.count_call(gw, e, first, call.probe)
+        by_action: dict[Action, list[tuple[_Item, Any]]] = defaultdict(list)
+        for i, decision in decided:
+            by_action[decision.action].append((i, decision))
+        error = _error(code, str(e))
+        self._finish(batch_id, submission, out, [(i, MessageStatus.FAILED, {"error": error, "maybe_sent": int(i.maybe_sent)})
+                                                 for i, _ in by_action[Action.FAIL]])
+        self._finish(batch_id, submission, out, [(i, MessageStatus.UNKNOWN, {"maybe_sent": 1, "error": _error(
+            "unknown", f"{e}; {gw.name} may have accepted it and cannot look messages up: not resent")})
+            for i, _ in by_action[Action.UNKNOWN]])
+        for i, decision in by_action[Action.EXHAUSTED]:
+            i.maybe_sent = i.maybe_sent or decision.maybe_sent
+        self._exhausted(batch_id, submission, out, [i for i, _ in by_action[Action.EXHAUSTED]],
+                        f"{self.settings.max_attempts} attempts failed (last: {e})")
+        again = [(i, d) for action in (Action.RETRY, Action.REPEAT, Action.RECONCILE) for i, d in by_action[action]]
+        for i, d in again:
+            i.maybe_sent = i.maybe_sent or d.maybe_sent
+        for ambiguous in (False, True):
+            for pin in (False, True):
+                self._release([i for i, d in again if (d.action is Action.RECONCILE) is ambiguous and d.pin is pin],
+                              ambiguous=ambiguous, error=e, pin=gw.name if pin else None)
         if again:
-            out.retry_in = _sooner(out.retry_in, self.d.backoff(max(i.attempts for i in again), e))
+            out.retry_in = _sooner(out.retry_in, self.d.backoff(max(i.attempts for i, _ in again), e))
+        moved = []
+        for i, _ in by_action[Action.FAILOVER]:
+            log.info("batch %s message %s: %s did not send it (%s); failing over", batch_id, i.message_id, gw.name,
+                     code)
+            i.use(i.next_route())
+            i.call_ref = None
+            moved.append(i)
+        return moved
 
     # --- recording ----------------------------------------------------------------------------
 
-    def _release(self, items: list[_Item], *, ambiguous: bool, error: GatewayError | None = None,
+    def _release(self, items: list[_Item], *, ambiguous: bool, error: BaseException | None = None,
                  pin: str | None = None, note: str = "retry scheduled") -> None:
         if not items:
             return
         pipe = self.redis.pipeline(transaction=False)
-        fields: dict[str, Any] = {"error": _error(error.code, str(error))} if error else {}
+        fields: dict[str, Any] = {"error": _error(getattr(error, "code", "store_unavailable"), str(error))} \
+            if error else {}
         if pin:
             fields["pinned_gateway"] = pin
         note += "; will check the gateway first" if ambiguous else f"; stays on {pin}" if pin else ""
         for i in items:
             self.d.ledger.release(i.key, i.claim.owner, ambiguous=ambiguous, pipe=pipe)
-        self.d.records.update_many([(i.message_id, MessageStatus.RETRYING, note, fields) for i in items], pipe=pipe)
+        self.d.records.update_many([(i.message_id, MessageStatus.RETRYING, note,
+                                     {**fields, "maybe_sent": int(i.maybe_sent)}) for i in items], pipe=pipe)
         pipe.execute()
 
     def _finish(self, batch_id: str, submission: str, out: ChunkOutcome,

@@ -1,14 +1,29 @@
-"""Circuit breakers, one per gateway, shared by every worker through Redis.
+"""Circuit breakers, one per gateway, shared by every worker through Redis; they open on a failure *rate*.
 
-    closed ──(CIRCUIT_FAILURES failures within CIRCUIT_WINDOW s)──▶ open
-    open ──(CIRCUIT_COOLOFF s later)──▶ half-open: exactly one caller gets a probe
-    half-open ──probe succeeds──▶ closed          half-open ──probe fails──▶ open again
+    closed ──(≥ CIRCUIT_FAILURE_RATE % of the calls within CIRCUIT_WINDOW s failed,
+              and there were ≥ CIRCUIT_MIN_CALLS of them)──▶ open
+    open ──(CIRCUIT_COOLOFF s later)──▶ half-open: CIRCUIT_PROBES callers get a probe call
+    half-open ──every probe succeeds──▶ closed       half-open ──a probe fails──▶ open again
 
-A failure is a gateway call that ended in a transient or ambiguous error (the gateway is unwell); a
-permanent error (bad number, bad credentials) says nothing about the gateway's health and is not
-counted. While a circuit is open the dispatcher skips the gateway: it fails over to the next one of
-the route, or, with none left, waits until the probe is due. Every change is one Lua script, so two
-workers never both take the probe.
+Why a rate: a count ("5 failures in 30 s") opens on a healthy gateway at volume (at 150 calls a second a
+1% error rate is 1.5 failures a second) and stops every message for a cool-off each time. Counting every
+call and opening on the share that failed, over a minimum number of calls, is what resilience4j does
+(its defaults are 50% over 100 calls; ours 50% over 20, for smaller deployments).
+
+What counts: a call that ended in a transient or ambiguous error (the gateway is unwell) is a failure;
+so is a call slower than CIRCUIT_SLOW_CALL, even when the gateway took the message. A call the gateway
+answered, even with a refusal (a bad number, bad credentials), is a success: it says the gateway is up.
+A 429 is neither (it slows the rate limit instead, ratelimit.py), nor is a failure of our own Redis.
+
+Calls are counted in ten time buckets per window (a hash of `c<bucket>` / `f<bucket>` counters), so a
+success costs two commands and the rate is summed only when a failure could open the circuit. Results
+of calls that were let through before the circuit opened are not counted while it is open; in
+half-open only the probes' results count. A round of probes whose callers never report (their worker
+died) is handed out again after `probe_ttl`.
+
+Every step is one Lua script (the functions below are also included in the ledger's `finish`, so the
+success of a single send is counted in the round trip that records it): two workers never both take
+the last probe, and the rate is exact under concurrency.
 """
 
 from __future__ import annotations
@@ -19,87 +34,129 @@ import redis
 
 from .keys import Keys
 
-# KEYS: circuit hash. ARGV: now, probe_ttl. Returns {verdict, open_until}: verdict "closed",
-# "probe" (half-open and this caller takes the probe) or "open" (skip; open_until says until when).
+# Count one call's result. Arguments: circuit hash, calls hash, now, failed (1/0), probe (1/0), window,
+# min_calls, rate (percent), cooloff, probes. Returns {event, failures, calls}: event 'opened' (this
+# result opened or re-opened the circuit), 'closed' (the last probe closed it) or ''.
+RECORD_FUNCTION = """
+local function circuit_open(ckey, skey, now, cooloff)
+  redis.call('HSET', ckey, 'open_until', now + cooloff, 'probes', 0, 'probe_ok', 0, 'probe_until', 0)
+  redis.call('EXPIRE', ckey, math.ceil(cooloff * 4 + 60))
+  redis.call('DEL', skey)
+end
+local function circuit_record(ckey, skey, now, failed, probe, window, min_calls, rate, cooloff, probes)
+  local open_until = tonumber(redis.call('HGET', ckey, 'open_until'))
+  if open_until then
+    if not probe or now < open_until then return {'', 0, 0} end
+    if failed then
+      circuit_open(ckey, skey, now, cooloff)
+      return {'opened', 1, 1}
+    end
+    if redis.call('HINCRBY', ckey, 'probe_ok', 1) >= probes then
+      redis.call('DEL', ckey, skey)
+      return {'closed', 0, 0}
+    end
+    return {'', 0, 0}
+  end
+  local bucket = math.floor(now / (window / 10))
+  redis.call('HINCRBY', skey, 'c' .. bucket, 1)
+  redis.call('EXPIRE', skey, math.ceil(window) + 1)
+  if not failed then return {'', 0, 0} end
+  redis.call('HINCRBY', skey, 'f' .. bucket, 1)
+  local all = redis.call('HGETALL', skey)
+  local calls, fails = 0, 0
+  for i = 1, #all, 2 do
+    local b = tonumber(string.sub(all[i], 2))
+    if b == nil or b <= bucket - 10 then
+      redis.call('HDEL', skey, all[i])
+    elseif string.sub(all[i], 1, 1) == 'c' then
+      calls = calls + tonumber(all[i + 1])
+    else
+      fails = fails + tonumber(all[i + 1])
+    end
+  end
+  if calls >= min_calls and fails * 100 >= rate * calls then
+    circuit_open(ckey, skey, now, cooloff)
+    return {'opened', fails, calls}
+  end
+  return {'', fails, calls}
+end
+"""
+
+# KEYS: circuit hash, calls hash. ARGV: now, failed, probe, window, min_calls, rate, cooloff, probes.
+_RECORD = RECORD_FUNCTION + """
+return circuit_record(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1', tonumber(ARGV[4]),
+                      tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+"""
+
+# KEYS: circuit hash. ARGV: now, probes, probe_ttl. Returns {verdict, until}: "closed"; "probe" (this
+# caller takes one of the half-open round's probes); "open" (skip; `until` says when to look again).
 _ALLOW = """
-local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until'))
+local h = redis.call('HMGET', KEYS[1], 'open_until', 'probes', 'probe_until')
+local open_until = tonumber(h[1])
 if not open_until then return {'closed', '0'} end
 local now = tonumber(ARGV[1])
 if now < open_until then return {'open', tostring(open_until)} end
-local probe_until = tonumber(redis.call('HGET', KEYS[1], 'probe_until')) or 0
-if now < probe_until then return {'open', tostring(probe_until)} end
-redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
+local given, round_until = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+if given > 0 and now >= round_until then
+  given = 0                                  -- the last round's probes never reported: a new round
+  redis.call('HSET', KEYS[1], 'probe_ok', 0)
+end
+if given >= tonumber(ARGV[2]) then return {'open', tostring(round_until)} end
+if given == 0 then round_until = now + tonumber(ARGV[3]) end
+redis.call('HSET', KEYS[1], 'probes', given + 1, 'probe_until', round_until)
 return {'probe', tostring(open_until)}
-"""
-
-# KEYS: circuit hash, failures zset. ARGV: now, window, threshold, cooloff, member.
-# Returns 1 if this failure (re)opened the circuit, else 0.
-_FAILURE = """
-local now = tonumber(ARGV[1])
-local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until'))
-if open_until and now >= open_until then
-  -- half-open: the probe (or a straggler) failed: open again for a full cool-off
-  redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[4]), 'probe_until', 0)
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 4 + 60))
-  return 1
-end
-if open_until then return 0 end
-redis.call('ZADD', KEYS[2], now, ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
-redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[2])) + 1)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[4]), 'probe_until', 0)
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 4 + 60))
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: circuit hash, failures zset. ARGV: now. A success closes an open-but-due (half-open) circuit.
-_SUCCESS = """
-local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until'))
-if open_until and tonumber(ARGV[1]) >= open_until then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  return 1
-end
-return 0
 """
 
 
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    probe: bool = False           # the one call that decides whether a half-open circuit closes
+    probe: bool = False           # one of the calls that decide whether a half-open circuit closes
     open_until: float = 0.0       # when skipped: when to look again
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What one call's result did: `event` is "opened", "closed" or ""; with the window's counts."""
+    event: str
+    failures: int = 0
+    calls: int = 0
+
+
 class Circuits:
-    def __init__(self, client: redis.Redis, keys: Keys, *, failures: int, window: float, cooloff: float) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, failure_rate: float, min_calls: int, window: float,
+                 cooloff: float, probes: int, probe_ttl: float | None = None) -> None:
+        """`probe_ttl`: how long a round of probes may take to report before it is handed out again
+        (the longest a gateway call can last; the cool-off by default)."""
         self.redis, self.keys = client, keys
-        self.threshold, self.window, self.cooloff = failures, window, cooloff
+        self.rate, self.min_calls, self.window, self.cooloff = failure_rate, min_calls, window, cooloff
+        self.probes = probes
+        self.probe_ttl = probe_ttl if probe_ttl is not None else cooloff
         self._allow = client.register_script(_ALLOW)
-        self._failure = client.register_script(_FAILURE)
-        self._success = client.register_script(_SUCCESS)
-        self._seq = 0
+        self._record = client.register_script(_RECORD)
 
     def allow(self, gateway: str, *, now: float) -> Verdict:
-        # A probe that never reports back (its worker died) frees the slot after one cool-off.
-        verdict, until = self._allow(keys=[self.keys.circuit(gateway)], args=[now, self.cooloff])
+        verdict, until = self._allow(keys=[self.keys.circuit(gateway)], args=[now, self.probes, self.probe_ttl])
         verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
         return Verdict(verdict != "open", verdict == "probe", float(until))
 
-    def failure(self, gateway: str, *, now: float) -> bool:
-        """Count a failed call; True if it opened the circuit."""
-        self._seq += 1
-        member = f"{now!r}:{id(self)}:{self._seq}"
-        return bool(self._failure(keys=[self.keys.circuit(gateway), self.keys.circuit_failures(gateway)],
-                                  args=[now, self.window, self.threshold, self.cooloff, member]))
+    def record_args(self, gateway: str, *, now: float, failed: bool, probe: bool) -> tuple[list[str], list]:
+        """KEYS and ARGV of one result, for a script that includes RECORD_FUNCTION (the ledger's finish)."""
+        return ([self.keys.circuit(gateway), self.keys.circuit_calls(gateway)],
+                [repr(now), int(failed), int(probe), self.window, self.min_calls, self.rate, self.cooloff,
+                 self.probes])
 
-    def success(self, gateway: str, *, now: float) -> bool:
-        """A call went through; True if it closed a half-open circuit."""
-        return bool(self._success(keys=[self.keys.circuit(gateway), self.keys.circuit_failures(gateway)],
-                                  args=[now]))
+    def record(self, gateway: str, *, now: float, failed: bool, probe: bool = False) -> Recorded:
+        keys, args = self.record_args(gateway, now=now, failed=failed, probe=probe)
+        return parse_recorded(self._record(keys=keys, args=args))
+
+    def failure(self, gateway: str, *, now: float, probe: bool = False) -> bool:
+        """Count a failed call; True if it opened the circuit."""
+        return self.record(gateway, now=now, failed=True, probe=probe).event == "opened"
+
+    def success(self, gateway: str, *, now: float, probe: bool = False) -> bool:
+        """Count a call that went through; True if it closed a half-open circuit."""
+        return self.record(gateway, now=now, failed=False, probe=probe).event == "closed"
 
     def state(self, gateway: str, *, now: float) -> str:
         """"closed", "open" or "half-open" (for status output; no side effects)."""
@@ -107,3 +164,21 @@ class Circuits:
         if raw is None:
             return "closed"
         return "open" if now < float(raw) else "half-open"
+
+    def wait(self, open_until: float, *, now: float, cap: float, rng) -> float:
+        """How long a message that found every gateway open waits before it runs again: until the
+        circuit is due to be probed (or the probes are due to have reported), spread over a further
+        quarter of that so that thousands of waiting messages do not all come back at one instant.
+        A waiting message uses no attempt; with the defaults it runs about once per cool-off."""
+        until = max(0.2, open_until - now)
+        return min(until + rng.uniform(0, max(0.5, until / 4)), cap)
+
+
+def parse_recorded(reply: list) -> Recorded:
+    event = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    return Recorded(event, int(reply[1]), int(reply[2]))
+
+
+def describe(recorded: Recorded, window: float) -> str:
+    return f"{recorded.failures} of {recorded.calls} calls failed within {window:g}s"
+

@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("batch-status", help="a batch's counts").add_argument("batch_id")
     sub.add_parser("balance", help="ask gateways for their balance now").add_argument("gateway", nargs="?")
     p = sub.add_parser("dead-letters", help="messages whose retries ran out")
-    p.add_argument("--replay", action="store_true", help="submit each again (a new submission)")
+    p.add_argument("--replay", action="store_true",
+                   help="submit again each one that is provably unsent (a new submission); list the others")
+    p.add_argument("--force", action="store_true",
+                   help="with --replay: also those that may have been sent (a recipient may get it twice)")
     sub.add_parser("cancel", help="cancel a reminder").add_argument("reminder_id")
     p = sub.add_parser("webhooks", help="run the delivery-report receiver (POST /<gateway>/<secret>)")
     p.add_argument("--host", default="127.0.0.1")
@@ -174,30 +177,43 @@ def _balance(args) -> int:
 
 
 def _dead_letters(args) -> int:
+    """List the dead letters; with --replay submit again the provably unsent ones. A message that may
+    have reached a gateway (`maybe_sent`: a 500 or a lost answer where the gateway could not be asked,
+    a worker that died mid-call) is listed with the reason and left alone unless --force says the
+    operator accepts a possible duplicate."""
+    if args.force and not args.replay:
+        print("smsdispatch: --force goes with --replay", file=sys.stderr)
+        return 2
     rt = _runtime()
-    records = rt.dispatcher.records
-    ids = records.dead_letters()
+    records, ledger = rt.dispatcher.records, rt.dispatcher.ledger
+    send = rt.app.tasks["smsdispatch.send_sms"]
     listing = []
-    for mid in ids:
+    for mid in records.dead_letters():
         record = records.get(mid) or {}
-        listing.append({"message_id": mid, "status": record.get("status"), "error": record.get("error"),
-                        "to": mask(record["to"]) if record.get("to") else None})
-    if args.replay:
-        send = rt.app.tasks["smsdispatch.send_sms"]
-        for mid in ids:
-            record = records.get(mid) or {}
-            if record.get("status") != "failed" or not record.get("to"):
-                continue
-            # Exactly what was asked the first time (requested gateway, not the one routing chose),
-            # so the fingerprint matches and the ledger reopens the key: its retries ran out.
-            kwargs = {"to": record["to"], "text": record.get("text"), "gateway": record.get("requested_gateway"),
-                      "sender": record.get("sender"), "idempotency_key": record.get("idempotency_key"),
-                      "metadata": record.get("metadata"), "options": record.get("options")}
-            send.delay(**{k: v for k, v in kwargs.items() if v is not None})
-            rt.redis.lrem(rt.dispatcher.keys.dead_letters(), 1, mid)
-            for item in listing:
-                if item["message_id"] == mid:
-                    item["replayed"] = True
+        item = {"message_id": mid, "status": record.get("status"), "error": record.get("error"),
+                "maybe_sent": bool(record.get("maybe_sent")), "to": mask(record["to"]) if record.get("to") else None}
+        listing.append(item)
+        if not args.replay:
+            continue
+        if record.get("status") != "failed" or not record.get("to"):
+            item["replayed"], item["reason"] = False, "not a failed message with a number: nothing to send"
+            continue
+        if item["maybe_sent"] and not args.force:
+            item["replayed"] = False
+            item["reason"] = ("may have been sent (an earlier call may have reached the gateway); not replayed: "
+                              "--replay --force resends it, and its recipient may get it twice")
+            continue
+        key = record.get("idempotency_key")
+        if item["maybe_sent"] and key:
+            ledger.force_reopenable(f"key:{key}")      # the operator's decision: let the key send again
+        # Exactly what was asked the first time (requested gateway, not the one routing chose), so the
+        # fingerprint matches and the ledger reopens the key (its retries ran out; provably unsent).
+        kwargs = {"to": record["to"], "text": record.get("text"), "gateway": record.get("requested_gateway"),
+                  "sender": record.get("sender"), "idempotency_key": key,
+                  "metadata": record.get("metadata"), "options": record.get("options")}
+        send.delay(**{k: v for k, v in kwargs.items() if v is not None})
+        rt.redis.lrem(rt.dispatcher.keys.dead_letters(), 1, mid)
+        item["replayed"] = True
     _print(listing)
     return 0
 

@@ -9,6 +9,7 @@ their repr is ``'**********'``, so logging a Settings object never leaks them.
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
@@ -71,9 +72,16 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
 
     # --- gateway health: circuit breakers and global rate limits, shared through Redis ---
-    circuit_failures: int = Field(5, ge=1)          # this many failed calls ...
-    circuit_window: float = Field(30.0, gt=0)       # ... within this many seconds open the circuit
-    circuit_cooloff: float = Field(30.0, gt=0)      # open this long, then one probe call
+    #: A circuit opens when at least CIRCUIT_FAILURE_RATE % of the calls of the last CIRCUIT_WINDOW
+    #: seconds failed, once there were at least CIRCUIT_MIN_CALLS of them (a failure *rate*: at 150
+    #: calls a second a 1% error rate must not stop a healthy gateway).
+    circuit_failure_rate: float = Field(50.0, gt=0, le=100)
+    circuit_min_calls: int = Field(20, ge=1)
+    circuit_window: float = Field(30.0, gt=0)
+    #: A call slower than this counts as a failure (even if the gateway took the message).
+    circuit_slow_call: float = Field(10.0, gt=0)
+    circuit_cooloff: float = Field(30.0, gt=0)      # open this long, then half-open:
+    circuit_probes: int = Field(3, ge=1)            # this many probe calls; all succeed → closed
     #: "eskiz=20,smscx=100": messages per second per gateway, for all workers together.
     rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     #: "smspm=50": at most this many messages per native batch call (also capped by the gateway's own
@@ -82,6 +90,9 @@ class Settings(BaseSettings):
 
     # --- retries ---
     max_attempts: int = Field(5, ge=1, le=100)
+    #: A task message handed out this many times without finishing (its worker died on it each
+    #: time) is recorded `failed` (poison_message) and dead-lettered instead of looping for ever.
+    max_deliveries: int = Field(10, ge=1, le=1000)
     backoff_base: float = Field(2.0, gt=0)
     backoff_max: float = Field(300.0, gt=0)
     backoff_jitter: Literal["full", "equal", "none"] = "full"
@@ -313,8 +324,18 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
+#: Settings that are gone, and what replaced them: set, they stop start-up instead of being ignored.
+RETIRED = {
+    "CIRCUIT_FAILURES": "the circuit now opens on a failure rate: use CIRCUIT_FAILURE_RATE (percent) and "
+                        "CIRCUIT_MIN_CALLS",
+}
+
+
 def load_settings(**overrides) -> Settings:
     """Settings from the environment (overrides win); a bad value raises ConfigError naming it."""
+    for name, instead in RETIRED.items():
+        if f"{ENV_PREFIX}{name}" in os.environ or name.lower() in overrides:
+            raise ConfigError(f"invalid configuration: {ENV_PREFIX}{name} is no longer read: {instead}")
     try:
         return Settings(**overrides)
     except SettingsError as e:

@@ -8,16 +8,8 @@ Identity: a message sent with an explicit idempotency key has the id uuid5(key),
 that key gets the same message id and the same result; without a key, the key and the message id are
 the Celery task id, so a redelivered task message is recognised as the same message.
 
-What happens on each kind of error (errors.py):
-
-    PermanentError                → failed, after exactly one gateway call
-    TransientError                → retried with backoff; after MAX_ATTEMPTS: failed, retries_exhausted,
-                                    and the id pushed on the dead-letter list
-    AmbiguousError (may be sent)  → gateway can_lookup: retried, and the next run asks the gateway
-                                    first (reconcile); can_dedupe: repeated with the same reference;
-                                    otherwise: unknown, never resent
-    HTTP 500/502 (maybe_sent)     → on a can_lookup gateway, looked up before it is resent;
-                                    elsewhere retried like any TransientError, on the same gateway
+What happens after a failed call (retry, fail over, reconcile, repeat, `unknown`, dead-letter) is
+decided by policy.py, the same function batch chunks use; this module carries the decision out.
 
 Failover: a message without an explicit `gateway` has a route of one or more gateways in priority
 order (config.route_chain). A gateway is skipped while its circuit is open (circuit.py), and the next
@@ -41,15 +33,11 @@ from typing import Any, Callable
 
 import redis
 
-from .circuit import Circuits, Verdict
+from .circuit import Circuits, Verdict, describe
 from .config import Settings
 from .errors import (
     AmbiguousError,
-    AuthError,
     GatewayError,
-    InsufficientBalance,
-    PermanentError,
-    RateLimited,
     TransientError,
     ValidationError,
 )
@@ -59,6 +47,7 @@ from .keys import Keys
 from .ledger import Claim, ClaimResult, Ledger, fingerprint
 from .message import SendRequest, parse_send
 from .phone import mask
+from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
 from .records import RESULT_FIELDS, MessageStatus, Records
 from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
@@ -76,7 +65,7 @@ BALANCE_CACHE_SECONDS = 5.0
 BUSY_POLL = 2.0
 
 #: What `send` reads of a record along with its claim: the result, and what an attempt depends on.
-RECORD_FIELDS_READ = (*RESULT_FIELDS, "pinned_gateway")
+RECORD_FIELDS_READ = (*RESULT_FIELDS, "pinned_gateway", "maybe_sent", "rate_slot")
 
 
 def message_id_for(idempotency_key: object, task_id: str) -> str:
@@ -118,11 +107,6 @@ class _Job:
     result: ResultSlot | None = None      # store the outcome as this task's Celery result (results.py)
 
 
-def not_sent(e: GatewayError) -> bool:
-    """The error proves the request was not acted on: safe to try another gateway at once."""
-    return isinstance(e, TransientError) and not e.maybe_sent
-
-
 class Dispatcher:
     def __init__(self, settings: Settings, client: redis.Redis, *, gateways: Gateways | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
@@ -134,8 +118,10 @@ class Dispatcher:
         self.ledger = Ledger(client, self.keys, lease=settings.claim_lease, ttl=settings.idempotency_ttl)
         self.results = Results(client, self.keys, ttl=result_ttl)
         self.gateways = gateways or Gateways(settings, client, self.keys)
-        self.circuits = Circuits(client, self.keys, failures=settings.circuit_failures,
-                                 window=settings.circuit_window, cooloff=settings.circuit_cooloff)
+        self.circuits = Circuits(client, self.keys, failure_rate=settings.circuit_failure_rate,
+                                 min_calls=settings.circuit_min_calls, window=settings.circuit_window,
+                                 cooloff=settings.circuit_cooloff, probes=settings.circuit_probes,
+                                 probe_ttl=min(settings.circuit_cooloff, settings.claim_lease / 4))
         self.limiter = RateLimiter(client, self.keys, settings.rate_limits)
         #: The longest a call waits in-process for its rate limit; longer waits go back to the queue.
         self.max_rate_wait = min(5.0, settings.claim_lease / 4)
@@ -261,11 +247,50 @@ class Dispatcher:
             self.records.reopen(message_id, note="resubmitted after retries_exhausted: trying again")
             record = dict(record, attempts=0, lookups=0)
         pinned = record.get("pinned_gateway")
-        if claim.answer is Claim.RECONCILE:
+        if claim.answer is Claim.RECONCILE:     # an earlier call may have gone out: ask before sending
+            record["maybe_sent"] = 1
             outcome, pinned = self._reconcile(job, record.get("gateway") or usable[0].gateway.name)
             if outcome is not None:
                 return outcome
+            if pinned is None:          # the gateway does not have it: provably unsent again
+                record["maybe_sent"] = 0
         return self._attempt(job, task_id, record, pinned)
+
+    # --- poison messages ----------------------------------------------------------------------
+
+    def redelivered(self, task_id: str) -> int:
+        """Count one more redelivery of a task message (the broker handed it out again because no
+        worker finished it: a worker that died on it). Returns the count so far."""
+        pipe = self.records.redis.pipeline(transaction=True)
+        pipe.incr(self.keys.deliveries(task_id))
+        pipe.expire(self.keys.deliveries(task_id), self.settings.idempotency_ttl)
+        return int(pipe.execute()[0])
+
+    def poisoned(self, kwargs: dict[str, Any], *, task_id: str, deliveries: int,
+                 store_result: bool = False) -> Outcome | None:
+        """A task message handed out `deliveries` times without finishing: end its message `failed`
+        (poison_message) and dead-letter it, instead of letting it kill worker after worker. None when
+        the message must run after all: it already has an outcome (answered from the record), or a
+        live execution holds its claim (that one decides)."""
+        raw_key = kwargs.get("idempotency_key") if isinstance(kwargs, dict) else None
+        message_id, key = message_id_for(raw_key, task_id), ledger_key_for(raw_key, task_id)
+        entry = {k.decode(): v.decode() for k, v in self.records.redis.hgetall(self.keys.idempotency(key)).items()}
+        state = entry.get("state")
+        if state == "done" or (state == "claimed" and float(entry.get("lease_until") or 0) / 1000 > self.clock()):
+            return None
+        record = self.records.get(message_id) or {}
+        # a claim left `claimed` (its worker died mid-call) or `ambiguous`: a call may have gone out
+        maybe_sent = bool(record.get("maybe_sent")) or state in ("claimed", "ambiguous")
+        job = _Job(message_id, key, None, [], ClaimResult(Claim.CLAIMED, message_id, ""),  # type: ignore[arg-type]
+                   result=self.results.slot(task_id) if store_result else None)
+        log.error("message %s: task %s handed out %d times without finishing; dead-lettered as a poison message",
+                  message_id, task_id, deliveries)
+        return self._finish(job, MessageStatus.FAILED, dead_letter=True, reopenable=not maybe_sent,
+                            maybe_sent=int(maybe_sent), task_id=task_id, error=_error(
+                                "poison_message", f"its task was handed out {deliveries} times and no worker "
+                                f"finished it (SMSDISPATCH_MAX_DELIVERIES={self.settings.max_deliveries}); not "
+                                f"run again" + ("; an earlier call may have reached the gateway" if maybe_sent
+                                                else "")))
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -290,16 +315,16 @@ class Dispatcher:
         (None, None): it does not have the message, so any gateway of the route may send it."""
         route = self._route_named(job, last_gateway)
         if route is None:
-            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+            return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                 "unknown", f"an earlier call to {last_gateway} may have been accepted and {last_gateway} is "
                            f"not configured any more, so it cannot be asked; not resent")), None
         gw = route.gateway
         if not gw.can_lookup and gw.can_dedupe:
-            self.records.update(job.message_id, MessageStatus.SENDING,
+            self.records.update(job.message_id, MessageStatus.SENDING, maybe_sent=1,
                                 note=f"{gw.name} dedupes repeated calls: sending again with the same reference")
             return None, gw.name
         if not gw.can_lookup:
-            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+            return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                 "unknown", f"an earlier call to {gw.name} may have been accepted (worker stopped or no "
                            f"answer) and {gw.name} cannot look messages up; not resent to avoid a duplicate")), None
         lookups = self.records.increment(job.message_id, "lookups")
@@ -307,15 +332,15 @@ class Dispatcher:
             found = gw.lookup(route.sms, since=job.claim.first_claimed_at)
         except (TransientError, AmbiguousError) as e:
             if lookups >= self.settings.max_attempts:
-                return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+                return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                     "unknown", f"may have been sent; {lookups} lookups at {gw.name} failed, last: {e}")), None
             self.ledger.release(job.key, job.claim.owner, ambiguous=True)
             delay = self.backoff(lookups, e)
-            self.records.update(job.message_id, MessageStatus.RETRYING, error=_error(e.code, str(e)),
+            self.records.update(job.message_id, MessageStatus.RETRYING, error=_error(e.code, str(e)), maybe_sent=1,
                                 note=f"lookup at {gw.name} failed; again in {delay:.1f}s")
             return Outcome(retry_in=delay), None
-        except PermanentError as e:
-            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+        except GatewayError as e:           # permanent: the lookup itself is refused
+            return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                 "unknown", f"may have been sent; cannot check at {gw.name}: {e}")), None
         if found.found:
             log.info("message %s reconciled: %s had accepted it", job.message_id, gw.name)
@@ -323,88 +348,106 @@ class Dispatcher:
                 else MessageStatus.ACCEPTED
             return self._finish(job, status, gateway_message_id=found.gateway_message_id, error=None,
                                 gateway=gw.name, note=f"reconciled: found at {gw.name}, not resent"), None
-        self.records.update(job.message_id, MessageStatus.SENDING, pinned_gateway=None,
+        # the gateway does not have it: provably unsent again
+        self.records.update(job.message_id, MessageStatus.SENDING, pinned_gateway=None, maybe_sent=0,
                             note=f"reconciled: {gw.name} has no such message; sending")
         return None, None
 
     def _attempt(self, job: _Job, task_id: str, record: dict[str, Any], pinned: str | None) -> Outcome:
-        """Call the gateways of the route in order until one takes the message or an error says to stop."""
+        """Call the gateways of the route in order until one takes the message or the policy says stop."""
         mid = job.message_id
         route = self._route_named(job, pinned) if pinned else None
         if pinned and route is None:
-            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+            return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                 "unknown", f"may have been accepted by {pinned}, which is not configured any more; not resent"))
         candidates = [route] if route else job.routes
         skipped = list(job.skipped)
         attempts = int(record.get("attempts") or 0)
+        maybe_sent = bool(record.get("maybe_sent"))
         last: tuple[Route, GatewayError] | None = None
         reopen_at = None
         for n, route in enumerate(candidates):
             gw, has_next = route.gateway, n + 1 < len(candidates)
+            probe = False
             if n == 0 and job.claim.started:    # the claim wrote this attempt's `sending` update
                 attempts, skipped = 1, []
             else:
                 if attempts >= self.settings.max_attempts:
                     return self._exhausted(job, _error(last[1].code, str(last[1])) if last else record.get("error"),
-                                           skipped)
+                                           skipped, maybe_sent=maybe_sent)
                 verdict = Verdict(True) if gw.name in job.closed else self.circuits.allow(gw.name, now=self.clock())
                 if not verdict.allowed:
                     skipped.append(f"{gw.name}: circuit open")
                     reopen_at = min(reopen_at or verdict.open_until, verdict.open_until)
                     continue
-                permit = self.limiter.acquire(gw.name, now=self.clock(), max_wait=self.max_rate_wait)
-                if not permit.granted:
-                    return self._wait(job, permit.wait, f"{gw.name}'s rate limit "
-                                                        f"({self.settings.rate_limits[gw.name]:g}/s) is used up")
-                if permit.wait > 0:
-                    time.sleep(permit.wait)
+                probe = verdict.probe
+                waiting = self._rate_limit(job, gw, record)
+                if waiting is not None:
+                    return waiting
                 attempts += 1      # we hold the claim: nobody else writes this record's attempts now
                 self.records.update(mid, MessageStatus.SENDING,
                                     **self._sending(job.request, gw, job.key, task_id, attempts, skipped))
                 skipped = []
+            started = time.monotonic()
             try:
                 accepted = gw.send(route.sms)
-            except PermanentError as e:
-                if has_next and isinstance(e, (AuthError, InsufficientBalance)):
-                    skipped.append(f"{gw.name}: {e.code}: {e}")     # this gateway cannot take it; another may
-                    last = (route, e)
-                    continue
-                log.info("message %s to %s failed at %s: %s", mid, mask(job.request.to), gw.name, e)
-                return self._finish(job, MessageStatus.FAILED, error=_error(e.code, str(e)))
-            except (TransientError, AmbiguousError) as e:
-                self._unhealthy(gw, e)
-                if has_next and not_sent(e):
-                    skipped.append(f"{gw.name}: {e.code}: {e}; not sent")
-                    log.info("message %s: %s did not send it (%s); failing over to %s", mid, gw.name, e.code,
-                             candidates[n + 1].gateway.name)
-                    last = (route, e)
-                    continue
-                return self._after_failed_call(job, route, attempts, e, pinned=bool(pinned))
-            except redis.RedisError:
-                # Our Redis failed inside the adapter: gateways touch Redis only for their shared token,
-                # before the HTTP call (or after a 401 refused it), so nothing was sent. Give the claim
-                # back if Redis lets us (else its lease runs out) and let the task retry.
-                try:
-                    self.ledger.release(job.key, job.claim.owner, ambiguous=False)
-                except redis.RedisError:
-                    pass
-                raise
+            except (GatewayError, redis.RedisError) as e:
+                error: GatewayError | redis.RedisError = e
             except Exception as e:  # a bug or an unexpected library error: it may have been sent
                 log.exception("message %s: unexpected error from %s", mid, gw.name)
-                e = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
-                self._unhealthy(gw, e)
-                return self._after_failed_call(job, route, attempts, e, pinned=bool(pinned))
-            if gw.name not in job.closed:      # a probe (or a circuit we did not see closed) went through
-                self.circuits.success(gw.name, now=self.clock())
-            log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
-                     accepted.gateway_message_id)
-            return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
-                                error=None, pinned_gateway=None)
-        if last is not None:     # the last callable gateway failed too, provably without sending
-            return self._after_failed_call(job, last[0], attempts, last[1], skipped, pinned=bool(pinned))
-        # every gateway's circuit is open: wait for the first probe
-        delay = min(max(0.2, (reopen_at or 0) - self.clock()), self.settings.backoff_max) + self.rng.uniform(0, 1)
-        return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")")
+                error = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
+            else:
+                slow = time.monotonic() - started > self.settings.circuit_slow_call
+                log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
+                         accepted.gateway_message_id)
+                return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
+                                    error=None, pinned_gateway=None, call=(gw.name, slow, probe))
+            decision = after_failure(error, gw, attempts=attempts, max_attempts=self.settings.max_attempts,
+                                     has_next=has_next, pinned=bool(pinned))
+            if decision.action is Action.FAILOVER:
+                self.count_call(gw, error, decision, probe)
+                skipped.append(f"{gw.name}: {_code(error)}: {error}" + ("" if decision.health is Health.ANSWERED
+                                                                         else "; not sent"))
+                log.info("message %s: %s did not send it (%s); failing over to %s", mid, gw.name, _code(error),
+                         candidates[n + 1].gateway.name)
+                last = (route, error)
+                continue
+            return self._after(job, route, attempts, error, decision, skipped, probe=probe,
+                               maybe_sent=maybe_sent or decision.maybe_sent)
+        if last is not None and reopen_at is None:   # cannot happen: a failover always has a next gateway
+            raise AssertionError("failover past the last gateway")
+        # every gateway left is open: wait for the probes, without using an attempt
+        delay = self.circuits.wait(reopen_at or 0.0, now=self.clock(), cap=self.settings.backoff_max, rng=self.rng)
+        return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")",
+                          error=_error(_code(last[1]), str(last[1])) if last else None)
+
+    def _rate_limit(self, job: _Job, gw: Gateway, record: dict[str, Any]) -> Outcome | None:
+        """Wait for the gateway's global rate limit: None to call now (after a short in-process wait),
+        or an Outcome to run again when this message's turn comes. A turn further away than a short
+        wait is reserved in the bucket and remembered in the record (`rate_slot`), so the message runs
+        once more, at its turn, and then calls without asking again: waiting messages do not spin."""
+        if not self.limiter.limited(gw.name):
+            return None
+        now = self.clock()
+        slot_gateway, _, slot_at = (record.get("rate_slot") or "").partition("@")
+        if slot_gateway == gw.name and slot_at:
+            early = float(slot_at) - now
+            if early <= self.max_rate_wait:     # our reserved turn has come
+                if early > 0:
+                    time.sleep(early)
+                return None
+            return self._wait(job, early, f"waiting for its turn at {gw.name}'s rate limit",
+                              rate_slot=record["rate_slot"])
+        permit = self.limiter.acquire(gw.name, now=now, max_wait=self.settings.backoff_max)
+        why = f"{gw.name}'s rate limit ({self.settings.rate_limits[gw.name]:g}/s) is used up"
+        if not permit.granted:      # not even a turn within BACKOFF_MAX: look again then, spread out
+            return self._wait(job, permit.wait + self.rng.uniform(0, permit.wait / 4), why)
+        if permit.wait > self.max_rate_wait:
+            return self._wait(job, permit.wait, f"{why}; its turn is reserved",
+                              rate_slot=f"{gw.name}@{now + permit.wait!r}")
+        if permit.wait > 0:
+            time.sleep(permit.wait)
+        return None
 
     @staticmethod
     def _sending(request: SendRequest, gw: Gateway, key: str, task_id: str, attempt: int,
@@ -414,53 +457,64 @@ class Dispatcher:
                 "to": request.to, "text": request.text, "gateway": gw.name, "requested_gateway": request.gateway,
                 "options": request.options, "sender": request.sender, "segments": request.segments,
                 "idempotency_key": key.split(":", 1)[1], "task_id": task_id, "callback_url": request.callback_url,
-                "metadata": request.metadata}
+                "metadata": request.metadata, "rate_slot": None}
 
-    def _wait(self, job: _Job, delay: float, why: str) -> Outcome:
+    def _wait(self, job: _Job, delay: float, why: str, **fields: Any) -> Outcome:
         """Not sent, and no call failed: give the claim back and run again after `delay`."""
         self.ledger.release(job.key, job.claim.owner, ambiguous=False)
-        self.records.update(job.message_id, MessageStatus.RETRYING, note=f"{why}; again in {delay:.1f}s")
+        self.records.update(job.message_id, MessageStatus.RETRYING, note=f"{why}; again in {delay:.1f}s", **fields)
         return Outcome(retry_in=delay)
 
-    def _unhealthy(self, gw: Gateway, e: GatewayError) -> None:
-        """Count a failed call against the gateway's circuit; a 429 slows its rate limit instead."""
-        if isinstance(e, RateLimited):
-            self.limiter.slow_down(gw.name, now=self.clock(), retry_after=e.retry_after)
-        elif self.circuits.failure(gw.name, now=self.clock()):
-            log.warning("circuit of %s opened: %d failed calls within %gs; skipped for %gs", gw.name,
-                        self.settings.circuit_failures, self.settings.circuit_window, self.settings.circuit_cooloff)
+    def count_call(self, gw: Gateway, error: BaseException, decision: Decision, probe: bool) -> None:
+        """A failed call's part in the gateway's health: a failure for its circuit, a 429 slows its
+        rate limit, an answer (a refusal) is a call that went through; our own Redis counts nowhere."""
+        if decision.health is Health.RATE_LIMITED:
+            self.limiter.slow_down(gw.name, now=self.clock(), retry_after=getattr(error, "retry_after", None))
+            return
+        if decision.health is Health.NEUTRAL:
+            return
+        recorded = self.circuits.record(gw.name, now=self.clock(), failed=decision.health is Health.FAILURE,
+                                        probe=probe)
+        if recorded.event == "opened":
+            log.warning("circuit of %s opened: %s; skipped for %gs", gw.name,
+                        describe(recorded, self.settings.circuit_window) if not probe else "a probe failed",
+                        self.settings.circuit_cooloff)
+        elif recorded.event == "closed":
+            log.warning("circuit of %s closed: %d probes went through", gw.name, self.settings.circuit_probes)
 
-    def _after_failed_call(self, job: _Job, route: Route, attempt: int, e: GatewayError,
-                           skipped: list[str] | None = None, *, pinned: bool = False) -> Outcome:
-        """`pinned`: the message was already held on this gateway by an earlier possibly-sent call. It
-        stays held whatever this call's error says: a later provably-unsent error (a 503 after a
-        reset) does not undo the earlier doubt, and another gateway could duplicate it."""
+    def _after(self, job: _Job, route: Route, attempt: int, e: GatewayError | redis.RedisError, decision: Decision,
+               skipped: list[str], *, probe: bool, maybe_sent: bool) -> Outcome:
+        """Carry out the policy's decision after the failed call `attempt` (policy.py). `maybe_sent`: this
+        call or an earlier one may have reached a gateway (kept on the record)."""
         gw = route.gateway
-        maybe_sent = isinstance(e, AmbiguousError) or getattr(e, "maybe_sent", False)
-        error = _error(e.code, str(e))
-        if maybe_sent and isinstance(e, AmbiguousError) and not (gw.can_lookup or gw.can_dedupe):
-            return self._finish(job, MessageStatus.UNKNOWN, error=_error(
+        error = _error(_code(e), str(e))
+        if decision.action is Action.FAIL:       # the gateway answered: counted with the outcome
+            log.info("message %s to %s failed at %s: %s", job.message_id, mask(job.request.to), gw.name, e)
+            return self._finish(job, MessageStatus.FAILED, error=error, maybe_sent=int(maybe_sent),
+                                note=_with_skips("", skipped), call=(gw.name, False, probe))
+        self.count_call(gw, e, decision, probe)
+        if decision.action is Action.UNKNOWN:
+            return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, note=_with_skips("", skipped), error=_error(
                 "unknown", f"{e}; {gw.name} may have accepted it and cannot look messages up: not resent"))
-        # Possibly sent: a can_lookup gateway is asked first on the next run (reconcile); elsewhere the
-        # message is repeated on this gateway only (pinned): with the same reference where it dedupes,
-        # else (500/502 on a gateway that can do neither) like any transient error, the documented risk.
-        reconcile = maybe_sent and gw.can_lookup
-        pin = gw.name if pinned or (maybe_sent and not gw.can_lookup) else None
-        if attempt >= self.settings.max_attempts and not reconcile:
-            return self._exhausted(job, error, skipped)
+        if decision.action is Action.EXHAUSTED:
+            return self._exhausted(job, error, skipped, maybe_sent=maybe_sent)
+        reconcile = decision.action is Action.RECONCILE
         self.ledger.release(job.key, job.claim.owner, ambiguous=reconcile)
         delay = self.backoff(attempt, e)
-        log.info("message %s: %s on attempt %d; retry in %.1fs", job.message_id, e.code, attempt, delay)
+        log.info("message %s: %s on attempt %d; retry in %.1fs", job.message_id, _code(e), attempt, delay)
         note = f"attempt {attempt} via {gw.name} failed; retry in {delay:.1f}s" + (
-            "; will check the gateway first" if reconcile else f"; stays on {gw.name}" if pin else "")
-        self.records.update(job.message_id, MessageStatus.RETRYING, error=error, pinned_gateway=pin,
-                            note=_with_skips(note, skipped or []))
+            "; will check the gateway first" if reconcile else f"; stays on {gw.name}" if decision.pin else "")
+        self.records.update(job.message_id, MessageStatus.RETRYING, error=error, maybe_sent=int(maybe_sent),
+                            pinned_gateway=gw.name if decision.pin else None, note=_with_skips(note, skipped))
         return Outcome(retry_in=delay)
 
-    def _exhausted(self, job: _Job, last_error: dict | None, skipped: list[str] | None = None) -> Outcome:
+    def _exhausted(self, job: _Job, last_error: dict | None, skipped: list[str] | None = None, *,
+                   maybe_sent: bool) -> Outcome:
+        """Retries ran out: `failed` and dead-lettered. A new submission (or a replay) may send it again
+        only when it is provably unsent (`reopenable`)."""
         detail = f" (last: {last_error['message']})" if last_error else ""
-        return self._finish(job, MessageStatus.FAILED, dead_letter=True, reopenable=True,
-                            note=_with_skips("", skipped or []), error=_error(
+        return self._finish(job, MessageStatus.FAILED, dead_letter=True, reopenable=not maybe_sent,
+                            maybe_sent=int(maybe_sent), note=_with_skips("", skipped or []), error=_error(
                                 "retries_exhausted", f"{self.settings.max_attempts} attempts failed{detail}"))
 
     def backoff(self, attempt: int, e: GatewayError) -> float:
@@ -471,11 +525,20 @@ class Dispatcher:
     # --- recording ----------------------------------------------------------------------------
 
     def _finish(self, job: _Job, status: MessageStatus, *, dead_letter: bool = False, note: str = "",
-                reopenable: bool = False, **fields: Any) -> Outcome:
-        """The terminal write, one script: record, ledger and the task's result (if asked) together;
-        the result comes back in the same round trip."""
+                reopenable: bool = False, call: tuple[str, bool, bool] | None = None, **fields: Any) -> Outcome:
+        """The terminal write, one script: record, ledger, the task's result (if asked) and the gateway
+        call's result for its circuit (`call`: gateway, failed, probe) together; the result comes back
+        in the same round trip."""
         update = self.records.prepared(job.message_id, status, note=note, **fields)
-        values = self.ledger.finish(job.key, update, reopenable=reopenable, dead_letter=dead_letter, result=job.result)
+        circuit = None
+        if call is not None:
+            circuit = self.circuits.record_args(call[0], now=self.clock(), failed=call[1], probe=call[2])
+        values, event = self.ledger.finish(job.key, update, reopenable=reopenable, dead_letter=dead_letter,
+                                           result=job.result, circuit=circuit)
+        if event == "closed":
+            log.warning("circuit of %s closed: %d probes went through", call[0], self.settings.circuit_probes)
+        elif event == "opened":
+            log.warning("circuit of %s opened: a slow call", call[0])
         return Outcome(self.records.result_from_fields(values), stored=job.result is not None)
 
     def reject(self, record_id: str, task_id: str, kwargs: dict, code: str, reason: str) -> dict:
@@ -501,6 +564,11 @@ class Dispatcher:
 
 def _error(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message}
+
+
+def _code(error: BaseException) -> str:
+    """The error code a record shows: the exception tree's, or `store_unavailable` for our Redis."""
+    return getattr(error, "code", "store_unavailable")
 
 
 def _with_skips(note: str, skipped: list[str]) -> str:

@@ -20,8 +20,9 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:rem:inflight                   zset   reminder ids being published, by release time
     sms:gw:<gateway>:<account>:token   string shared access token of a gateway account
     sms:gw:<gateway>:<account>:lock    string single-flight lock around a token refresh
-    sms:circuit:<gateway>              hash   circuit breaker state: open_until, probe_until (circuit.py)
-    sms:circuit:<gateway>:failures     zset   failure times inside the window (circuit.py)
+    sms:circuit:<gateway>              hash   circuit breaker state: open_until, probes, probe_ok, probe_until
+    sms:circuit:<gateway>:calls        hash   calls and failures per tenth of the window (circuit.py)
+    sms:deliveries:<task_id>           string how often a task message was redelivered (poison messages)
     sms:rate:<gateway>                 hash   token bucket: tokens, ts, factor, slow_until (ratelimit.py)
 
 Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
@@ -96,8 +97,11 @@ class Keys:
     def circuit(self, gateway: str) -> str:
         return f"{self.prefix}:circuit:{gateway}"
 
-    def circuit_failures(self, gateway: str) -> str:
-        return f"{self.prefix}:circuit:{gateway}:failures"
+    def circuit_calls(self, gateway: str) -> str:
+        return f"{self.prefix}:circuit:{gateway}:calls"
+
+    def deliveries(self, task_id: str) -> str:
+        return f"{self.prefix}:deliveries:{task_id}"
 
     def rate_bucket(self, gateway: str) -> str:
         return f"{self.prefix}:rate:{gateway}"

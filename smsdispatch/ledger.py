@@ -38,6 +38,7 @@ from enum import Enum
 
 import redis
 
+from .circuit import RECORD_FUNCTION
 from .keys import Keys
 from .records import INT_FIELDS, JSON_FIELDS, RESULT_FIELDS, UPDATE_FUNCTION, RecordUpdate
 from .results import ResultSlot
@@ -96,12 +97,21 @@ r[6] = circuits
 return r
 """
 
-# The outcome, in one step: the record's update, the entry marked done, the dead letter, and the
-# task's result where Celery's Redis result backend keeps it, in its format (results.py), built from
-# the updated record. KEYS: entry, inflight, pending, dead letters, result key ('' = none). ARGV:
-# reopenable (0/1), dead letter (0/1), result ttl, task id, date_done, the record's ttl, now, then
-# the 8 update values. Returns the record's RESULT_FIELDS, raw (false where absent).
-_FINISH = UPDATE_FUNCTION + """
+# The outcome, in one step: the record's update, the entry marked done, the dead letter, the task's
+# result where Celery's Redis result backend keeps it, in its format (results.py), built from the
+# updated record, and the gateway call's result counted for its circuit (circuit.py).
+# KEYS: entry, inflight, pending, dead letters, result key ('' = none), then the circuit hash and its
+# calls hash (or none). ARGV: reopenable (0/1), dead letter (0/1), result ttl, task id, date_done, the
+# record's ttl, now, the 8 update values, then the circuit's 8 arguments (Circuits.record_args) if
+# KEYS has them. Returns the record's RESULT_FIELDS, raw (false where absent), then what the call did
+# to its circuit ('opened', 'closed' or '').
+_FINISH = UPDATE_FUNCTION + RECORD_FUNCTION + """
+local circuit = ''
+if #KEYS >= 7 then
+  circuit = circuit_record(KEYS[6], KEYS[7], tonumber(ARGV[16]), ARGV[17] == '1', ARGV[18] == '1',
+                           tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22]),
+                           tonumber(ARGV[23]))[1]
+end
 update_record(tonumber(ARGV[6]), ARGV[7], KEYS[2], KEYS[3], unpack(ARGV, 8, 15))
 redis.call('HSET', KEYS[1], 'state', 'done', 'reopenable', ARGV[1])
 if ARGV[2] == '1' then redis.call('RPUSH', KEYS[4], ARGV[10]) end
@@ -122,6 +132,7 @@ if KEYS[5] ~= '' then
   redis.call('SETEX', KEYS[5], ARGV[3], meta)
   redis.call('PUBLISH', KEYS[5], meta)
 end
+f[#names + 1] = circuit
 return f
 """ % {"names": ", ".join(f"'{n}'" for n in RESULT_FIELDS),
        "ints": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in INT_FIELDS),
@@ -158,6 +169,13 @@ for i = 5, #ARGV, 9 do
   if ARGV[2] == '1' then redis.call('RPUSH', KEYS[3], ARGV[i + 3]) end
 end
 return (#ARGV - 4) / 9
+"""
+
+# KEYS[1] entry. A done entry becomes reopenable (an operator's forced replay); 0 if it is not done.
+_FORCE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'done' then return 0 end
+redis.call('HSET', KEYS[1], 'reopenable', 1)
+return 1
 """
 
 # KEYS[1] entry; ARGV: owner, new state. Only the holder may release; returns 1 if it did.
@@ -214,6 +232,7 @@ class Ledger:
         self._claim_many = client.register_script(_CLAIM_MANY)
         self._finish_many = client.register_script(_FINISH_MANY)
         self._release = client.register_script(_RELEASE)
+        self._force = client.register_script(_FORCE)
 
     def claim(self, key: str, *, fp: str, message_id: str, now: float, submission: str = "",
               pipe: redis.client.Pipeline | None = None) -> ClaimResult | str:
@@ -280,15 +299,27 @@ class Ledger:
         return ClaimResult(answer, mid, owner, first_claimed_at=t, started=int(fresh) == 2)
 
     def finish(self, key: str, update: RecordUpdate, *, reopenable: bool = False, dead_letter: bool = False,
-               result: ResultSlot | None = None) -> list:
+               result: ResultSlot | None = None, circuit: tuple[list[str], list] | None = None
+               ) -> tuple[list, str]:
         """The outcome in one atomic step: the record's update (`update`: Records.update_args), the key
         marked done (`reopenable`: provably not sent, retries exhausted, so a new submission may try
-        again), the id pushed on the dead letters, and the task's result stored for Celery's result
-        backend. Returns the record's raw RESULT_FIELDS (for Records.result_from_fields)."""
+        again), the id pushed on the dead letters, the task's result stored for Celery's result
+        backend, and (`circuit`: Circuits.record_args) the gateway call counted for its circuit.
+        Returns the record's raw RESULT_FIELDS (for Records.result_from_fields) and the circuit's
+        event ("opened", "closed" or "")."""
         keys = [self.keys.idempotency(key), *update.index_keys, self.keys.dead_letters(), result.key if result else ""]
         args = [int(reopenable), int(dead_letter), result.ttl if result else 0, result.task_id if result else "",
                 result.date_done if result else "", *update.args]
-        return self._finish(keys=keys, args=args)
+        if circuit is not None:
+            keys += circuit[0]
+            args += circuit[1]
+        *values, event = self._finish(keys=keys, args=args)
+        return values, event.decode() if isinstance(event, bytes) else event
+
+    def force_reopenable(self, key: str) -> bool:
+        """An operator's forced replay (`dead-letters --replay --force`): let the next submission of
+        this done key send again although it may have been sent. False if the entry is gone."""
+        return bool(self._force(keys=[self.keys.idempotency(key)]))
 
     def release(self, key: str, owner: str, *, ambiguous: bool, pipe: redis.client.Pipeline | None = None) -> bool:
         """Give the claim up after a failed call: `pending` (nothing sent) or `ambiguous` (maybe sent)."""

@@ -253,7 +253,7 @@ def _entry(status: MessageStatus, at: float, note: str, error: dict | None = Non
 
 # Hash values are strings; structured fields are stored as JSON and typed fields converted back.
 JSON_FIELDS = {"error", "metadata", "payload", "options"}
-INT_FIELDS = {"attempts", "segments", "lookups"}
+INT_FIELDS = {"attempts", "segments", "lookups", "maybe_sent"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "accepted_at"}
 
 

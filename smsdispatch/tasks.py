@@ -84,7 +84,8 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             except ValidationError as e:
                 return stored(self.request.id, refuse(kwargs, self.request.id, str(e)))
             kwargs = {k: v for k, v in kwargs.items() if not (k in FIELDS and v is None)}
-            outcome = runtime.dispatcher.send(kwargs, task_id=self.request.id, store_result=True)
+            outcome = poisoned(self, kwargs, store_result=True) or \
+                runtime.dispatcher.send(kwargs, task_id=self.request.id, store_result=True)
             if outcome.retry_in is None and not outcome.stored:
                 stored(self.request.id, outcome.result)
         except redis.RedisError as e:
@@ -94,6 +95,18 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         if outcome.retry_in is not None:
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
         return outcome.result
+
+    def poisoned(task: Task, kwargs: dict[str, Any], *, store_result: bool = False):
+        """A redelivered message (the broker handed it out again: no worker finished it) is counted;
+        past MAX_DELIVERIES it is ended as a poison message instead of run (Dispatcher.poisoned).
+        A first delivery and Celery's own retries cost nothing here."""
+        if not (task.request.delivery_info or {}).get("redelivered"):
+            return None
+        deliveries = runtime.dispatcher.redelivered(task.request.id) + 1
+        if deliveries <= runtime.settings.max_deliveries:
+            return None
+        return runtime.dispatcher.poisoned(kwargs, task_id=task.request.id, deliveries=deliveries,
+                                           store_result=store_result)
 
     def stored(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
         """Store a final result of send_sms as its task's Celery result (it ignores Celery's storing)."""
@@ -172,7 +185,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         if payload is None:
             return {"reminder_id": reminder_id, "status": "cancelled"}
         try:
-            outcome = runtime.dispatcher.send(payload, task_id=self.request.id)
+            outcome = poisoned(self, payload) or runtime.dispatcher.send(payload, task_id=self.request.id)
         except redis.RedisError as e:
             raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
         if outcome.retry_in is not None:

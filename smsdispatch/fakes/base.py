@@ -9,7 +9,7 @@ API that tests use the same way on every fake:
 - observation: `requests_log` (every request, answered or not, with its parsed body and headers),
   `count()`, `accepted` / `accepted_for()` (every SMS accepted, in protocol-neutral terms), `errors`
   (bugs inside the fake), `wait_for(predicate)` (notified after every request and every change);
-- control: `fail_next`, `rate_limit_next`, `hang_next` (scripted faults, FIFO, per path or "*"),
+- control: `fail_next`, `rate_limit_next`, `hang_next` (scripted faults, FIFO, per path or "*"), `clear_faults`,
   `reject_recipients`, `set_status`, `expire_token` (token-based fakes), `balance`, `reset()`;
 - chaos: `chaos(rate, seed=...)` / `calm()`: seeded random faults on send calls (a 5xx answered without
   routing, a connection reset before routing, a connection reset AFTER routing: the ambiguous case, a
@@ -405,6 +405,13 @@ class FakeGateway(ABC):
         """accept=True: routed (SMS recorded) and then answered after `seconds`; accept=False: not routed,
         answered 503 after `seconds`. stop() cuts the wait short."""
         self._add_fault(_Fault("hang", self._fault_path(path), n, seconds=seconds, accept=accept))
+
+    def clear_faults(self) -> None:
+        """Drop every scripted fault still waiting (an outage scripted with a large fail_next ends now);
+        logs, accepted SMS and chaos are kept."""
+        with self.lock:
+            self._faults.clear()
+            self.notify()
 
     def _fault_path(self, path: str | None) -> str:
         return self.send_path if path is None else self._local(path)

@@ -23,7 +23,7 @@ def smscx():
 
 def test_a_route_of_two_with_the_first_down_sends_everything_through_the_second(redis_url, fake, smscx):
     settings = worker_settings(redis_url, fake, DEFAULT_GATEWAY="eskiz|smscx", SMSCX_API_KEY="cx-failover-key",
-                               SMSCX_BASE_URL=smscx.base_url, CIRCUIT_FAILURES="3", CIRCUIT_WINDOW="30",
+                               SMSCX_BASE_URL=smscx.base_url, CIRCUIT_MIN_CALLS="3", CIRCUIT_WINDOW="30",
                                CIRCUIT_COOLOFF="30")
     fake.refuse_connections()                 # Eskiz is down: connections refused
     producer = Producer(settings)
@@ -44,7 +44,7 @@ def test_a_route_of_two_with_the_first_down_sends_everything_through_the_second(
     assert {r["message_id"] for r in results} == mids
     notes = [" ".join(h.get("note") or "" for h in producer.history(m)) for m in mids]
     assert all("skipped eskiz" in n for n in notes)
-    # after three refusals the circuit opened: later messages did not even try Eskiz
+    # three calls, all refused (100% >= 50%): the circuit opened; later messages did not even try Eskiz
     assert sum("circuit open" in n for n in notes) >= 20
     assert worker.count(r"circuit of eskiz opened") >= 1
 

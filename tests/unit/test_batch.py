@@ -199,7 +199,7 @@ def test_a_malformed_batch_is_refused_at_once(batches, bad):
 
 def test_a_chunk_for_a_gateway_with_an_open_circuit_waits_without_calling(batches, clock):
     stub = BatchStub(max_batch=3)
-    b = batches(stub, circuit_failures=1)
+    b = batches(stub, circuit_min_calls=1, circuit_probes=1)
     b.d.circuits.failure("bstub", now=clock())
     b.store("b9", entries(4), gateway="stub", sender=None, idempotency_key=None, submission="s1")
     out = b.run_chunk("b9", 0, submission="s1")

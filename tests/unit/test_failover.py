@@ -47,7 +47,8 @@ def b():
 
 def make(settings, redis_client, clock, *gateways, **update):
     s = settings.model_copy(update={"default_gateway": "|".join(g.name for g in gateways),
-                                    "circuit_failures": 2, "circuit_window": 60.0, "circuit_cooloff": 30.0,
+                                    "circuit_min_calls": 2, "circuit_failure_rate": 50.0, "circuit_probes": 1,
+                                    "circuit_window": 60.0, "circuit_cooloff": 30.0,
                                     "max_attempts": 5, **update})
     return Dispatcher(s, redis_client, gateways=Pool(*gateways), clock=clock)
 
@@ -193,13 +194,15 @@ def test_a_429_slows_the_shared_bucket(settings, redis_client, clock, a, b):
 
 def test_a_redis_error_inside_the_adapter_is_not_taken_for_a_possible_send(settings, redis_client, clock, a, b):
     """Adapters touch Redis only for their token, before the HTTP call: the message was not sent,
-    so the claim is given back (not left to reconcile) and the error goes up for the task to retry."""
+    so the claim is given back (not left to reconcile), the gateway is not blamed, and it runs again
+    (policy.py: the same answer a batch entry gets)."""
     import redis as redis_lib
     d = make(settings, redis_client, clock, a, b)
-    a.script = [redis_lib.ConnectionError("reset by peer")]
-    with pytest.raises(redis_lib.ConnectionError):
-        send(d)
+    a.script = [redis_lib.ConnectionError("reset by peer")] * 3
+    for _ in range(3):
+        assert send(d).retry_in is not None
     assert d.circuits.state("eskiz", now=clock()) == "closed" and b.calls == []
+    assert d.records.get("t1")["error"]["code"] == "store_unavailable" and not d.records.get("t1")["maybe_sent"]
     out = send(d).result                                    # the retry: a fresh claim, no lookup
     assert out["status"] == "accepted" and a.lookups == [] and out["gateway"] == "eskiz"
 

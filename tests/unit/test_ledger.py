@@ -113,7 +113,8 @@ def test_finish_records_completes_and_stores_the_result_in_celerys_format(redis_
     c = ledger.claim("k", fp="a", message_id="m", now=100.0)
     records.update("m", MessageStatus.SENDING, attempts=1, gateway="stub", segments=1, idempotency_key="k")
     update = records.prepared("m", MessageStatus.ACCEPTED, gateway_message_id="g-1", error=None)
-    values = ledger.finish("k", update, result=results.slot("task-1"))
+    values, event = ledger.finish("k", update, result=results.slot("task-1"))
+    assert event == ""
     result = records.result_from_fields(values)
     assert result == records.result("m") == {"message_id": "m", "status": "accepted", "gateway": "stub",
                                              "gateway_message_id": "g-1", "attempts": 1, "idempotency_key": "k",
