@@ -221,3 +221,32 @@ def test_a_pin_survives_a_later_provably_unsent_error(settings, redis_client, cl
     clock.t += 31                                                 # the probe is due
     out = send(d).result
     assert out["gateway"] == "smscx" and a.calls == []           # eskiz never got it
+
+
+def test_messages_waiting_for_a_rate_limit_run_once_more_at_their_reserved_turn(settings, redis_client, clock, a):
+    """Before: every message refused by the bucket came back at the same moment and most were refused
+    again (a waiting message ran many times). Now each reserves its turn and runs once more, at it."""
+    d = make(settings, redis_client, clock, a, rate_limits={"eskiz": 2.0})
+    d.max_rate_wait = 0.0
+    start = clock.t
+    outs = {f"m{n}": send(d, task_id=f"m{n}") for n in range(10)}
+    waiting = {mid: o.retry_in for mid, o in outs.items() if o.retry_in is not None}
+    assert len(waiting) == 8 and len(a.calls) == 2                   # the bucket's burst went at once
+    assert sorted(waiting.values()) == pytest.approx([0.5 * k for k in range(1, 9)])
+    assert "its turn is reserved" in notes(d, "m9")
+    for mid, delay in sorted(waiting.items(), key=lambda kv: kv[1]):
+        clock.t = start + delay
+        assert send(d, task_id=mid).result["status"] == "accepted"   # one more run each, no asking again
+    assert len(a.calls) == 10 and d.records.get("m9")["rate_slot"] is None
+
+
+def test_a_run_before_its_reserved_turn_waits_for_it_without_a_new_reservation(settings, redis_client, clock, a):
+    d = make(settings, redis_client, clock, a, rate_limits={"eskiz": 1.0})
+    d.max_rate_wait = 0.0
+    send(d, task_id="m1")
+    first = send(d, task_id="m2").retry_in
+    clock.t += 0.25                                   # a duplicate delivery, early
+    assert send(d, task_id="m2").retry_in == pytest.approx(first - 0.25)
+    clock.t += first
+    assert send(d, task_id="m2").result["status"] == "accepted"
+    assert send(d, task_id="m3").retry_in == pytest.approx(1.0, abs=0.3)   # the bucket was not charged twice
