@@ -188,7 +188,10 @@ class Batches:
 
     # --- worker side --------------------------------------------------------------------------
 
-    def run_chunk(self, batch_id: str, index: int, *, submission: str) -> ChunkOutcome:
+    def run_chunk(self, batch_id: str, index: int, *, submission: str, poisoned: int = 0) -> ChunkOutcome:
+        """Work off one chunk. `poisoned`: its task was handed out this many times without finishing
+        (MAX_DELIVERIES passed): every message of it not yet settled ends `failed` (poison_message) and
+        is dead-lettered, without a gateway call."""
         meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.batch(batch_id)).items()}
         blob = self.redis.lindex(self.keys.batch_chunks(batch_id), index)
         if not meta or blob is None:
@@ -202,6 +205,10 @@ class Batches:
         batch_key = meta.get("idempotency_key") or batch_id
         items = self._validate(json.loads(blob), base, batch_key, meta, batch_id, submission, out)
         to_send = self._claim(items, batch_id, submission, out)
+        if poisoned:
+            self._poison(to_send + [i for i in items if i.claim and i.claim.answer is Claim.RECONCILE], poisoned,
+                         batch_id, submission, out)
+            return out
         to_send += self._reconcile([i for i in items if i.claim and i.claim.answer is Claim.RECONCILE],
                                    batch_id, submission, out)
         pending = self._drop_exhausted(to_send, batch_id, submission, out)
@@ -367,13 +374,21 @@ class Batches:
                         f"{self.settings.max_attempts} attempts failed")
         return [i for i in items if i.attempts < self.settings.max_attempts]
 
-    def _exhausted(self, batch_id: str, submission: str, out: ChunkOutcome, items: list[_Item], why: str) -> None:
+    def _exhausted(self, batch_id: str, submission: str, out: ChunkOutcome, items: list[_Item], why: str,
+                   code: str = "retries_exhausted") -> None:
         """Retries ran out: `failed` and dead-lettered; reopenable by a new submission only when provably
         unsent (policy.py)."""
         for maybe in (False, True):
             self._finish(batch_id, submission, out, [
-                (i, MessageStatus.FAILED, {"maybe_sent": int(maybe), "error": _error("retries_exhausted", why)})
+                (i, MessageStatus.FAILED, {"maybe_sent": int(maybe), "error": _error(code, why)})
                 for i in items if i.maybe_sent is maybe], dead_letter=True, reopenable=not maybe)
+
+    def _poison(self, items: list[_Item], deliveries: int, batch_id: str, submission: str, out: ChunkOutcome) -> None:
+        log.error("batch %s: a chunk task was handed out %d times without finishing; its %d unsettled messages are "
+                  "dead-lettered as poison", batch_id, deliveries, len(items))
+        self._exhausted(batch_id, submission, out, items, code="poison_message", why=(
+            f"its chunk's task was handed out {deliveries} times and no worker finished it "
+            f"(SMSDISPATCH_MAX_DELIVERIES={self.settings.max_deliveries}); not run again"))
 
     def _mark_sending(self, calls: list[list[_Item]], batch_id: str, submission: str) -> None:
         updates = []

@@ -96,14 +96,19 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
         return outcome.result
 
-    def poisoned(task: Task, kwargs: dict[str, Any], *, store_result: bool = False):
-        """A redelivered message (the broker handed it out again: no worker finished it) is counted;
-        past MAX_DELIVERIES it is ended as a poison message instead of run (Dispatcher.poisoned).
-        A first delivery and Celery's own retries cost nothing here."""
+    def deliveries_past_limit(task: Task) -> int:
+        """A redelivered message (the broker handed it out again: no worker finished it) is counted in
+        Redis; past MAX_DELIVERIES the count is returned, else 0. A first delivery and Celery's own
+        retries (new messages) cost nothing here."""
         if not (task.request.delivery_info or {}).get("redelivered"):
-            return None
+            return 0
         deliveries = runtime.dispatcher.redelivered(task.request.id) + 1
-        if deliveries <= runtime.settings.max_deliveries:
+        return deliveries if deliveries > runtime.settings.max_deliveries else 0
+
+    def poisoned(task: Task, kwargs: dict[str, Any], *, store_result: bool = False):
+        """A poison message's outcome instead of a run (Dispatcher.poisoned), or None to run it."""
+        deliveries = deliveries_past_limit(task)
+        if not deliveries:
             return None
         return runtime.dispatcher.poisoned(kwargs, task_id=task.request.id, deliveries=deliveries,
                                            store_result=store_result)
@@ -170,7 +175,8 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     @app.task(bind=True, name=SEND_CHUNK, max_retries=None, shared=False)
     def send_chunk(self, batch_id: str, index: int, submission: str) -> dict[str, int]:
         try:
-            outcome = runtime.batches.run_chunk(batch_id, index, submission=submission)
+            outcome = runtime.batches.run_chunk(batch_id, index, submission=submission,
+                                                poisoned=deliveries_past_limit(self))
         except redis.RedisError as e:
             raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
         if outcome.retry_in is not None:

@@ -237,3 +237,20 @@ def test_a_lone_surrogate_in_an_entry_is_refused_at_the_producer(batches):
     with pytest.raises(ValidationError, match="not plain JSON text"):
         b.store("b12", [{"to": numbers(1)[0], "text": "bad \ud800"}], gateway="stub", sender=None,
                 idempotency_key=None, submission="s1")
+
+
+def test_a_poisoned_chunk_dead_letters_what_it_has_not_settled_without_calling(batches, clock):
+    stub = BatchStub(max_batch=3)
+    b = batches(stub)
+    b.store("bp", entries(4), gateway="stub", sender=None, idempotency_key=None, submission="s1")
+    stub.script = [GatewayUnavailable("HTTP 503", gateway="bstub", status=503)]   # 3 of 4 wait for a retry
+    assert b.run_chunk("bp", 0, submission="s1").retry_in is not None
+    calls = len(stub.calls)
+    out = b.run_chunk("bp", 0, submission="s1", poisoned=11)
+    assert len(stub.calls) == calls                  # no gateway call
+    records = [b.d.records.get(m.decode().split(":")[-1]) for m in b.redis.scan_iter("sms:msg:*")
+               if not m.endswith(b":history")]
+    poisoned = [r for r in records if (r.get("error") or {}).get("code") == "poison_message"]
+    assert len(poisoned) == 3 and all(r["status"] == "failed" for r in poisoned)
+    assert set(b.d.records.dead_letters()) >= {r["message_id"] for r in poisoned}
+    assert b.get("bp")["status"] == "done" and dict(out.counts) == {"accepted": 1, "failed": 3}   # DONE counted too
