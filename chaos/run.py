@@ -346,6 +346,7 @@ class ChaosRun:
         self.calls: dict[str, list[tuple[float, str, str]]] = {}
         self.done = threading.Event()      # the wait for the end is over: the progress watch stops
         self._stats_lock = threading.Lock()   # producer threads share the publish counters
+        self._locations: dict[str, str] | None = None
 
     # --- set-up and tear-down -----------------------------------------------------------------
 
@@ -558,6 +559,20 @@ class ChaosRun:
         unacked = sum(1 for raw in r.hvals("unacked") if _task_name(raw, wrapped=True) == SEND_SMS)
         return queued, unacked
 
+    def broker_locations(self) -> dict[str, str]:
+        """Task id -> where its send_sms message is in the broker ("queued", "unacked"), read once (for
+        the report on violations, after the workers stopped and gave back what they held)."""
+        if self._locations is None:
+            r, queue = self.dispatcher.records.redis, self.settings["SMSDISPATCH_QUEUE"]
+            found: dict[str, str] = {}
+            for name in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]:
+                for raw in r.lrange(name, 0, -1):
+                    found[_task_id(raw) or "?"] = "queued"
+            for raw in r.hvals("unacked"):
+                found[_task_id(raw, wrapped=True) or "?"] = "unacked"
+            self._locations = found
+        return self._locations
+
     def drain(self) -> dict[str, str | None]:
         """Wait (bounded) until every record is final and the broker holds no send task. State lives in
         another process (Redis) with no event to wait on, so this polls once a second."""
@@ -596,6 +611,17 @@ class ChaosRun:
         self.timeline.add(f"drained in {self.stats.draining_seconds}s" if self.stats.drained
                           else "NOT drained before the deadline")
         return statuses
+
+
+def _task_id(raw: bytes, *, wrapped: bool = False) -> str | None:
+    try:
+        payload = json.loads(raw)
+        message = payload[0] if wrapped else payload
+        if isinstance(message, str):
+            message = json.loads(message)
+        return message.get("headers", {}).get("id")
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return None
 
 
 def _task_name(raw: bytes, *, wrapped: bool = False) -> str | None:
@@ -744,6 +770,9 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
     send_calls = {"eskiz": eskiz.count(eskiz.send_path, "POST"), "smscx": smscx.count(smscx.send_path, "POST")}
     worker_lines = [line for w in run.workers for line in w.lines()]
     sweeps = sum(1 for line in worker_lines if "stuck in" in line and "published again" in line)
+    # Beat's tasks carry an expiry; one that waited longer than that in the queue is discarded unrun.
+    expired = Counter(hit.group(1) for line in worker_lines
+                      if (hit := re.search(r"Discarding revoked task: smsdispatch\.(\w+)", line)))
     reconciled = sum(1 for line in worker_lines if "reconciled: eskiz had accepted it" in line)
     failovers = sum(1 for line in worker_lines if "failing over to" in line)
     eta_ids = {m.task_id for m in run.messages if m.eta_delay and m.task_id}
@@ -794,6 +823,7 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
         ("publish failures (retried / left to the sweeper)",
          f"{s.publish_failures} ({s.publish_retried} / {s.left_to_sweeper})", False),
         ("sweeper republishes (worker log)", sweeps, False),
+        ("beat tasks discarded unrun, expired in the queue (worker log)", dict(expired), False),
         ("ETA sends beyond the visibility timeout / their deliveries",
          f"{len(eta_ids)} / {eta_deliveries}", False),
         ("failed with retries_exhausted / unknown (record error codes)",
@@ -828,6 +858,7 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
         "redis_restarts": s.redis_restarts, "redis_down_seconds": s.redis_down_seconds,
         "publish_failures": s.publish_failures, "publish_retried": s.publish_retried,
         "publish_left_to_sweeper": s.left_to_sweeper, "sweeper_republishes": sweeps,
+        "beat_tasks_expired": dict(expired),
         "eta_sends": len(eta_ids), "eta_deliveries": eta_deliveries, "drained": s.drained,
         "elapsed_s": round(elapsed, 1), "sending_s": s.sending_seconds, "draining_s": s.draining_seconds,
         "seed": run.args.seed, "fault_rate": run.args.fault_rate if run.faults else 0.0,
@@ -924,8 +955,10 @@ def _print_violation(run: ChaosRun, kind: str, mid: str) -> None:
         print(f"  record: {json.dumps({k: record.get(k) for k in ('status', 'attempts', 'lookups', 'gateway', 'gateway_message_id', 'error', 'pinned_gateway', 'task_id')}, default=str)}")
         keys = run.dispatcher.keys
         claim = records.redis.hgetall(keys.idempotency(f"key:{m.key}")) if m else {}
+        task_id = record.get("task_id")
+        where = run.broker_locations().get(task_id, "not in the broker") if task_id else "-"
         print(f"  sweeper deadline: {records.redis.zscore(keys.pending(), mid)}; ledger: "
-              f"{json.dumps({k.decode(): v.decode() for k, v in claim.items()})}")
+              f"{json.dumps({k.decode(): v.decode() for k, v in claim.items()})}; its task message: {where}")
         for h in records.history(mid):
             print(f"  history: {json.dumps(h, ensure_ascii=False)}")
     except redis.RedisError as e:
