@@ -13,12 +13,14 @@ API that tests use the same way on every fake:
   `reject_recipients`, `set_status`, `expire_token` (token-based fakes), `balance`, `reset()`;
 - chaos: `chaos(rate, seed=...)` / `calm()`: seeded random faults on send calls (a 5xx answered without
   routing, a connection reset before routing, a connection reset AFTER routing: the ambiguous case, a
-  brief refusal of new connections), counted in `chaos_counts` and marked on each `RequestRecord.fault`.
+  brief refusal of new connections; on request also a 429 and a slow answer), counted in
+  `chaos_counts` and marked on each `RequestRecord.fault`.
 
 Order of work for one request: the body is parsed and recorded, then a scripted fault (if any) is
 taken; a "fail" or rate-limit fault answers at once without routing; without a scripted fault, chaos
-(if on) may draw one of its faults; a malformed body is answered 400; otherwise `route()` answers (after
-the delay of a "hang" fault). A request outside `prefix` is answered 404 without faults or routing.
+(if on) may draw one of its faults (a chaos 5xx, 429 or reset-before answers at once, without routing); a
+malformed body is answered 400; otherwise `route()` answers (after the delay of a "hang" fault or of a
+chaos "slow" one). A request outside `prefix` is answered 404 without faults or routing.
 Bodies must come with Content-Length (no chunked uploads).
 
 The server speaks HTTP/1.1 keep-alive (every answer has Content-Length) with TCP_NODELAY, skips the
@@ -162,8 +164,17 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
 #:   instead of answering: the client cannot know it was accepted (the dangerous, ambiguous case);
 #: - "refuse": this request is routed and answered normally (with `Connection: close`), but the listening
 #:   socket is closed for a moment (`refuse_seconds`) and idle keep-alive connections are dropped, so new
-#:   connections are refused (ECONNREFUSED) until it re-binds the same port.
-CHAOS_KINDS = ("http_5xx", "reset_before", "reset_after", "refuse")
+#:   connections are refused (ECONNREFUSED) until it re-binds the same port;
+#: - "http_429": answered with the protocol's rate-limit reply (`rate_limit_reply`: 429, Retry-After 1 s)
+#:   without routing: nothing accepted;
+#: - "slow": routed and answered normally, but only `slow_seconds` (default 2 s) after routing; a client
+#:   whose read timeout is shorter gives up on an SMS that was accepted (the ambiguous case again).
+CHAOS_KINDS = ("http_5xx", "reset_before", "reset_after", "refuse", "http_429", "slow")
+#: What `chaos()` draws from when no `kinds` are given: the first four, equally weighted (the two later
+#: kinds are drawn only when asked for, so existing callers keep their fault sequences).
+DEFAULT_CHAOS_KINDS = ("http_5xx", "reset_before", "reset_after", "refuse")
+#: The Retry-After of a chaos "http_429" answer (seconds).
+CHAOS_RETRY_AFTER = 1.0
 
 
 @dataclass
@@ -175,6 +186,7 @@ class _Chaos:
     statuses: tuple[int, ...]
     refuse_seconds: tuple[float, float]
     paths: frozenset[str]
+    slow_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -432,10 +444,13 @@ class FakeGateway(ABC):
 
     # ----------------------------------------------------------------- chaos: seeded random faults
     def chaos(self, rate: float = 0.2, *, seed: int | str | None = None,
-              kinds: Iterable[str] | Mapping[str, float] = CHAOS_KINDS, statuses: Iterable[int] = (500, 502, 503),
-              refuse_seconds: tuple[float, float] = (0.2, 0.5), paths: Iterable[str] | None = None) -> None:
+              kinds: Iterable[str] | Mapping[str, float] = DEFAULT_CHAOS_KINDS,
+              statuses: Iterable[int] = (500, 502, 503), refuse_seconds: tuple[float, float] = (0.2, 0.5),
+              paths: Iterable[str] | None = None, slow_seconds: float = 2.0) -> None:
         """From now on, each request to `paths` (default: send_path) gets, with probability `rate`, one
-        fault of `kinds` (CHAOS_KINDS; a mapping gives each kind a weight, a sequence weighs them equally).
+        fault of `kinds` (CHAOS_KINDS; a mapping gives each kind a weight, a sequence weighs them equally;
+        default DEFAULT_CHAOS_KINDS). `statuses`: the answers of "http_5xx"; `refuse_seconds`: the range
+        a "refuse" window lasts; `slow_seconds`: how late a "slow" fault answers.
         The draws come from random.Random(seed): the n-th request to those paths gets the same fault in
         every run with that seed (which request is n-th depends on the clients). Scripted faults
         (fail_next, ...) go first: a request that takes one draws nothing. A "refuse" drawn while a
@@ -455,10 +470,13 @@ class FakeGateway(ABC):
         low, high = (float(x) for x in refuse_seconds)
         if not 0 <= low <= high:
             raise ValueError("refuse_seconds must be (low, high) with 0 <= low <= high")
+        slow_seconds = float(slow_seconds)
+        if not 0 <= slow_seconds < math.inf:
+            raise ValueError("slow_seconds must be a finite number >= 0")
         wanted = frozenset(self._local(p) for p in paths) if paths is not None else frozenset({self.send_path})
         with self.lock:
             self._chaos = _Chaos(float(rate), random.Random(seed), tuple(weighted), tuple(weighted.values()),
-                                 statuses, (low, high), wanted)
+                                 statuses, (low, high), wanted, slow_seconds)
 
     def calm(self) -> None:
         """No more chaos faults (a refusal window already open still ends by itself); counts are kept."""
@@ -483,8 +501,10 @@ class FakeGateway(ABC):
             if c is None or record.path not in c.paths or c.rng.random() >= c.rate:
                 return None
             kind = c.rng.choices(c.kinds, c.weights)[0]
+            # Only "http_5xx" and "refuse" draw more numbers: a seed gives the same sequence it always did.
             drawn = _Drawn(kind, status=c.rng.choice(c.statuses)) if kind == "http_5xx" else \
-                _Drawn(kind, seconds=c.rng.uniform(*c.refuse_seconds)) if kind == "refuse" else _Drawn(kind)
+                _Drawn(kind, seconds=c.rng.uniform(*c.refuse_seconds)) if kind == "refuse" else \
+                _Drawn(kind, seconds=c.slow_seconds) if kind == "slow" else _Drawn(kind)
             if kind == "refuse" and self._refusing:
                 return None
             if kind == "refuse":
@@ -654,6 +674,8 @@ class FakeGateway(ABC):
                 return Reply(drawn.status, self.error_body(drawn.status, "server error"))
             if drawn is not None and drawn.kind == "reset_before":
                 return _RESET
+            if drawn is not None and drawn.kind == "http_429":
+                return self.rate_limit_reply(CHAOS_RETRY_AFTER)
             if drawn is not None and drawn.kind == "refuse":
                 self._start_refusal(drawn.seconds)
             reply: Reply | None = None
@@ -667,6 +689,8 @@ class FakeGateway(ABC):
                     reply = r
             if fault:  # a deliberate hang, after an accepted request has been recorded
                 self._wake.wait(fault.seconds)
+            if drawn is not None and drawn.kind == "slow":  # a slow answer, after routing; stop() cuts it short
+                self._wake.wait(drawn.seconds)
             if drawn is not None and drawn.kind == "reset_after":
                 return _RESET
             reply = reply or Reply(503, self.error_body(503, "Service unavailable"))

@@ -239,7 +239,7 @@ def test_expire_token_without_tokens(fake):
 
 # ----------------------------------------------------------------- chaos: seeded random faults
 
-from smsdispatch.fakes.base import CHAOS_KINDS  # noqa: E402 - appended section
+from smsdispatch.fakes.base import CHAOS_KINDS, DEFAULT_CHAOS_KINDS  # noqa: E402 - appended section
 
 
 def drive(fake, n: int, *, timeout: float = 20.0) -> list[str]:
@@ -272,7 +272,8 @@ def test_chaos_mix_happens_and_is_reproducible_with_the_seed():
             faults.append([r.fault for r in log])
             counts = f.chaos_counts
             assert counts == {k: sum(1 for r in log if r.fault == k) for k in CHAOS_KINDS}
-            assert all(counts[k] > 0 for k in CHAOS_KINDS), counts          # every kind happened
+            assert all(counts[k] > 0 for k in DEFAULT_CHAOS_KINDS), counts  # every default kind happened
+            assert counts["http_429"] == counts["slow"] == 0, counts          # asked for only by name
             assert 30 <= sum(counts.values()) <= 90, counts                  # about 30% of 200
             # 5xx answers are 500/502/503 and route nothing; resets answer nothing
             assert {r.status for r in log if r.fault == "http_5xx"} <= {500, 502, 503}
@@ -304,6 +305,53 @@ def test_chaos_each_kind_alone(fake, http, kind):
     assert rec.fault == kind and rec.fields["ref"] == "k"
     assert [a.client_ref for a in fake.accepted] == (["k"] if kind == "reset_after" else [])
     assert fake.chaos_counts == {k: int(k == kind) for k in CHAOS_KINDS}
+
+
+def test_chaos_http_429_answers_retry_after_and_routes_nothing(fake, http):
+    fake.chaos(1.0, seed=1, kinds=("http_429",))
+    r = send(fake, http, ref="limited")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+    assert r.json() == {"err": {"code": 429, "text": "Too many requests"}}     # the protocol's own 429
+    rec = fake.requests_log[-1]
+    assert (rec.fault, rec.status, rec.fields["ref"]) == ("http_429", 429, "limited") and rec.answered_at
+    assert fake.accepted == [] and fake.balance == 1000
+    assert fake.chaos_counts == {k: int(k == "http_429") for k in CHAOS_KINDS}
+
+
+def test_chaos_slow_routes_then_answers_late(fake, http):
+    fake.chaos(1.0, seed=1, kinds=("slow",), slow_seconds=0.4)
+    started = time.monotonic()
+    r = send(fake, http, ref="late")
+    assert r.status_code == 200 and time.monotonic() - started >= 0.4      # answered normally, late
+    rec = fake.requests_log[-1]
+    assert rec.fault == "slow" and rec.answered_at - rec.received_at >= 0.4
+    assert [a.client_ref for a in fake.accepted] == ["late"] and r.json()["id"] == fake.accepted[0].gateway_message_id
+    # a client that gives up earlier meets the ambiguous case: accepted, never heard
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(fake, http, timeout=(5, 0.1), ref="gave-up")
+    assert [a.client_ref for a in fake.accepted] == ["late", "gave-up"]
+    assert fake.chaos_counts == {k: 2 * int(k == "slow") for k in CHAOS_KINDS}
+
+
+def test_chaos_slow_defaults_to_two_seconds_and_stop_cuts_it_short(fake, http):
+    fake.chaos(1.0, seed=1, kinds=("slow",))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        send(fake, http, timeout=(5, 1.0), ref="s")
+    assert fake.requests_log[-1].status is None                            # still held back (2 s)
+    started = time.monotonic()
+    fake.stop()
+    assert time.monotonic() - started < 1.0
+
+
+def test_chaos_new_kinds_leave_the_default_sequence_alone():
+    """Callers that name no kinds draw what they always drew, in the same order for a seed."""
+    sequences = []
+    for kinds in (None, {"http_5xx": 1, "reset_before": 1, "reset_after": 1, "refuse": 1, "http_429": 0, "slow": 0}):
+        with EchoFake(balance=10**6) as f:
+            f.chaos(0.5, seed=5, refuse_seconds=(0.0, 0.0), **({"kinds": kinds} if kinds else {}))
+            drive(f, 60)
+            sequences.append([r.fault for r in f.requests_log])
+    assert sequences[0] == sequences[1] and {"http_429", "slow"}.isdisjoint(sequences[0])
 
 
 def test_chaos_refuse_answers_then_refuses_new_connections_then_rebinds(fake, http):
@@ -338,7 +386,7 @@ def test_chaos_only_on_its_paths_calm_and_reset(fake, http):
 
 def test_chaos_refuses_bad_settings(fake):
     for bad in [dict(rate=1.5), dict(kinds=("flood",)), dict(kinds={}), dict(statuses=(404,)),
-                dict(refuse_seconds=(1, 0))]:
+                dict(refuse_seconds=(1, 0)), dict(slow_seconds=-1), dict(slow_seconds=float("inf"))]:
         with pytest.raises(ValueError):
             fake.chaos(**bad)
 
