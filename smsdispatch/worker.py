@@ -4,6 +4,8 @@ Importing this module reads settings from the environment (a bad one stops start
 ConfigError naming it) and builds the app; it opens no connection until a task is sent or run.
 Recommended worker: ``--pool threads --concurrency 20``: a send is I/O bound (one HTTP call), threads
 share one HTTP connection pool per gateway and one Redis pool, and use far less memory than prefork.
+A worker consumes two queues: SMSDISPATCH_QUEUE (sends, batches, reminders) and the same name with
+".periodic" (beat's work); a worker started with ``-Q`` must name both.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import urlparse
 
 import redis
 from celery import Celery, signals
+from kombu import Queue
 
 from .batch import Batches
 from .config import Settings, load_settings
@@ -28,6 +31,9 @@ from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .tasks import POLL_BALANCE, POLL_STATUS, RELEASE_REMINDERS, SEND_REMINDER, SWEEP, register_tasks, release_due
 
 log = logging.getLogger("smsdispatch.worker")
+
+#: Beat's tasks, routed to the periodic queue (SMSDISPATCH_QUEUE + ".periodic").
+PERIODIC_TASKS = (RELEASE_REMINDERS, POLL_STATUS, POLL_BALANCE, SWEEP)
 
 
 class Runtime:
@@ -109,6 +115,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_consumer="smsdispatch.consumer:Consumer",
         worker_hijack_root_logger=True,
     )
+    # Beat's periodic work has a queue of its own, which every worker consumes besides the sends (kombu
+    # takes turns between a worker's queues). On the send queue a sweep or a reminder release waited
+    # behind every send of a backlog and expired unrun: the chaos run under 25% faults saw 93 of 95
+    # sweeps thrown away, and messages whose publish was lost stayed `queued`.
+    periodic = f"{settings.queue}.periodic"
+    app.conf.task_queues = [Queue(settings.queue), Queue(periodic)]
+    app.conf.task_routes = {task: {"queue": periodic} for task in PERIODIC_TASKS}
     app.conf.beat_schedule = {
         f"smsdispatch-{name}": {"task": task, "schedule": every, "options": {"expires": max(every * 2, 10)}}
         for name, task, every in [("release-reminders", RELEASE_REMINDERS, settings.reminder_poll_interval),
