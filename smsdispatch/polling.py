@@ -23,17 +23,27 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any
+
+import redis
 
 from .dispatch import Dispatcher
 from .errors import GatewayError, SmsDispatchError
 from .gateways.base import OutboundSms
 from .records import MessageStatus, now
 
+#: The header our producer stamps on each send_sms message with the time it was published (tasks.py).
+QUEUED_AT_HEADER = "smsdispatch_queued_at"
+
 log = logging.getLogger("smsdispatch.polling")
 
 STATUS_BATCH = 500          # messages per status run
+#: A status run stops asking after this long (or 0.8 x STATUS_POLL_INTERVAL, if shorter); the messages
+#: it did not reach stay due for the next run. Without a bound, runs of 500 slow questions each (a
+#: gateway answering in seconds) overlapped and held several worker threads the sends needed.
+STATUS_RUN_BUDGET = 30.0
 MAX_ALERTS = 1000
 
 
@@ -61,9 +71,13 @@ class Poller:
         counts: Counter[str] = Counter()
         later: dict[str, float] = {}
         rows = list(zip(ids, pipe.execute(), strict=True))
+        stop_at = time.monotonic() + min(STATUS_RUN_BUDGET, 0.8 * s.status_poll_interval)
         done_in_bulk = self._bulk(rows, counts, later, at)
         for mid, (gateway, gmid, accepted_at, status, _) in rows:
             if mid in done_in_bulk:
+                continue
+            if time.monotonic() > stop_at:        # out of time: the rest stay due for the next run
+                counts["deferred"] += 1
                 continue
             if status is None or status.decode() != "accepted":   # settled meanwhile, or record gone
                 self.redis.zrem(self.keys.inflight(), mid)
@@ -142,25 +156,45 @@ class Poller:
     # --- sweeper ------------------------------------------------------------------------------
 
     def sweep(self, *, at: float) -> list[tuple[str, dict[str, Any]]]:
-        """(task id, send_sms kwargs) of each stuck message to publish again; their deadlines move on."""
+        """(task id, send_sms kwargs) of each stuck message to publish again; their deadlines move on.
+
+        A `queued` message still waiting behind a backlog is not stuck: the send queue is first in,
+        first out, so a message recorded after the queue's oldest waiting message was published may
+        still be in it, and is left alone (its deadline moves on). Without this, every message of a
+        backlog longer than QUEUED_GRACE was published again, and again, lengthening the backlog."""
         if not self._tick("sweep", self.settings.sweep_interval):
             return []
         ids = [m.decode() for m in self.redis.zrangebyscore(self.keys.pending(), "-inf", at, 0, STATUS_BATCH)]
-        again, settled = [], []
+        oldest_waiting = self._oldest_waiting()
+        again, settled, waiting = [], [], {}
         for mid in ids:
             record = self.d.records.get(mid)
             unusable = record is None or not (record.get("to") or record.get("payload"))
             if unusable or record["status"] not in ("queued", "sending", "retrying"):
                 settled.append(mid)
                 continue
+            if record["status"] == "queued" and oldest_waiting is not None and \
+                    (record.get("created_at") or 0) >= oldest_waiting:
+                waiting[mid] = at + self.settings.queued_grace
+                continue
             again.append((record.get("task_id") or mid, resend_kwargs(record)))
             log.warning("message %s stuck in %s: published again (task %s)", mid, record["status"], again[-1][0])
         if settled:
             self.redis.zrem(self.keys.pending(), *settled)
-        if again:
-            self.redis.zadd(self.keys.pending(), {mid: at + self.settings.active_grace for mid in ids
-                                                  if mid not in settled})
+        later = {mid: at + self.settings.active_grace for mid in ids if mid not in settled and mid not in waiting}
+        if later or waiting:
+            self.redis.zadd(self.keys.pending(), later | waiting)
         return again
+
+    def _oldest_waiting(self) -> float | None:
+        """When the send queue's next message was published (our producers stamp it), or None when the
+        queue is empty or its next message carries no stamp (a by-name producer, another broker)."""
+        try:
+            raw = self.redis.lindex(self.settings.queue, -1)      # kombu: LPUSH to publish, BRPOP to consume
+            stamp = json.loads(raw)["headers"].get(QUEUED_AT_HEADER) if raw else None
+            return float(stamp) if stamp is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError, redis.ResponseError):
+            return None
 
     # --- balance ------------------------------------------------------------------------------
 

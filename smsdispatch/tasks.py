@@ -19,6 +19,7 @@ from .dispatch import message_id_for
 from .errors import ValidationError
 from .message import FIELDS, check_encodable, merge_arguments, valid_unicode
 from .phone import mask
+from .polling import QUEUED_AT_HEADER
 
 if TYPE_CHECKING:
     from .worker import Runtime
@@ -48,6 +49,8 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             kwargs = merge_arguments(args, kwargs)
             check_encodable(kwargs)
             runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
+            # when it joined the queue: the sweeper reads it off the queue's oldest message (polling.py)
+            options["headers"] = {**(options.get("headers") or {}), QUEUED_AT_HEADER: time.time()}
             options.setdefault("kwargsrepr", _masked_repr(kwargs))
             options.setdefault("argsrepr", "()")
             if not self.app.conf.task_always_eager:

@@ -166,3 +166,43 @@ def test_the_sweeper_leaves_an_eta_message_alone_until_its_eta(poller):
     assert poller.sweep(at=created + poller.settings.queued_grace + 10) == []
     new_tick(poller, "sweep")
     assert [t for t, _ in poller.sweep(at=created + 86_400 + poller.settings.queued_grace + 1)] == ["t-eta"]
+
+
+def test_a_status_run_stops_asking_at_its_time_budget_and_leaves_the_rest_due(poller, stub, monkeypatch):
+    """Runs of 500 slow questions overlapped and held worker threads the sends needed (chaos run)."""
+    import smsdispatch.polling as polling
+    monkeypatch.setattr(polling, "STATUS_RUN_BUDGET", 0.05)
+    slow = stub.status
+
+    def status(gid):
+        import time
+        time.sleep(0.03)             # a gateway answering slowly (this is the thing measured, not a wait)
+        return slow(gid)
+    stub.status = status
+    for n in range(5):
+        accept(poller, f"m{n}", f"g{n}")
+    due = soon_after(poller, "m4")
+    counts = run(poller, at=due)
+    assert counts["deferred"] >= 2 and counts["accepted"] <= 3
+    assert len(poller.redis.zrangebyscore(poller.keys.inflight(), "-inf", due)) == counts["deferred"]
+    assert run(poller, at=due)["accepted"] >= 1                     # the next run picks them up
+
+
+def test_the_sweeper_leaves_a_queued_message_alone_while_it_may_still_wait_in_the_queue(poller):
+    """A backlog longer than QUEUED_GRACE is not a lost publish: the chaos run saw every message of a
+    3,000-message backlog published again, and again (5,459 republishes), lengthening the backlog."""
+    import json
+
+    from smsdispatch.polling import QUEUED_AT_HEADER
+    mid = poller.d.record_queued({"to": "+998901234567", "text": "Waiting", "idempotency_key": "kw"}, task_id="tw")
+    created = poller.d.records.get(mid)["created_at"]
+    late = created + poller.settings.queued_grace + 1
+    queue = poller.settings.queue
+    poller.redis.lpush(queue, json.dumps({"headers": {"id": "older", QUEUED_AT_HEADER: created - 5}}))
+    assert poller.sweep(at=late) == []                 # published after the queue's next message: waiting
+    assert poller.redis.zscore(poller.keys.pending(), mid) == pytest.approx(late + poller.settings.queued_grace)
+    poller.redis.delete(queue)
+    poller.redis.lpush(queue, json.dumps({"headers": {"id": "newer", QUEUED_AT_HEADER: created + 5}}))
+    new_tick(poller, "sweep")
+    later = late + poller.settings.queued_grace + 1
+    assert [t for t, _ in poller.sweep(at=later)] == ["tw"]     # the queue moved past it: lost, published again
