@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import phonenumbers
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -88,7 +88,14 @@ class Settings(BaseSettings):
 
     # --- HTTP to gateways (seconds) ---
     http_connect_timeout: float = Field(5.0, gt=0)
+    #: Per socket read: a gateway answering a byte at a time never trips it (HTTP_TOTAL_TIMEOUT does).
     http_read_timeout: float = Field(15.0, gt=0)
+    #: The most one gateway call may take, start to end: connect, send, wait, headers and body together;
+    #: cut there, a call is ambiguous once its request may have gone out (gateways/deadline.py). Unset:
+    #: HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT (20 s with the defaults), what a call that answers in one
+    #: piece could take anyway, so setting those two keeps bounding the whole call. Always a float once
+    #: loaded; at least HTTP_CONNECT_TIMEOUT.
+    http_total_timeout: float | None = Field(None, gt=0, validate_default=True)
 
     # --- Eskiz.uz (providers.md §1) ---
     eskiz_email: str | None = None
@@ -198,6 +205,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{gateway}: must be above 0")
         return value
 
+    @field_validator("http_total_timeout")
+    @classmethod
+    def _total_timeout(cls, value: float | None, info: ValidationInfo) -> float | None:
+        connect, read = info.data.get("http_connect_timeout"), info.data.get("http_read_timeout")
+        if connect is None or read is None:     # invalid themselves: their own errors say so
+            return value
+        if value is None:
+            return connect + read
+        if value < connect:
+            raise ValueError(f"must be at least HTTP_CONNECT_TIMEOUT ({connect:g}s), got {value:g}s")
+        return value
+
     @field_validator("eskiz_base_url", "devsms_base_url", "smsflow_base_url", "smscx_base_url", "smspm_base_url",
                      "webhook_base_url")
     @classmethod
@@ -210,13 +229,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        one_call = self.http_connect_timeout + self.http_read_timeout
+        one_call = self.http_total_timeout or 0.0
         if self.claim_lease < 4 * one_call:
-            # A claim must outlive the longest in-flight send: login + refresh + send + resend.
-            raise ValueError(
-                f"CLAIM_LEASE ({self.claim_lease}s) must be at least 4 x (HTTP_CONNECT_TIMEOUT + "
-                f"HTTP_READ_TIMEOUT) = {4 * one_call:g}s"
-            )
+            # A claim must outlive the longest in-flight send: login + refresh + send + resend, each cut
+            # at HTTP_TOTAL_TIMEOUT.
+            total = (f"{one_call:g}s" if "http_total_timeout" in self.model_fields_set
+                     else f"unset: HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT = {one_call:g}s")
+            raise ValueError(f"CLAIM_LEASE ({self.claim_lease}s) must be at least 4 x HTTP_TOTAL_TIMEOUT "
+                             f"({total}) = {4 * one_call:g}s")
         if self.claim_lease + self.backoff_max >= self.visibility_timeout:
             # A retry countdown plus one run must end before Redis hands the message to another worker.
             raise ValueError(

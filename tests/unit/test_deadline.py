@@ -17,10 +17,13 @@ from contextlib import contextmanager
 import pytest
 from urllib3.exceptions import ConnectTimeoutError
 
+from smsdispatch.config import load_settings
 from smsdispatch.errors import AmbiguousError, GatewayUnavailable
 from smsdispatch.fakes.base import Accepted, FakeGateway, Reply, Request
+from smsdispatch.gateways import build_gateway
 from smsdispatch.gateways.base import HttpGateway
 from smsdispatch.gateways.deadline import Watchdog
+from smsdispatch.keys import Keys
 
 #: How long after its deadline a cut call may still take to raise (a loaded 2-core machine).
 MARGIN = 0.5
@@ -137,6 +140,15 @@ def test_a_connection_not_made_before_the_deadline_is_provably_not_sent():
         with elapsed_between(0.6 - 0.05, 0.6 + MARGIN):
             with pytest.raises(GatewayUnavailable):
                 gw.request("POST", "/send", json={"text": "never"})
+
+
+def test_build_gateway_gives_each_adapter_the_deadline_of_the_settings(redis_client):
+    creds = {"devsms_token": "t", "eskiz_email": "e@example.com", "eskiz_password": "p", "claim_lease": 60,
+             "http_connect_timeout": 1, "http_read_timeout": 2}
+    assert build_gateway("devsms", load_settings(**creds), redis_client, Keys("t")).total_timeout == 3.0
+    eskiz = build_gateway("eskiz", load_settings(**creds, http_total_timeout=1.5), redis_client, Keys("t"))
+    assert eskiz.total_timeout == 1.5
+    assert eskiz.token.lock_wait == 2 * 1.5 + 1          # a token fetch (login + refresh) is cut there too
 
 
 # --- the watchdog itself, with socket pairs standing in for connections -------------------------------
