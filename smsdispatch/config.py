@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     #: "smspm=50": at most this many messages per native batch call (also capped by the gateway's own
     #: maximum and by its rate limit).
     batch_call_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    #: "eskiz=4,smscx=8": at most this many calls in flight to a gateway at once, per worker process
+    #: (slots.py), so one slow gateway cannot hold every worker thread while the others wait.
+    gateway_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    #: The cap of the gateways GATEWAY_CONCURRENCY does not list; 0: no cap.
+    gateway_concurrency_default: int = Field(0, ge=0)
 
     # --- retries ---
     max_attempts: int = Field(5, ge=1, le=100)
@@ -183,7 +188,7 @@ class Settings(BaseSettings):
             value = {str(k): str(v).replace(" ", "") for k, v in value.items()}
         return value
 
-    @field_validator("balance_thresholds", "rate_limits", "batch_call_limits", mode="before")
+    @field_validator("balance_thresholds", "rate_limits", "batch_call_limits", "gateway_concurrency", mode="before")
     @classmethod
     def _per_gateway(cls, value: object) -> object:
         if isinstance(value, str):   # "eskiz=1000, smscx=5"
@@ -197,7 +202,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"unknown gateway {gateway!r}")
         return value
 
-    @field_validator("rate_limits", "batch_call_limits")
+    @field_validator("rate_limits", "batch_call_limits", "gateway_concurrency")
     @classmethod
     def _positive(cls, value: dict) -> dict:
         for gateway, limit in value.items():
