@@ -114,7 +114,8 @@ REJECTED = {"eskiz": [f"+99899{k:07d}" for k in range(1, 6)], "smscx": [f"+49152
 def settings_for(redis_url: str, eskiz: FakeEskiz, smscx: FakeSmsCx, run: str, *, visibility: int,
                  scenario: str = "failover") -> dict[str, str]:
     """SMSDISPATCH_* for workers, beat and the producer: short timings so the run is short, within
-    config.py's cross-checks (lease >= 4 x (connect + read); lease + backoff max < VT; ...)."""
+    config.py's cross-checks (lease >= 4 x HTTP total timeout, unset here: connect + read = 2 s; lease +
+    backoff max < VT; ...)."""
     if scenario == "single":
         return single_settings_for(redis_url, eskiz, run, visibility=visibility)
     env = {
@@ -650,13 +651,13 @@ def _permanent(status: int | None) -> bool:
     return status is not None and 400 <= status < 500 and status not in (401, 408, 429)
 
 
-def _heard(r: RequestRecord, read_timeout: float) -> bool:
+def _heard(r: RequestRecord, answer_within: float) -> bool:
     """The client got this answer: it went out whole (no reset; a "refuse" fault answers normally and
-    only then closes the port) well within the client's read timeout (an answer written after the
-    client gave up was never heard: a later call is no retry of a permanent error). Answers written
-    between 0.8 and 1 x the timeout count as not heard."""
+    only then closes the port) well within the time the client waits for one (the read timeout, or the
+    total deadline if shorter; an answer written after the client gave up was never heard: a later call
+    is no retry of a permanent error). Answers written between 0.8 and 1 x that time count as not heard."""
     return r.fault in (None, "refuse", "slow") and r.answered_at is not None and \
-        r.answered_at - r.received_at < 0.8 * read_timeout
+        r.answered_at - r.received_at < 0.8 * answer_within
 
 
 @dataclass
@@ -706,7 +707,8 @@ def throughput(run: ChaosRun, accepted_messages: int, finals: Finals) -> tuple[f
 
 def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Verdict:
     eskiz, smscx = run.eskiz, run.smscx
-    read_timeout = float(run.settings["SMSDISPATCH_HTTP_READ_TIMEOUT"])
+    s = run.dispatcher.settings
+    answer_within = min(s.http_read_timeout, s.http_total_timeout or s.http_read_timeout)
     assert eskiz is not None and smscx is not None
     by_id = {m.message_id: m for m in run.messages}
     by_ref = {m.ref: m for m in run.messages}
@@ -728,14 +730,14 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
         if r.method == "POST" and r.path == eskiz.send_path:
             m = by_id.get(str(r.fields.get("user_sms_id")))
             if m:
-                perm = _heard(r, read_timeout) and _permanent(r.status)
+                perm = _heard(r, answer_within) and _permanent(r.status)
                 calls[m.message_id].append((r.received_at, "eskiz", _call_word(r, perm)))
     for r in smscx.requests_log:
         if r.method == "POST" and r.path == smscx.send_path:
             m = by_ref.get(str(r.fields.get("idempotencyId")))
             if m:
                 refused = r.status == 200 and any(str(n).lstrip("+") in smscx.rejected for n in r.fields.get("to") or [])
-                perm = _heard(r, read_timeout) and (_permanent(r.status) or refused)
+                perm = _heard(r, answer_within) and (_permanent(r.status) or refused)
                 calls[m.message_id].append((r.received_at, "smscx", _call_word(r, perm)))
     retries_after_permanent: dict[str, int] = {}
     permanent_answered = unheard = 0

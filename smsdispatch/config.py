@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import phonenumbers
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     #: "smspm=50": at most this many messages per native batch call (also capped by the gateway's own
     #: maximum and by its rate limit).
     batch_call_limits: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    #: "eskiz=4,smscx=8": at most this many calls in flight to a gateway at once, per worker process
+    #: (slots.py), so one slow gateway cannot hold every worker thread while the others wait.
+    gateway_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    #: The cap of the gateways GATEWAY_CONCURRENCY does not list; 0: no cap.
+    gateway_concurrency_default: int = Field(0, ge=0)
 
     # --- retries ---
     max_attempts: int = Field(5, ge=1, le=100)
@@ -99,7 +104,14 @@ class Settings(BaseSettings):
 
     # --- HTTP to gateways (seconds) ---
     http_connect_timeout: float = Field(5.0, gt=0)
+    #: Per socket read: a gateway answering a byte at a time never trips it (HTTP_TOTAL_TIMEOUT does).
     http_read_timeout: float = Field(15.0, gt=0)
+    #: The most one gateway call may take, start to end: connect, send, wait, headers and body together;
+    #: cut there, a call is ambiguous once its request may have gone out (gateways/deadline.py). Unset:
+    #: HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT (20 s with the defaults), what a call that answers in one
+    #: piece could take anyway, so setting those two keeps bounding the whole call. Always a float once
+    #: loaded; at least HTTP_CONNECT_TIMEOUT.
+    http_total_timeout: float | None = Field(None, gt=0, validate_default=True)
 
     # --- Eskiz.uz (providers.md §1) ---
     eskiz_email: str | None = None
@@ -187,7 +199,7 @@ class Settings(BaseSettings):
             value = {str(k): str(v).replace(" ", "") for k, v in value.items()}
         return value
 
-    @field_validator("balance_thresholds", "rate_limits", "batch_call_limits", mode="before")
+    @field_validator("balance_thresholds", "rate_limits", "batch_call_limits", "gateway_concurrency", mode="before")
     @classmethod
     def _per_gateway(cls, value: object) -> object:
         if isinstance(value, str):   # "eskiz=1000, smscx=5"
@@ -201,12 +213,24 @@ class Settings(BaseSettings):
                     raise ValueError(f"unknown gateway {gateway!r}")
         return value
 
-    @field_validator("rate_limits", "batch_call_limits")
+    @field_validator("rate_limits", "batch_call_limits", "gateway_concurrency")
     @classmethod
     def _positive(cls, value: dict) -> dict:
         for gateway, limit in value.items():
             if limit <= 0:
                 raise ValueError(f"{gateway}: must be above 0")
+        return value
+
+    @field_validator("http_total_timeout")
+    @classmethod
+    def _total_timeout(cls, value: float | None, info: ValidationInfo) -> float | None:
+        connect, read = info.data.get("http_connect_timeout"), info.data.get("http_read_timeout")
+        if connect is None or read is None:     # invalid themselves: their own errors say so
+            return value
+        if value is None:
+            return connect + read
+        if value < connect:
+            raise ValueError(f"must be at least HTTP_CONNECT_TIMEOUT ({connect:g}s), got {value:g}s")
         return value
 
     @field_validator("eskiz_base_url", "devsms_base_url", "smsflow_base_url", "smscx_base_url", "smspm_base_url",
@@ -221,13 +245,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        one_call = self.http_connect_timeout + self.http_read_timeout
+        one_call = self.http_total_timeout or 0.0
         if self.claim_lease < 4 * one_call:
-            # A claim must outlive the longest in-flight send: login + refresh + send + resend.
-            raise ValueError(
-                f"CLAIM_LEASE ({self.claim_lease}s) must be at least 4 x (HTTP_CONNECT_TIMEOUT + "
-                f"HTTP_READ_TIMEOUT) = {4 * one_call:g}s"
-            )
+            # A claim must outlive the longest in-flight send: login + refresh + send + resend, each cut
+            # at HTTP_TOTAL_TIMEOUT.
+            total = (f"{one_call:g}s" if "http_total_timeout" in self.model_fields_set
+                     else f"unset: HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT = {one_call:g}s")
+            raise ValueError(f"CLAIM_LEASE ({self.claim_lease}s) must be at least 4 x HTTP_TOTAL_TIMEOUT "
+                             f"({total}) = {4 * one_call:g}s")
         if self.claim_lease + self.backoff_max >= self.visibility_timeout:
             # A retry countdown plus one run must end before Redis hands the message to another worker.
             raise ValueError(

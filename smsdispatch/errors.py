@@ -6,11 +6,13 @@
     ├── UnknownGatewayError         (also a ValidationError) no gateway of that name is configured
     └── GatewayError                anything a gateway call can raise; carries `code` and `gateway`
         ├── TransientError          "not sent, try again": retry with backoff
-        │   ├── GatewayUnavailable  connection refused, DNS failure, connect timeout, 408, 5xx
+        │   ├── GatewayUnavailable  connection refused, DNS failure, connect timeout (or the total
+        │   │                       deadline before connecting), 408, 5xx
         │   │                       (500 and 502 carry maybe_sent: processing may have happened)
         │   └── RateLimited         429; `retry_after` seconds when the gateway said so
-        ├── AmbiguousError          the request went out and no answer came back (read timeout, reset,
-        │                           504): the gateway may have accepted it. Never resent blindly.
+        ├── AmbiguousError          the request went out and no answer came back (read timeout, total
+        │                           deadline, reset, 504): the gateway may have accepted it. Never resent
+        │                           blindly.
         └── PermanentError          retrying cannot help: fail at once, with the reason
             ├── AuthError           credentials rejected, or a token still refused after one refresh
             ├── InsufficientBalance

@@ -1,16 +1,17 @@
 """What every fake gateway shares: a real HTTP server on 127.0.0.1, observation and failure injection.
 
 A fake is a subclass of `FakeGateway` that sets `prefix`, `send_path` and `name` and implements
-`route(req) -> Reply` for its protocol (../shared/providers.md). Everything else lives here, with one
-API that tests use the same way on every fake:
+`route(req) -> Reply` for its gateway's protocol. Everything else lives here, with one API that tests
+use the same way on every fake:
 
 - lifecycle: `start()`/`stop()` (or `with`), `refuse_connections()`/`accept_connections()` on the same
   port, `base_url`;
 - observation: `requests_log` (every request, answered or not, with its parsed body and headers),
   `count()`, `accepted` / `accepted_for()` (every SMS accepted, in protocol-neutral terms), `errors`
   (bugs inside the fake), `wait_for(predicate)` (notified after every request and every change);
-- control: `fail_next`, `rate_limit_next`, `hang_next` (scripted faults, FIFO, per path or "*"), `clear_faults`,
-  `reject_recipients`, `set_status`, `expire_token` (token-based fakes), `balance`, `reset()`;
+- control: `fail_next`, `rate_limit_next`, `hang_next`, `trickle_next` (scripted faults, FIFO, per path
+  or "*"), `clear_faults`, `reject_recipients`, `set_status`, `expire_token` (token-based fakes), `balance`,
+  `reset()`;
 - chaos: `chaos(rate, seed=...)` / `calm()`: seeded random faults on send calls (a 5xx answered without
   routing, a connection reset before routing, a connection reset AFTER routing: the ambiguous case, a
   brief refusal of new connections; on request also a 429 and a slow answer), counted in
@@ -20,13 +21,14 @@ Order of work for one request: the body is parsed and recorded, then a scripted 
 taken; a "fail" or rate-limit fault answers at once without routing; without a scripted fault, chaos
 (if on) may draw one of its faults (a chaos 5xx, 429 or reset-before answers at once, without routing); a
 malformed body is answered 400; otherwise `route()` answers (after the delay of a "hang" fault or of a
-chaos "slow" one). A request outside `prefix` is answered 404 without faults or routing.
+chaos "slow" one; a "trickle" fault writes that answer a byte at a time). A request outside `prefix` is
+answered 404 without faults or routing.
 Bodies must come with Content-Length (no chunked uploads).
 
 The server speaks HTTP/1.1 keep-alive (every answer has Content-Length) with TCP_NODELAY, skips the
 reverse DNS lookup in server_bind, logs nothing to stderr, and tracks its connections so that
 `refuse_connections()` also closes idle keep-alive ones and `stop()` closes all of them and cuts
-deliberate hangs short.
+deliberate hangs and trickles short.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import email.policy
+import io
 import json
 import math
 import random
@@ -201,13 +204,13 @@ _RESET = Reply(0, None)  # sentinel answer of _answer(): reset the connection in
 
 @dataclass
 class _Fault:
-    kind: str  # "fail" | "rate" | "hang"
+    kind: str  # "fail" | "rate" | "hang" | "trickle"
     path: str  # exact path (without prefix), or "*" for any path
     remaining: int
     reply: Reply | None = None  # "fail"
     retry_after: float = 0.0  # "rate": the reply is built when it answers (rate_limit_reply)
-    seconds: float = 0.0  # "hang"
-    accept: bool = True  # "hang"
+    seconds: float = 0.0  # "hang": the delay; "trickle": the pause between two bytes
+    accept: bool = True  # "hang", "trickle"
 
 
 class _Server(ThreadingHTTPServer):
@@ -237,6 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive for pooled clients; every answer has Content-Length
     disable_nagle_algorithm = True  # TCP_NODELAY: headers and body go out as two writes
     server: _Server
+    byte_interval = 0.0  # > 0: this request's answer trickles (FakeGateway.trickle_next)
 
     def setup(self) -> None:
         super().setup()
@@ -257,19 +261,34 @@ class _Handler(BaseHTTPRequestHandler):
     def read_body(self) -> bytes:  # clients here always send Content-Length (no chunked uploads)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def reply(self, reply: Reply) -> None:
+    def reply(self, reply: Reply, *, byte_interval: float = 0.0, wake: threading.Event | None = None) -> None:
+        """Write the answer; with a byte_interval, one byte at a time (status line, headers and body),
+        pausing that long between bytes (until `wake` is set: then the rest goes out at once)."""
         is_text = isinstance(reply.body, str)
         data = (reply.body if is_text else json.dumps(reply.body, ensure_ascii=False)).encode()
         headers = dict(reply.headers)
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = "text/plain; charset=utf-8" if is_text else "application/json"
-        self.send_response(reply.status)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
+        out = self.wfile
+        if byte_interval > 0:
+            self.wfile = io.BytesIO()  # the whole answer, written below
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        finally:
+            buffered, self.wfile = self.wfile, out
+        if byte_interval > 0:
+            raw, pause = buffered.getvalue(), wake or threading.Event()
+            for i in range(len(raw)):
+                if i:
+                    pause.wait(byte_interval)  # a deliberate pause between bytes; returns at once when set
+                out.write(raw[i:i + 1])
+            out.flush()
 
 
 class FakeGateway(ABC):
@@ -424,6 +443,16 @@ class FakeGateway(ABC):
         with self.lock:
             self._faults.clear()
             self.notify()
+
+    def trickle_next(self, n: int = 1, *, byte_interval: float = 0.5, accept: bool = True,
+                     path: str | None = None) -> None:
+        """The answer (status line, headers and body) is written one byte at a time, `byte_interval`
+        seconds apart: a client's read timeout above the interval never fires, however long the whole
+        answer takes. accept=True: routed (SMS recorded) and the protocol's answer trickles; accept=False:
+        not routed, a 503 trickles. stop() cuts it short (the rest goes out at once, if it still can)."""
+        if not byte_interval > 0:
+            raise ValueError("byte_interval must be above 0")
+        self._add_fault(_Fault("trickle", self._fault_path(path), n, seconds=byte_interval, accept=accept))
 
     def _fault_path(self, path: str | None) -> str:
         return self.send_path if path is None else self._local(path)
@@ -633,6 +662,7 @@ class FakeGateway(ABC):
             self._busy.add(h.connection)
             self._log.append(record)
             self.notify()
+        h.byte_interval = 0.0  # set by _answer for a "trickle" fault
         try:
             reply = self._answer(h, record, routable)
             if reply is _RESET:  # chaos: no answer at all (record.status stays None)
@@ -641,7 +671,7 @@ class FakeGateway(ABC):
             with self.lock:
                 record.status = reply.status
             try:
-                h.reply(reply)
+                h.reply(reply, byte_interval=h.byte_interval, wake=self._wake)
                 with self.lock:
                     record.answered_at = time.monotonic()
             except OSError:  # the client gave up (read timeout) or stop() dropped the connection
@@ -687,10 +717,12 @@ class FakeGateway(ABC):
                     reply = self.route(Request(h.command, record.path, query, dict(fields), record.headers, raw))
                 except Reply as r:
                     reply = r
-            if fault:  # a deliberate hang, after an accepted request has been recorded
+            if fault and fault.kind == "hang":  # a deliberate hang, after an accepted request has been recorded
                 self._wake.wait(fault.seconds)
             if drawn is not None and drawn.kind == "slow":  # a slow answer, after routing; stop() cuts it short
                 self._wake.wait(drawn.seconds)
+            if fault and fault.kind == "trickle":
+                h.byte_interval = fault.seconds
             if drawn is not None and drawn.kind == "reset_after":
                 return _RESET
             reply = reply or Reply(503, self.error_body(503, "Service unavailable"))

@@ -17,7 +17,8 @@ from .eskiz import EskizGateway
 def build_gateway(name: str, settings: Settings, client: redis.Redis, keys: Keys) -> Gateway:
     """One adapter, from settings. Secrets are passed as SecretStr; adapters read no globals."""
     s = settings
-    http = {"connect_timeout": s.http_connect_timeout, "read_timeout": s.http_read_timeout}
+    http = {"connect_timeout": s.http_connect_timeout, "read_timeout": s.http_read_timeout,
+            "total_timeout": s.http_total_timeout}
     shared = {"redis_client": client, "keys": keys}     # for gateways that cache tokens in Redis
     if name == "console":
         return ConsoleGateway()

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from ..errors import (
@@ -41,6 +40,7 @@ from ..errors import (
 )
 from ..records import MessageStatus
 from ..retry import parse_retry_after
+from .deadline import WATCHDOG, Call, DeadlineAdapter
 
 log = logging.getLogger("smsdispatch.gateways")
 
@@ -143,15 +143,21 @@ class Gateway(ABC):
 
 
 class HttpGateway(Gateway):
-    """Owns a pooled `requests.Session` and maps transport failures into the exception tree."""
+    """Owns a pooled `requests.Session`, cuts every call at its total deadline (deadline.py) and maps
+    transport failures into the exception tree."""
 
     def __init__(self, base_url: str, *, connect_timeout: float, read_timeout: float,
-                 session: requests.Session | None = None, pool_size: int = 64) -> None:
+                 total_timeout: float | None = None, session: requests.Session | None = None,
+                 pool_size: int = 64) -> None:
+        """`total_timeout`: the most one call may take, start to end (HTTP_TOTAL_TIMEOUT; None: connect +
+        read). The connect and read timeouts still apply within it. A `session` of the caller's gets the
+        deadline enforced only where it mounts deadline.DeadlineAdapter (tests mount stubs)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
+        self.total_timeout = float(total_timeout if total_timeout is not None else connect_timeout + read_timeout)
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+            adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             # requests reads proxy and CA-bundle variables from the environment on every request (a
@@ -165,19 +171,18 @@ class HttpGateway(Gateway):
         """One HTTP call. Returns any response the adapter may want to read (2xx and 4xx alike);
         raises for what is the same on every gateway: no connection, timeouts, 408, 429, 5xx."""
         started = time.monotonic()
+        call = WATCHDOG.begin(self.total_timeout)
         try:
-            response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
-        except requests.ConnectTimeout as e:
-            raise GatewayUnavailable(f"connect timeout: {_short(e)}", gateway=self.name) from None
-        except requests.ConnectionError as e:
-            if _never_connected(e):
-                raise GatewayUnavailable(f"cannot connect: {_short(e)}", gateway=self.name) from None
-            raise AmbiguousError(f"connection lost after sending: {_short(e)}", gateway=self.name) from None
-        except requests.Timeout as e:
-            raise AmbiguousError(f"no answer within {self.timeout[1]:g}s: {_short(e)}",
-                                 gateway=self.name) from None
+            try:
+                response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+            finally:
+                WATCHDOG.end(call)      # call.expired, .cut and .sent are final from here
         except requests.RequestException as e:
-            raise AmbiguousError(f"HTTP error: {_short(e)}", gateway=self.name) from None
+            # At the deadline a socket timeout capped at the time left may fire just before the watchdog.
+            late = call.expired or time.monotonic() >= call.deadline
+            raise (self._past_deadline(call) if late else self._transport_error(e)) from None
+        if call.cut:        # an answer without a length ends at EOF: the cut may have truncated it
+            raise self._past_deadline(call)
         log.debug("%s %s %s -> %s in %.0f ms", self.name, method, path, response.status_code,
                  (time.monotonic() - started) * 1000)
         code = response.status_code
@@ -191,6 +196,25 @@ class HttpGateway(Gateway):
                                      retry_after=parse_retry_after(response.headers.get("Retry-After")),
                                      maybe_sent=code in MAYBE_PROCESSED)
         return response
+
+    def _past_deadline(self, call: Call) -> GatewayError:
+        """The call's deadline passed: ambiguous once its request may have gone out, else not sent."""
+        if call.sent:
+            return AmbiguousError(f"no complete answer within {call.seconds:g}s (HTTP_TOTAL_TIMEOUT)",
+                                  gateway=self.name)
+        return GatewayUnavailable(f"not connected within {call.seconds:g}s (HTTP_TOTAL_TIMEOUT)", gateway=self.name)
+
+    def _transport_error(self, e: requests.RequestException) -> GatewayError:
+        """requests' exception → ours: not sent where provable (no connection), else ambiguous."""
+        if isinstance(e, requests.ConnectTimeout):
+            return GatewayUnavailable(f"connect timeout: {_short(e)}", gateway=self.name)
+        if isinstance(e, requests.ConnectionError):
+            if _never_connected(e):
+                return GatewayUnavailable(f"cannot connect: {_short(e)}", gateway=self.name)
+            return AmbiguousError(f"connection lost after sending: {_short(e)}", gateway=self.name)
+        if isinstance(e, requests.Timeout):
+            return AmbiguousError(f"no answer within {self.timeout[1]:g}s: {_short(e)}", gateway=self.name)
+        return AmbiguousError(f"HTTP error: {_short(e)}", gateway=self.name)
 
     def json(self, response: requests.Response) -> dict:
         try:

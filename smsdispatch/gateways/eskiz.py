@@ -83,7 +83,7 @@ class EskizGateway(HttpGateway):
         self._password = password
         self.sender = sender
         self.token = SharedToken(redis_client, keys, gateway=self.name, account=f"{self.base_url}|{email}",
-                                 fetch=self._new_token, lock_wait=2 * (connect_timeout + read_timeout) + 1)
+                                 fetch=self._new_token, lock_wait=2 * self.total_timeout + 1)
 
     # --- the contract -------------------------------------------------------------------------
 

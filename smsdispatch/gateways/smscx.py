@@ -160,7 +160,7 @@ class SmsCxGateway(HttpGateway):
         self.sender = sender
         self.token = SharedToken(redis_client, keys, gateway=self.name, account=f"{self.base_url}|{client_id}",
                                  fetch=lambda _stale: self._request_token(),
-                                 lock_wait=2 * (connect_timeout + read_timeout) + 1)
+                                 lock_wait=2 * self.total_timeout + 1)
 
     # --- the contract -------------------------------------------------------------------------
 

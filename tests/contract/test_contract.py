@@ -169,6 +169,20 @@ def test_no_answer_after_acceptance_is_ambiguous_and_handled_per_capability(case
         assert not gateway.lookup(sms(case, 2), since=since).found
 
 
+def test_an_answer_trickling_past_the_total_deadline_is_ambiguous_and_the_next_send_works(case, fake, gateway):
+    gateway.send(sms(case, 1))                 # authenticated first
+    message = sms(case)
+    fake.trickle_next(byte_interval=0.2)       # every byte within the 0.5 s read timeout, the whole far beyond
+    deadline = gateway.total_timeout           # connect 1 + read 0.5: HTTP_TOTAL_TIMEOUT's default
+    started = time.monotonic()
+    with pytest.raises(AmbiguousError, match=rf"no complete answer within {deadline:g}s \(HTTP_TOTAL_TIMEOUT\)"):
+        gateway.send(message)
+    assert deadline <= time.monotonic() - started < deadline + 0.5
+    assert accepted_to(fake, message.to) == 1
+    gateway.send(sms(case, 2))                 # the connection pool is fine
+    assert accepted_to(fake, case.numbers[2]) == 1
+
+
 def test_bad_credentials_are_an_auth_error(case, fake):
     gateway = case.make_gateway(fake, fakeredis.FakeRedis(), True)
     with pytest.raises(AuthError):

@@ -81,6 +81,22 @@ def test_500_500_200_is_accepted_after_three_attempts_with_growing_gaps(producer
     assert fake.count("/message/sms/get-user-messages") == 2 * 2
 
 
+def test_an_answer_trickling_past_the_total_deadline_is_reconciled_not_resent(producer, fake):
+    # Eskiz accepts, then answers a byte every 0.5 s: the 1 s read timeout never fires, the 2 s total
+    # deadline (HTTP_TOTAL_TIMEOUT unset: connect 1 + read 1) does. Ambiguous; Eskiz can look it up.
+    fake.trickle_next(byte_interval=0.5, accept=True)
+    handle = producer.send_sms.delay(TO, "Trickled")
+    result = handle.get(timeout=TIMEOUT)
+    assert result["status"] == "accepted" and result["attempts"] == 1
+    assert result["gateway_message_id"] == fake.sends_for(handle.id)[0].request_id
+    assert len(send_requests_for(fake, handle.id)) == 1                  # never sent twice
+    history = producer.history(handle.id)
+    assert [h["status"] for h in history] == ["queued", "sending", "retrying", "accepted"], history
+    assert history[2]["error"] == {"code": "ambiguous", "message": "no complete answer within 2s (HTTP_TOTAL_TIMEOUT)"}
+    assert history[3]["note"] == "reconciled: found at eskiz, not resent"
+    assert history[2]["at"] - history[1]["at"] < 2 + 1.5       # the call ended at its deadline, not later
+
+
 def test_a_400_fails_after_exactly_one_call(producer, fake):
     fake.fail_next(status=400, body={"status": "error", "message": "Text is not approved (moderation)"})
     result = producer.send_sms.delay(TO, "Not a template").get(timeout=TIMEOUT)

@@ -26,6 +26,14 @@ def test_environment_is_read_with_the_prefix(monkeypatch):
     ("SMSDISPATCH_DEFAULT_REGION", "XX", "region"),
     ("SMSDISPATCH_MAX_ATTEMPTS", "0", "greater than or equal"),
     ("SMSDISPATCH_ESKIZ_BASE_URL", "notify.eskiz.uz", "http"),
+    ("SMSDISPATCH_HTTP_TOTAL_TIMEOUT", "0", "greater than 0"),
+    ("SMSDISPATCH_HTTP_TOTAL_TIMEOUT", "soon", "valid number"),
+    ("SMSDISPATCH_HTTP_TOTAL_TIMEOUT", "4", "must be at least HTTP_CONNECT_TIMEOUT (5s), got 4s"),
+    ("SMSDISPATCH_GATEWAY_CONCURRENCY", "pigeon=2", "unknown gateway 'pigeon'"),
+    ("SMSDISPATCH_GATEWAY_CONCURRENCY", "eskiz=0", "eskiz: must be above 0"),
+    ("SMSDISPATCH_GATEWAY_CONCURRENCY", "eskiz=2.5", "valid integer"),
+    ("SMSDISPATCH_GATEWAY_CONCURRENCY", "eskiz:4", "must look like"),
+    ("SMSDISPATCH_GATEWAY_CONCURRENCY_DEFAULT", "-1", "greater than or equal to 0"),
 ])
 def test_a_bad_setting_names_its_variable(monkeypatch, var, value, words):
     monkeypatch.setenv(var, value)
@@ -101,3 +109,31 @@ def test_the_reminder_horizon_must_fit_inside_the_visibility_timeout(monkeypatch
         load_settings()
     monkeypatch.setenv("SMSDISPATCH_REMINDER_HORIZON", "60")
     assert load_settings().reminder_horizon == 60
+
+
+def test_the_total_timeout_defaults_to_connect_plus_read_and_bounds_the_claim_lease(monkeypatch):
+    assert load_settings().http_total_timeout == 20.0       # 5 + 15
+    for var, value in [("HTTP_CONNECT_TIMEOUT", "1"), ("HTTP_READ_TIMEOUT", "1"), ("CLAIM_LEASE", "8")]:
+        monkeypatch.setenv(f"SMSDISPATCH_{var}", value)     # the integration tests' and chaos's timings
+    assert load_settings().http_total_timeout == 2.0
+    monkeypatch.setenv("SMSDISPATCH_HTTP_TOTAL_TIMEOUT", "1.5")
+    assert load_settings().http_total_timeout == 1.5
+    monkeypatch.setenv("SMSDISPATCH_HTTP_TOTAL_TIMEOUT", "3")
+    with pytest.raises(ConfigError, match=r"CLAIM_LEASE \(8s\) must be at least 4 x HTTP_TOTAL_TIMEOUT \(3s\) = 12s"):
+        load_settings()
+    monkeypatch.delenv("SMSDISPATCH_HTTP_TOTAL_TIMEOUT")
+    monkeypatch.setenv("SMSDISPATCH_HTTP_READ_TIMEOUT", "2")
+    with pytest.raises(ConfigError, match=r"CLAIM_LEASE \(8s\) must be at least 4 x HTTP_TOTAL_TIMEOUT \(unset: "
+                                          r"HTTP_CONNECT_TIMEOUT \+ HTTP_READ_TIMEOUT = 3s\) = 12s"):
+        load_settings()
+    monkeypatch.setenv("SMSDISPATCH_HTTP_TOTAL_TIMEOUT", "2")    # a deadline under connect + read is fine
+    assert load_settings().http_total_timeout == 2.0
+
+
+def test_gateway_concurrency_is_parsed_like_the_other_per_gateway_settings(monkeypatch):
+    s = load_settings()
+    assert s.gateway_concurrency == {} and s.gateway_concurrency_default == 0
+    monkeypatch.setenv("SMSDISPATCH_GATEWAY_CONCURRENCY", "eskiz=4, smscx=8")
+    monkeypatch.setenv("SMSDISPATCH_GATEWAY_CONCURRENCY_DEFAULT", "2")
+    s = load_settings()
+    assert s.gateway_concurrency == {"eskiz": 4, "smscx": 8} and s.gateway_concurrency_default == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 import uuid
@@ -134,6 +136,58 @@ def test_hang_not_accepted_routes_nothing_and_answers_503_late(fake, http):
     assert fake.wait_for(lambda f: f.requests_log[-1].status == 503, timeout=5)
     assert time.monotonic() - started >= 1.9
     assert fake.accepted == [] and fake.requests_log[-1].fields["ref"] == "slow"
+
+
+def raw_send(fake, ref: str) -> socket.socket:
+    """POST /v1/send over a bare socket (the test reads the answer byte by byte itself)."""
+    body = json.dumps({"to": "+27000000001", "text": "hi", "ref": ref}).encode()
+    conn = socket.create_connection((fake.host, fake.port), timeout=5)
+    conn.sendall(b"POST /v1/send HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return conn
+
+
+def test_trickle_writes_even_the_status_line_a_byte_at_a_time(fake):
+    fake.trickle_next(byte_interval=0.3)
+    with raw_send(fake, "trickled") as conn:
+        first = conn.recv(1024)
+        assert first and b"HTTP/1.1 200".startswith(first) and len(first) < 9   # the status line is not whole
+    assert [a.client_ref for a in fake.accepted] == ["trickled"]                   # routed first (accept=True)
+
+
+def test_trickle_answer_arrives_whole_though_slower_than_the_read_timeout(fake, http):
+    interval = 0.005
+    fake.trickle_next(byte_interval=interval)
+    started = time.monotonic()
+    r = send(fake, http, timeout=(5, 0.3), ref="slow")         # no gap reaches the 0.3 s read timeout
+    took = time.monotonic() - started
+    (accepted,) = fake.accepted
+    assert r.status_code == 200 and r.json() == {"id": accepted.gateway_message_id}
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in r.raw.headers.items()) + b"\r\n"
+    at_least = (len(head) + len(r.content) - 1) * interval      # a pause between any two bytes: > 0.3 s
+    record = fake.requests_log[-1]
+    assert took >= at_least > 0.3 and record.answered_at - record.received_at >= at_least
+    assert send(fake, http).status_code == 200                 # one trickle only; keep-alive intact
+
+
+def test_trickle_not_accepted_routes_nothing_and_trickles_a_503(fake, http):
+    fake.trickle_next(byte_interval=0.002, accept=False, path="*")
+    r = send(fake, http, timeout=(5, 0.3), ref="dropped")
+    assert r.status_code == 503 and r.json() == {"err": {"code": 503, "text": "Service unavailable"}}
+    assert fake.accepted == [] and fake.requests_log[-1].fields["ref"] == "dropped"
+
+
+def test_stop_cuts_a_trickle_short(fake):
+    fake.trickle_next(byte_interval=5)
+    with raw_send(fake, "cut") as conn:
+        assert conn.recv(1) == b"H"                             # the next byte would come in 5 s
+        started = time.monotonic()
+        fake.stop()
+        while conn.recv(1024):                                  # the rest at once, or the end
+            pass
+        assert time.monotonic() - started < 1.5
+    with pytest.raises(ValueError):
+        fake.trickle_next(byte_interval=0)
 
 
 def test_refuse_and_accept_connections_on_the_same_port(fake, http):
