@@ -449,8 +449,13 @@ class Batches:
                                  self.d.circuits.wait(verdict.open_until, now=t, cap=self.settings.backoff_max,
                                                       rng=self.d.rng)))
                 continue
+            if not self.d.slots.try_acquire(gw.name):       # released by _call
+                deferred.append((call, f"{gw.name}: {self.d.slots.limit(gw.name)} calls in flight here "
+                                       f"(GATEWAY_CONCURRENCY)", 0.5 + self.d.rng.uniform(0, 1)))
+                continue
             permit = self.d.limiter.acquire(gw.name, len(call), now=t, max_wait=self.d.max_rate_wait)
             if not permit.granted:
+                self.d.slots.release(gw.name)
                 deferred.append((call, f"{gw.name}'s rate limit is used up",
                                  min(permit.wait, self.settings.backoff_max) + self.d.rng.uniform(0, 0.5)))
                 continue
@@ -476,6 +481,8 @@ class Batches:
         except Exception as e:  # a bug or an unexpected library error: the call may have gone out
             log.exception("batch call to %s failed unexpectedly", gw.name)
             return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
+        finally:
+            self.d.slots.release(gw.name)              # taken by _admit
         call.slow = time.monotonic() - started > self.settings.circuit_slow_call
         return results
 

@@ -53,6 +53,7 @@ from .records import RESULT_FIELDS, MessageStatus, Records
 from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .results import Results, ResultSlot
 from .retry import compute_backoff
+from .slots import GatewaySlots
 
 log = logging.getLogger("smsdispatch.dispatch")
 
@@ -123,6 +124,9 @@ class Dispatcher:
                                  cooloff=settings.circuit_cooloff, probes=settings.circuit_probes,
                                  probe_ttl=min(settings.circuit_cooloff, settings.claim_lease / 4))
         self.limiter = RateLimiter(client, self.keys, settings.rate_limits)
+        #: GATEWAY_CONCURRENCY: calls in flight per gateway in this process (a slow gateway cannot hold
+        #: every worker thread while messages for other gateways wait).
+        self.slots = GatewaySlots.from_settings(settings)
         #: The longest a call waits in-process for its rate limit; longer waits go back to the queue.
         self.max_rate_wait = min(5.0, settings.claim_lease / 4)
         self.clock = clock
@@ -388,6 +392,13 @@ class Dispatcher:
                 self.records.update(mid, MessageStatus.SENDING,
                                     **self._sending(job.request, gw, job.key, task_id, attempts, skipped))
                 skipped = []
+            if not self.slots.try_acquire(gw.name):      # its calls in flight are at GATEWAY_CONCURRENCY
+                busy = f"{gw.name}: {self.slots.limit(gw.name)} calls in flight here (GATEWAY_CONCURRENCY)"
+                attempts -= 1                             # no call was made
+                if has_next and not pinned:
+                    skipped.append(busy)
+                    continue
+                return self._wait(job, 0.5 + self.rng.uniform(0, 1), busy, attempts=attempts)
             started = time.monotonic()
             try:
                 accepted = gw.send(route.sms)
@@ -402,6 +413,8 @@ class Dispatcher:
                          accepted.gateway_message_id)
                 return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
                                     error=None, pinned_gateway=None, call=(gw.name, slow, probe))
+            finally:
+                self.slots.release(gw.name)
             decision = after_failure(error, gw, attempts=attempts, max_attempts=self.settings.max_attempts,
                                      has_next=has_next, pinned=bool(pinned))
             if decision.action is Action.FAILOVER:
@@ -414,10 +427,9 @@ class Dispatcher:
                 continue
             return self._after(job, route, attempts, error, decision, skipped, probe=probe,
                                maybe_sent=maybe_sent or decision.maybe_sent)
-        if last is not None and reopen_at is None:   # cannot happen: a failover always has a next gateway
-            raise AssertionError("failover past the last gateway")
-        # every gateway left is open: wait for the probes, without using an attempt
-        delay = self.circuits.wait(reopen_at or 0.0, now=self.clock(), cap=self.settings.backoff_max, rng=self.rng)
+        # every gateway left is open (or busy): wait for the probes, without using an attempt
+        delay = self.circuits.wait(reopen_at, now=self.clock(), cap=self.settings.backoff_max, rng=self.rng) \
+            if reopen_at is not None else 0.5 + self.rng.uniform(0, 1)
         return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")",
                           error=_error(_code(last[1]), str(last[1])) if last else None)
 

@@ -254,3 +254,17 @@ def test_a_poisoned_chunk_dead_letters_what_it_has_not_settled_without_calling(b
     assert len(poisoned) == 3 and all(r["status"] == "failed" for r in poisoned)
     assert set(b.d.records.dead_letters()) >= {r["message_id"] for r in poisoned}
     assert b.get("bp")["status"] == "done" and dict(out.counts) == {"accepted": 1, "failed": 3}   # DONE counted too
+
+
+def test_a_chunk_whose_gateway_is_at_its_concurrency_cap_waits_without_calling(batches):
+    from smsdispatch.slots import GatewaySlots
+    stub = BatchStub(max_batch=3)
+    b = batches(stub)
+    b.d.slots = GatewaySlots({"bstub": 1})
+    assert b.d.slots.try_acquire("bstub")                   # another chunk's call holds the one slot
+    b.store("bc", entries(2), gateway="stub", sender=None, idempotency_key=None, submission="s1")
+    out = b.run_chunk("bc", 0, submission="s1")
+    assert stub.calls == [] and out.retry_in is not None
+    b.d.slots.release("bstub")
+    assert b.run_chunk("bc", 0, submission="s1").retry_in is None and len(stub.accepted) == 2
+    assert b.d.slots.in_use("bstub") == 0

@@ -250,3 +250,19 @@ def test_a_run_before_its_reserved_turn_waits_for_it_without_a_new_reservation(s
     clock.t += first
     assert send(d, task_id="m2").result["status"] == "accepted"
     assert send(d, task_id="m3").retry_in == pytest.approx(1.0, abs=0.3)   # the bucket was not charged twice
+
+
+def test_a_gateway_at_its_concurrency_cap_is_passed_over_without_a_call(settings, redis_client, clock, a, b):
+    """GATEWAY_CONCURRENCY: a slow gateway holding its share of this worker's threads does not get more."""
+    d = make(settings, redis_client, clock, a, b, gateway_concurrency={"eskiz": 1})
+    from smsdispatch.slots import GatewaySlots
+    d.slots = GatewaySlots.from_settings(d.settings)
+    assert d.slots.try_acquire("eskiz")                     # a slow call to eskiz holds its one slot
+    out = send(d, task_id="m1").result
+    assert out["gateway"] == "smscx" and a.calls == [] and out["attempts"] == 1
+    assert "eskiz: 1 calls in flight here" in notes(d, "m1")
+    alone = send(d, task_id="m2", gateway="eskiz")           # no other gateway: it waits, no attempt used
+    assert alone.retry_in is not None and a.calls == [] and d.records.get("m2")["attempts"] == 0
+    d.slots.release("eskiz")
+    assert send(d, task_id="m2", gateway="eskiz").result["status"] == "accepted"
+    assert d.slots.in_use("eskiz") == 0 and d.slots.in_use("smscx") == 0     # every slot given back
