@@ -33,8 +33,10 @@ integration: $(BIN)/.installed
 # and beat; workers killed, Redis restarted. Exits 1 if any SMS was lost or sent twice. Each scenario
 # runs even when an earlier one failed; the target fails if any did. CHAOS_SCENARIOS=single runs one.
 # failover: two gateways, each the other's fallback (10,000 messages; 800 in chaos-ci).
-# single:   Eskiz alone, shipped circuit settings, a fault-free baseline first; also fails below 40%
-#           of the baseline's throughput (6,000 messages twice; 3,000 twice in chaos-ci).
+# single:   Eskiz alone, shipped circuit settings, a fault-free baseline first (6,000 messages twice;
+#           800 twice in chaos-ci). `make chaos` also fails below 40% of the baseline's throughput;
+#           chaos-ci prints the ratio but does not judge it: a speed floor on a shared CI machine is a
+#           timed test, and CI judges what must never happen (a duplicate, a lost message).
 CHAOS_SCENARIOS ?= failover single
 .PHONY: chaos chaos-ci
 chaos: $(BIN)/.installed
@@ -44,7 +46,8 @@ chaos: $(BIN)/.installed
 
 chaos-ci: $(BIN)/.installed
 	@rc=0; for s in $(CHAOS_SCENARIOS); do \
-	  echo "== make chaos-ci: scenario $$s"; $(BIN)/python -m chaos.run --scenario $$s --ci $(CHAOS_ARGS) || rc=1; \
+	  echo "== make chaos-ci: scenario $$s"; \
+	  $(BIN)/python -m chaos.run --scenario $$s --ci --no-throughput-check $(CHAOS_ARGS) || rc=1; \
 	done; exit $$rc
 
 lint: $(BIN)/.installed

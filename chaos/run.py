@@ -996,7 +996,7 @@ def save_logs(run: ChaosRun, directory: str) -> None:
 
 
 #: Messages per scenario: (full size, CI size).
-SIZES = {"failover": (10_000, 800), "single": (6_000, 3_000)}
+SIZES = {"failover": (10_000, 800), "single": (6_000, 800)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1005,7 +1005,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="failover: two gateways, each the other's fallback, circuit tuned (the default); single: "
                         "Eskiz alone, shipped circuit settings, a fault-free baseline first, then the faulty run")
     p.add_argument("--messages", type=int, default=None,
-                   help="messages to send (failover: default 10000, 800 with --ci; single: 6000, 3000 with --ci; "
+                   help="messages to send (failover: default 10000, 800 with --ci; single: 6000, 800 with --ci; "
                         "single sends them twice, baseline then faulty)")
     p.add_argument("--ci", action="store_true", help="the CI size: a few minutes on 2 cores")
     p.add_argument("--per-second", type=float, default=None,

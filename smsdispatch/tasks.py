@@ -1,6 +1,27 @@
 """Thin Celery tasks: hand the raw kwargs to the dispatcher, and retry when it says so.
 
 Task names are explicit and public: web apps may call them by name with ``app.send_task``.
+
+A retry is never lost (`RetryOrRequeue`, the base of send_sms, send_chunk and send_reminder). A task
+retries when the dispatcher asks it to, and when Redis failed under it (nothing was decided for sure;
+the ledger makes the rerun safe). Celery's `Task.retry` publishes the retry to the broker, which is
+the same Redis; when that publish fails, Celery raises ``Reject(requeue=False)`` and the worker
+discards the message, which for a message published by name (no `queued` record, nothing for the
+sweeper to find) loses it without a trace. So when the publish fails with a Redis or broker error,
+the task hands its own message back instead, with a requeueing Reject, after waiting the retry's
+countdown (at most REQUEUE_PAUSE_MAX seconds):
+
+- Redis still away: the reject cannot reach it either (nor does a worker that lost its broker
+  connection ack or reject at all). The message stays where kombu put it on delivery, in Redis's
+  `unacked` hash, and a live worker moves it back to the queue once the visibility timeout has
+  passed. Redis answering OOM or READONLY refuses the requeue too: the same.
+- Redis back by then: the message goes back to the end of the queue and runs again soon.
+- Redis failing our store while the broker side works: the retry publish succeeds, and this is the
+  ordinary countdown retry, acknowledged as usual. Only when the publish fails too (send_sms's
+  publish writes the `queued` record first) while the requeue works does the message come straight
+  back; the wait before each requeue keeps it from looping at full speed.
+
+Any other publish failure (a bug) stays Celery's Reject(requeue=False).
 """
 
 from __future__ import annotations
@@ -12,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.utils import uuid
+from kombu.exceptions import OperationalError
 
 from .batch import batch_id_for
 from .dispatch import message_id_for
@@ -35,10 +58,36 @@ SWEEP = "smsdispatch.sweep_stuck_messages"
 
 log = logging.getLogger("smsdispatch.tasks")
 
+#: The longest a task waits before handing back a message whose retry could not be published.
+REQUEUE_PAUSE_MAX = 5.0
+
+#: What a failed retry publish may raise when Redis (store or broker) is away or refusing.
+PUBLISH_ERRORS = (redis.RedisError, OperationalError, OSError)
+
+
+class RetryOrRequeue(Task):
+    """A task whose retry, when it cannot be published, becomes a redelivery of the message itself
+    (see the module's docstring)."""
+
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
+              **options):
+        try:
+            return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        except Reject as rejected:
+            # Task.retry raises Reject only when publishing the retry failed: Reject(publish error, False).
+            if rejected.requeue or not isinstance(rejected.reason, PUBLISH_ERRORS):
+                raise
+            pause = min(max(float(countdown or 0), 0.0), REQUEUE_PAUSE_MAX)
+            log.warning("task %s[%s]: its retry could not be published (%s: %s); message left for the broker "
+                        "to redeliver (handed back in %.1fs)", self.name, self.request.id,
+                        type(rejected.reason).__name__, rejected.reason, pause)
+            time.sleep(pause)
+            raise Reject(rejected.reason, requeue=True) from None
+
 
 def register_tasks(app: Celery, runtime: Runtime) -> None:
 
-    class SendTask(Task):
+    class SendTask(RetryOrRequeue):
         def apply_async(self, args=None, kwargs=None, task_id=None, **options):
             """Record the message as `queued` before publishing it (hazard 6 of the notes), and
             show Flower a masked number instead of the real one. Raises ValidationError here, at the
@@ -175,7 +224,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
                        for index in range(summary["chunks"])]
         return summary | {"chunk_tasks": chunk_tasks}
 
-    @app.task(bind=True, name=SEND_CHUNK, max_retries=None, shared=False)
+    @app.task(bind=True, base=RetryOrRequeue, name=SEND_CHUNK, max_retries=None, shared=False)
     def send_chunk(self, batch_id: str, index: int, submission: str) -> dict[str, int]:
         try:
             outcome = runtime.batches.run_chunk(batch_id, index, submission=submission,
@@ -187,19 +236,21 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         return dict(outcome.counts)
 
 
-    @app.task(bind=True, name=SEND_REMINDER, max_retries=None, shared=False)
+    @app.task(bind=True, base=RetryOrRequeue, name=SEND_REMINDER, max_retries=None, shared=False)
     def send_reminder(self, reminder_id: str) -> dict[str, Any]:
         """Send a released reminder, unless it was cancelled; its key makes a double release harmless."""
-        payload = runtime.reminders.begin_send(reminder_id)
-        if payload is None:
-            return {"reminder_id": reminder_id, "status": "cancelled"}
         try:
+            payload = runtime.reminders.begin_send(reminder_id)
+            if payload is None:
+                return {"reminder_id": reminder_id, "status": "cancelled"}
             outcome = poisoned(self, payload) or runtime.dispatcher.send(payload, task_id=self.request.id)
+            if outcome.retry_in is None:
+                runtime.reminders.finish(reminder_id, outcome.result)
         except redis.RedisError as e:
+            # Also around begin_send and finish: rerunning both is safe (the key answers a sent one).
             raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
         if outcome.retry_in is not None:
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
-        runtime.reminders.finish(reminder_id, outcome.result)
         return outcome.result | {"reminder_id": reminder_id}
 
     @app.task(name=RELEASE_REMINDERS, shared=False)

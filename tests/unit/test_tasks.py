@@ -89,3 +89,128 @@ def test_the_eta_of_a_publish_is_understood_in_every_form_celery_takes():
     assert _not_before({"eta": at.isoformat()}) == at.timestamp()
     assert abs(_not_before({"countdown": 60}) - (time.time() + 60)) < 1
     assert _not_before({}) is None and _not_before({"countdown": 0}) is None
+
+
+# --- a retry that cannot be published (RetryOrRequeue) --------------------------------------------
+
+class BrokerDown:
+    """Stands in for a publish that fails, as Task.retry's `S.apply_async()` meets it."""
+
+    def __init__(self, error):
+        self.error, self.calls = error, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        raise self.error
+
+
+@pytest.fixture
+def paused(monkeypatch):
+    import smsdispatch.tasks as tasks
+    pauses = []
+    monkeypatch.setattr(tasks.time, "sleep", pauses.append)
+    return pauses
+
+
+def in_worker(task, **request):
+    """Run with a request as a worker gives one (not eager, not called directly)."""
+    task.push_request(id="t-1", called_directly=False, is_eager=False, retries=0, **request)
+    return task
+
+
+def plain_task():
+    from celery import Celery
+
+    from smsdispatch.tasks import RetryOrRequeue
+    app = Celery("unit", set_as_current=False)
+
+    @app.task(bind=True, base=RetryOrRequeue, name="unit.plain", max_retries=None, shared=False)
+    def plain(self):
+        return None
+    return plain
+
+
+def test_celery_discards_a_message_whose_retry_could_not_be_published():
+    from celery import Task
+    from celery.exceptions import Reject
+    task = plain_task()
+    task.apply_async = BrokerDown(redis.ConnectionError("Error 111 connecting"))
+    in_worker(task)
+    with pytest.raises(Reject) as raised:
+        Task.retry(task, countdown=0.5)                     # Celery's own retry, underneath ours
+    assert raised.value.requeue is False
+
+
+def test_a_retry_that_cannot_be_published_requeues_the_message_after_its_countdown(paused):
+    from celery.exceptions import Reject
+    from kombu.exceptions import OperationalError
+    for error in (redis.ConnectionError("Error 111 connecting"), OperationalError("broker down"),
+                  redis.ResponseError("OOM command not allowed")):
+        task = plain_task()
+        task.apply_async = BrokerDown(error)
+        in_worker(task)
+        with pytest.raises(Reject) as raised:
+            task.retry(exc=redis.ConnectionError("store down"), countdown=0.5)
+        assert raised.value.requeue is True and raised.value.reason is error
+        assert task.apply_async.calls == 1
+    assert paused == [0.5, 0.5, 0.5]                          # never a requeue at full speed
+
+
+def test_the_pause_before_a_requeue_is_capped(paused):
+    from celery.exceptions import Reject
+
+    from smsdispatch.tasks import REQUEUE_PAUSE_MAX
+    task = in_worker(plain_task())
+    task.apply_async = BrokerDown(redis.ConnectionError("down"))
+    with pytest.raises(Reject):
+        task.retry(countdown=300)
+    assert paused == [REQUEUE_PAUSE_MAX]
+
+
+def test_a_published_retry_is_the_ordinary_countdown_retry(paused):
+    from celery.exceptions import Retry
+    task = in_worker(plain_task())
+    published = []
+    task.apply_async = lambda *a, **kw: published.append(kw)
+    with pytest.raises(Retry):
+        task.retry(exc=redis.ResponseError("READONLY"), countdown=0.5)
+    assert len(published) == 1 and published[0]["countdown"] == 0.5 and paused == []
+
+
+def test_a_publish_failing_for_another_reason_stays_celerys_reject(paused):
+    from celery.exceptions import Reject
+    task = in_worker(plain_task())
+    task.apply_async = BrokerDown(ValueError("a bug"))
+    with pytest.raises(Reject) as raised:
+        task.retry(countdown=0.5)
+    assert raised.value.requeue is False and paused == []
+
+
+class StoreDown(ScriptedDispatcher):
+    """Redis away: the send fails, and so does the `queued` record the retry's publish writes first."""
+
+    def record_queued(self, kwargs, *, task_id, not_before=None):
+        raise redis.ConnectionError("Error 111 connecting")
+
+
+@pytest.mark.parametrize("name", ["smsdispatch.send_sms", "smsdispatch.send_chunk", "smsdispatch.send_reminder"])
+def test_every_sending_task_requeues_when_redis_fails_under_it_and_under_its_retry(app, paused, monkeypatch, name):
+    from celery.exceptions import Reject
+    runtime = app.smsdispatch
+    down = redis.ConnectionError("Error 111 connecting")
+    use(app, StoreDown(down))
+    for part in ("batches", "reminders"):
+        runtime.__dict__[part] = type("Down", (), {"__getattr__": lambda self, n: BrokerDown(down)})()
+    task = app.tasks[name]
+    if name != SEND_SMS:    # send_sms's publish writes the `queued` record first, which fails already
+        monkeypatch.setattr(task, "apply_async", BrokerDown(down))
+    in_worker(task)
+    kwargs = {SEND_SMS: {"to": "+998901234567", "text": "Hi"},
+              "smsdispatch.send_chunk": {"batch_id": "b", "index": 0, "submission": "s"},
+              "smsdispatch.send_reminder": {"reminder_id": "r"}}[name]
+    try:
+        with pytest.raises(Reject) as raised:
+            task.run(**kwargs)
+    finally:
+        task.pop_request()
+    assert raised.value.requeue is True and paused == [0.01]     # BACKOFF_BASE of the fixture
