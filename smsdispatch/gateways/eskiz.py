@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import redis
@@ -84,6 +86,7 @@ class EskizGateway(HttpGateway):
         self.sender = sender
         self.token = SharedToken(redis_client, keys, gateway=self.name, account=f"{self.base_url}|{email}",
                                  fetch=self._new_token, lock_wait=2 * self.total_timeout + 1)
+        self._rounds = _LookupRounds(self._scan, wait=LOOKUP_MAX_PAGES * self.total_timeout)
 
     # --- the contract -------------------------------------------------------------------------
 
@@ -132,31 +135,38 @@ class EskizGateway(HttpGateway):
         raise GatewayUnavailable(f"lookup gave up after {LOOKUP_MAX_PAGES} pages", gateway=self.name)
 
     def lookup(self, sms: OutboundSms, *, since: float) -> Lookup:
-        """Find our message (user_sms_id) among those sent since `since`. The listing's timezone is
-        undocumented (inferred Tashkent): ask for the narrow window [since − 5 min, now + 5 min] written
-        in Tashkent time, then, if it is not there, the same window written in UTC. One wide window
-        spanning both readings would cover five extra hours of a busy account's messages."""
-        now = time.time()
+        """Find our message (user_sms_id) among those sent since `since`. Lookups that this process
+        asks for at the same time share one walk through the listing (`_LookupRounds`)."""
+        return self._rounds.lookup(sms.message_id, since)
+
+    def _scan(self, wanted: set[str], since: float) -> dict[str, Lookup]:
+        """One walk through `get-user-messages` for the messages `wanted`, all sent since `since`. The
+        listing's timezone is undocumented (inferred Tashkent): the narrow window [since − 5 min,
+        now + 5 min] written in Tashkent time, then, for what was not found there, the same window
+        written in UTC. One wide window spanning both readings would cover five extra hours of a busy
+        account's messages. Stops as soon as every wanted message is found."""
+        now, found = time.time(), {}
         for zone in (TASHKENT, timezone.utc):
             start = datetime.fromtimestamp(since - 300, zone)
             end = datetime.fromtimestamp(now + 300, zone)
-            found = self._find(sms.message_id, {"start_date": start.strftime("%Y-%m-%d %H:%M"),
-                                                "to_date": end.strftime("%Y-%m-%d %H:%M"),
-                                                "page_size": LOOKUP_PAGE_SIZE})
-            if found.found:
-                return found
-        return Lookup(False)
+            self._find(wanted - set(found), found, {"start_date": start.strftime("%Y-%m-%d %H:%M"),
+                                                    "to_date": end.strftime("%Y-%m-%d %H:%M"),
+                                                    "page_size": LOOKUP_PAGE_SIZE})
+            if len(found) == len(wanted):
+                break
+        return found
 
-    def _find(self, message_id: str, form: dict) -> Lookup:
+    def _find(self, wanted: set[str], found: dict[str, Lookup], form: dict) -> None:
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             data = self._call("POST", "/message/sms/get-user-messages", data=form,
                               params={"page": page}).get("data") or {}
             for row in _rows(data):
-                if row.get("user_sms_id") == message_id:
+                mid = row.get("user_sms_id")
+                if mid in wanted and mid not in found:
                     gid = row.get("request_id") or row.get("id")
-                    return Lookup(True, str(gid) if gid is not None else None, map_status(row.get("status")))
-            if not isinstance(data, dict) or not data.get("next_page_url"):
-                return Lookup(False)
+                    found[mid] = Lookup(True, str(gid) if gid is not None else None, map_status(row.get("status")))
+            if wanted <= found.keys() or not isinstance(data, dict) or not data.get("next_page_url"):
+                return
         raise GatewayUnavailable(f"lookup gave up after {LOOKUP_MAX_PAGES} pages", gateway=self.name)
 
     def status(self, gateway_message_id: str) -> DeliveryReport:
@@ -215,4 +225,67 @@ def _rows(data: object) -> list[dict]:
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class _LookupRounds:
+    """Lookups asked at the same time in this process share one walk through Eskiz's listing.
+
+    Eskiz cannot find a message by our id: a lookup lists every message of the account in a window,
+    200 to a page. Under load (a gateway failing a share of its calls, each such message reconciled)
+    one walk per lookup meant dozens of pages per message and reconciles queued behind each other.
+    Here a lookup joins the queue; whenever no walk is running, the next caller takes every lookup
+    queued so far and walks once for all of them (the window starts at the earliest `since`), and
+    each gets its own answer. A walk serves only lookups queued before it started, so what it lists
+    was fetched after each of them was asked: exactly what a lookup of its own would have seen.
+    A failed walk fails every lookup it served (each retries as it would have).
+    """
+
+    def __init__(self, scan, *, wait: float) -> None:
+        self._scan = scan
+        self._wait = wait
+        self._cond = threading.Condition()
+        self._queue: list[_Asked] = []
+        self._walking = False
+
+    def lookup(self, message_id: str, since: float) -> Lookup:
+        asked = _Asked(message_id, since)
+        deadline = time.monotonic() + self._wait
+        with self._cond:
+            self._queue.append(asked)
+            while not asked.answered and self._walking:
+                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    if asked in self._queue:
+                        self._queue.remove(asked)
+                    raise GatewayUnavailable("lookup: the shared listing took too long", gateway="eskiz")
+            if not asked.answered:          # no walk running: this caller walks for everything queued
+                batch, self._queue, self._walking = self._queue, [], True
+        if not asked.answered:
+            self._walk(batch)
+        if asked.error is not None:
+            raise asked.error
+        return asked.result or Lookup(False)
+
+    def _walk(self, batch: list[_Asked]) -> None:
+        try:
+            found = self._scan({a.message_id for a in batch}, min(a.since for a in batch))
+            for a in batch:
+                a.result = found.get(a.message_id, Lookup(False))
+        except Exception as e:      # GatewayError mostly; whatever it is, every lookup of the walk sees it
+            for a in batch:
+                a.error = e
+        finally:
+            with self._cond:
+                for a in batch:
+                    a.answered = True
+                self._walking = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Asked:
+    message_id: str
+    since: float
+    answered: bool = False
+    result: Lookup | None = None
+    error: Exception | None = None
 

@@ -212,3 +212,31 @@ def test_lookup_asks_a_narrow_window_so_a_busy_account_does_not_hide_the_message
     before = fake.count("/message/sms/get-user-messages")
     assert not gw.lookup(OutboundSms("missing", SMS.to, "x"), since=since).found
     assert fake.count("/message/sms/get-user-messages") - before == 2
+
+
+def test_lookups_asked_together_share_one_walk_through_the_listing(fake, redis_client):
+    """Under load every reconciled message used to page through the whole listing on its own: with
+    1,000 messages in the window, 12 lookups cost 12 walks of 5-10 pages. Asked together they share."""
+    gw = gateway(fake, redis_client)
+    since = time.time()
+    for i in range(1000):
+        gw.send(OutboundSms(f"load-{i}", "+998901234567", "x"))
+    fake.hang_next(1, seconds=0.5, path="/message/sms/get-user-messages")   # the first walk is slow ...
+    wanted = [f"load-{i}" for i in (5, 400, 999)] + ["never-sent-1", "never-sent-2"]
+    answers: dict[str, bool] = {}
+    first = threading.Thread(target=lambda: answers.update(first=gw.lookup(OutboundSms("load-0", SMS.to, "x"),
+                                                                            since=since).found))
+    first.start()
+    assert fake.wait_for(lambda f: f.count("/message/sms/get-user-messages") == 1)   # ... while it runs,
+    threads = [threading.Thread(target=lambda m=m: answers.update({m: gw.lookup(OutboundSms(m, SMS.to, "x"),
+                                                                                since=since).found}))
+               for m in wanted]                                            # the others are asked
+    for t in threads:
+        t.start()
+    for t in [first, *threads]:
+        t.join(30)
+    assert answers == {"first": True, "load-5": True, "load-400": True, "load-999": True,
+                       "never-sent-1": False, "never-sent-2": False}
+    pages = 1000 // 200 + 1
+    # the first walk (one page: load-0 is on it), then ONE walk for all five: both readings, every page
+    assert fake.count("/message/sms/get-user-messages") <= 1 + 2 * pages
