@@ -614,26 +614,24 @@ class ChaosRun:
         return statuses
 
 
-def _task_id(raw: bytes, *, wrapped: bool = False) -> str | None:
+def _header(raw: bytes, name: str, *, wrapped: bool = False) -> str | None:
+    """A header of a kombu message as Redis holds it (`wrapped`: kombu's unacked entry, [message, ...])."""
     try:
         payload = json.loads(raw)
         message = payload[0] if wrapped else payload
         if isinstance(message, str):
             message = json.loads(message)
-        return message.get("headers", {}).get("id")
+        return message.get("headers", {}).get(name)
     except (ValueError, TypeError, AttributeError, IndexError, KeyError):
         return None
+
+
+def _task_id(raw: bytes, *, wrapped: bool = False) -> str | None:
+    return _header(raw, "id", wrapped=wrapped)
 
 
 def _task_name(raw: bytes, *, wrapped: bool = False) -> str | None:
-    try:
-        payload = json.loads(raw)
-        message = payload[0] if wrapped else payload
-        if isinstance(message, str):
-            message = json.loads(message)
-        return message.get("headers", {}).get("task")
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
-        return None
+    return _header(raw, "task", wrapped=wrapped)
 
 
 # --------------------------------------------------------------------------- the verdict
