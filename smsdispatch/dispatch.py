@@ -285,11 +285,10 @@ class Dispatcher:
         record = self.records.get(message_id) or {}
         # a claim left `claimed` (its worker died mid-call) or `ambiguous`: a call may have gone out
         maybe_sent = bool(record.get("maybe_sent")) or state in ("claimed", "ambiguous")
-        job = _Job(message_id, key, None, [], ClaimResult(Claim.CLAIMED, message_id, ""),  # type: ignore[arg-type]
-                   result=self.results.slot(task_id) if store_result else None)
         log.error("message %s: task %s handed out %d times without finishing; dead-lettered as a poison message",
                   message_id, task_id, deliveries)
-        return self._finish(job, MessageStatus.FAILED, dead_letter=True, reopenable=not maybe_sent,
+        return self._write_outcome(message_id, key, self.results.slot(task_id) if store_result else None,
+                                   MessageStatus.FAILED, dead_letter=True, reopenable=not maybe_sent,
                             maybe_sent=int(maybe_sent), task_id=task_id, error=_error(
                                 "poison_message", f"its task was handed out {deliveries} times and no worker "
                                 f"finished it (SMSDISPATCH_MAX_DELIVERIES={self.settings.max_deliveries}); not "
@@ -541,17 +540,23 @@ class Dispatcher:
         """The terminal write, one script: record, ledger, the task's result (if asked) and the gateway
         call's result for its circuit (`call`: gateway, failed, probe) together; the result comes back
         in the same round trip."""
-        update = self.records.prepared(job.message_id, status, note=note, **fields)
+        return self._write_outcome(job.message_id, job.key, job.result, status, dead_letter=dead_letter, note=note,
+                                   reopenable=reopenable, call=call, **fields)
+
+    def _write_outcome(self, message_id: str, key: str, result: ResultSlot | None, status: MessageStatus, *,
+                       dead_letter: bool = False, note: str = "", reopenable: bool = False,
+                       call: tuple[str, bool, bool] | None = None, **fields: Any) -> Outcome:
+        update = self.records.prepared(message_id, status, note=note, **fields)
         circuit = None
         if call is not None:
             circuit = self.circuits.record_args(call[0], now=self.clock(), failed=call[1], probe=call[2])
-        values, event = self.ledger.finish(job.key, update, reopenable=reopenable, dead_letter=dead_letter,
-                                           result=job.result, circuit=circuit)
+        values, event = self.ledger.finish(key, update, reopenable=reopenable, dead_letter=dead_letter,
+                                           result=result, circuit=circuit)
         if event == "closed":
             log.warning("circuit of %s closed: %d probes went through", call[0], self.settings.circuit_probes)
         elif event == "opened":
             log.warning("circuit of %s opened: a slow call", call[0])
-        return Outcome(self.records.result_from_fields(values), stored=job.result is not None)
+        return Outcome(self.records.result_from_fields(values), stored=result is not None)
 
     def reject(self, record_id: str, task_id: str, kwargs: dict, code: str, reason: str) -> dict:
         """A submission refused before any gateway call. Never overwrite another submission's record:

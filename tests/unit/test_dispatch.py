@@ -275,3 +275,22 @@ def test_the_balance_guard_refuses_before_calling_a_gateway_known_to_be_short(se
     d._balances.clear()                                      # (the per-process cache, skipped here)
     redis_client.hset(d.keys.balance("stub"), "amount", 500)
     assert d.send({"to": TO, "text": "x", "gateway": "stub"}, task_id="g2").result["status"] == "accepted"
+
+
+def test_a_poison_message_is_dead_lettered_unless_it_has_an_outcome_or_a_live_claim(dispatcher, clock, stub):
+    kwargs = {"to": "+998901234567", "text": "Hi", "idempotency_key": "px"}
+    assert dispatcher.send(kwargs, task_id="t1").result["status"] == "accepted"
+    assert dispatcher.poisoned(kwargs, task_id="t1", deliveries=11) is None          # done: answered as before
+    live = {"to": "+998901234567", "text": "Hi", "idempotency_key": "live"}
+    dispatcher.ledger.claim("key:live", fp="f", message_id="m-live", now=clock())
+    assert dispatcher.poisoned(live, task_id="t2", deliveries=11) is None            # someone is sending it
+    clock.t += dispatcher.settings.claim_lease + 1                                    # ... and died doing so
+    out = dispatcher.poisoned(live, task_id="t2", deliveries=11).result
+    assert out["status"] == "failed" and out["error"]["code"] == "poison_message"
+    record = dispatcher.records.get(out["message_id"])
+    assert record["maybe_sent"] == 1 and out["message_id"] in dispatcher.records.dead_letters()
+    assert dispatcher.ledger.state("key:live") == "done"
+    fresh = {"to": "+998901234567", "text": "Hi", "idempotency_key": "fresh"}
+    out = dispatcher.poisoned(fresh, task_id="t3", deliveries=11).result               # never claimed
+    assert out["status"] == "failed" and dispatcher.records.get(out["message_id"])["maybe_sent"] == 0
+    assert len(stub.calls) == 1
