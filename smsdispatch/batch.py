@@ -214,7 +214,12 @@ class Batches:
         pending = self._drop_exhausted(to_send, batch_id, submission, out)
         while pending:          # a round of calls; messages that fail over go round again, on their next gateway
             calls = self._admit(self._plan_calls(pending), out)
-            self._mark_sending([c.items for c in calls], batch_id, submission)
+            try:
+                self._mark_sending([c.items for c in calls], batch_id, submission)
+            except BaseException:       # Redis failed: no call goes out; give back the slots _admit took
+                for c in calls:
+                    self.d.slots.release(c.items[0].gateway.name)
+                raise
             pending = []
             if calls:
                 with ThreadPoolExecutor(min(CALL_THREADS, len(calls))) as pool:

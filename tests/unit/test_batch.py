@@ -268,3 +268,20 @@ def test_a_chunk_whose_gateway_is_at_its_concurrency_cap_waits_without_calling(b
     b.d.slots.release("bstub")
     assert b.run_chunk("bc", 0, submission="s1").retry_in is None and len(stub.accepted) == 2
     assert b.d.slots.in_use("bstub") == 0
+
+
+def test_a_redis_failure_before_the_calls_gives_back_the_gateway_slots(batches, monkeypatch):
+    import redis as redis_lib
+
+    from smsdispatch.slots import GatewaySlots
+    stub = BatchStub(max_batch=3)
+    b = batches(stub)
+    b.d.slots = GatewaySlots({"bstub": 2})
+    b.store("bs", entries(2), gateway="stub", sender=None, idempotency_key=None, submission="s1")
+
+    def down(*_a, **_k):
+        raise redis_lib.ConnectionError("Redis went away")
+    monkeypatch.setattr(b, "_mark_sending", down)
+    with pytest.raises(redis_lib.ConnectionError):
+        b.run_chunk("bs", 0, submission="s1")
+    assert b.d.slots.in_use("bstub") == 0 and stub.calls == []
