@@ -430,7 +430,7 @@ class Dispatcher:
         delay = self.circuits.wait(reopen_at, now=self.clock(), cap=self.settings.backoff_max, rng=self.rng) \
             if reopen_at is not None else 0.5 + self.rng.uniform(0, 1)
         return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")",
-                          error=_error(_code(last[1]), str(last[1])) if last else None)
+                          **({"error": _error(_code(last[1]), str(last[1]))} if last else {}))
 
     def _rate_limit(self, job: _Job, gw: Gateway, record: dict[str, Any]) -> Outcome | None:
         """Wait for the gateway's global rate limit: None to call now (after a short in-process wait),
