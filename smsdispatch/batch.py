@@ -42,7 +42,7 @@ from .errors import (
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .message import SendRequest
-from .policy import Action, Health, after_failure
+from .policy import Action, after_failure
 from .records import MessageStatus, now
 
 log = logging.getLogger("smsdispatch.batch")
@@ -508,11 +508,7 @@ class Batches:
         decided = [(i, after_failure(e, gw, attempts=i.attempts, max_attempts=self.settings.max_attempts,
                                      has_next=i.next_route() is not None, pinned=bool(i.pinned)))
                    for i in call.items]
-        first = decided[0][1]
-        if first.health is Health.ANSWERED:
-            self.d.circuits.record(gw.name, now=self.d.clock(), failed=False, probe=call.probe)
-        else:
-            self.d.count_call(gw, e, first, call.probe)
+        self.d.count_call(gw, e, decided[0][1], call.probe)       # health does not depend on the message
         by_action: dict[Action, list[tuple[_Item, Any]]] = defaultdict(list)
         for i, decision in decided:
             by_action[decision.action].append((i, decision))

@@ -76,16 +76,6 @@ class Decision:
     pin: bool                  # from now on the message stays on this gateway
     health: Health
 
-    @property
-    def terminal(self) -> bool:
-        return self.action in (Action.FAIL, Action.UNKNOWN, Action.EXHAUSTED)
-
-    @property
-    def ledger_state(self) -> str:
-        """How the claim is given back when the message runs again: `ambiguous` makes the next claim a
-        RECONCILE (ledger.py); `pending` a plain claim."""
-        return "ambiguous" if self.action is Action.RECONCILE else "pending"
-
 
 def classify(error: BaseException) -> str:
     """The kind of a failed call: "reroute" (permanent, but another gateway may take it), "permanent",
