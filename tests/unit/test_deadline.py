@@ -7,6 +7,7 @@ elapsed times are bounds (never before the deadline, not long after it), not spe
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -120,6 +121,8 @@ def unanswered_port() -> Iterator[int]:
         try:
             while True:                         # connect until one cannot: the queue is full
                 if len(fillers) == 16:
+                    if os.environ.get("CI") == "true":      # Linux (CI's kind of machine) fills it at once
+                        pytest.fail("cannot fill a listen queue on this system")
                     pytest.skip("cannot fill a listen queue on this system")
                 filler = socket.socket()
                 fillers.append(filler)

@@ -165,6 +165,8 @@ def test_trickle_answer_arrives_whole_though_slower_than_the_read_timeout(fake, 
     assert r.status_code == 200 and r.json() == {"id": accepted.gateway_message_id}
     head = b"HTTP/1.1 200 OK\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in r.raw.headers.items()) + b"\r\n"
     at_least = (len(head) + len(r.content) - 1) * interval      # a pause between any two bytes: > 0.3 s
+    # the fake stamps answered_at just after its last byte, which the client may have read first
+    assert fake.wait_for(lambda f: f.requests_log[-1].answered_at is not None)
     record = fake.requests_log[-1]
     assert took >= at_least > 0.3 and record.answered_at - record.received_at >= at_least
     assert send(fake, http).status_code == 200                 # one trickle only; keep-alive intact
@@ -322,6 +324,9 @@ def test_chaos_mix_happens_and_is_reproducible_with_the_seed():
         with EchoFake(balance=10**6) as f:
             f.chaos(0.3, seed=42, refuse_seconds=(0.02, 0.05))
             seen = drive(f, 200)
+            # a request's answered_at is stamped just after its last byte, which its client may read first
+            assert f.wait_for(lambda g: all(r.answered_at is not None for r in g.requests_log
+                                            if r.fault not in ("reset_before", "reset_after")))
             log = f.requests_log
             faults.append([r.fault for r in log])
             counts = f.chaos_counts
@@ -366,6 +371,7 @@ def test_chaos_http_429_answers_retry_after_and_routes_nothing(fake, http):
     r = send(fake, http, ref="limited")
     assert r.status_code == 429 and r.headers["Retry-After"] == "1"
     assert r.json() == {"err": {"code": 429, "text": "Too many requests"}}     # the protocol's own 429
+    assert fake.wait_for(lambda f: f.requests_log[-1].answered_at is not None)   # stamped after the last byte
     rec = fake.requests_log[-1]
     assert (rec.fault, rec.status, rec.fields["ref"]) == ("http_429", 429, "limited") and rec.answered_at
     assert fake.accepted == [] and fake.balance == 1000
@@ -377,6 +383,7 @@ def test_chaos_slow_routes_then_answers_late(fake, http):
     started = time.monotonic()
     r = send(fake, http, ref="late")
     assert r.status_code == 200 and time.monotonic() - started >= 0.4      # answered normally, late
+    assert fake.wait_for(lambda f: f.requests_log[-1].answered_at is not None)   # stamped after the last byte
     rec = fake.requests_log[-1]
     assert rec.fault == "slow" and rec.answered_at - rec.received_at >= 0.4
     assert [a.client_ref for a in fake.accepted] == ["late"] and r.json()["id"] == fake.accepted[0].gateway_message_id
