@@ -79,7 +79,7 @@ from smsdispatch.fakes.eskiz import FakeEskiz
 from smsdispatch.fakes.smscx import FakeSmsCx
 from smsdispatch.gateways.smscx import idempotency_id
 from smsdispatch.local import BeatProcess, CeleryProcess, WorkerProcess
-from smsdispatch.tasks import SEND_SMS
+from smsdispatch.tasks import SEND_SMS, queue_names
 from smsdispatch.worker import create_app
 
 ESKIZ_EMAIL, ESKIZ_PASSWORD = "chaos@example.com", "chaos-password-never-logged"
@@ -555,7 +555,7 @@ class ChaosRun:
         redeliveries and retries still to run. Zero of both: nothing can call a gateway any more."""
         r, queue = self.dispatcher.records.redis, self.settings["SMSDISPATCH_QUEUE"]
         queued = 0
-        for name in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]:
+        for name in _broker_lists(queue):
             queued += sum(1 for raw in r.lrange(name, 0, -1) if _task_name(raw) == SEND_SMS)
         unacked = sum(1 for raw in r.hvals("unacked") if _task_name(raw, wrapped=True) == SEND_SMS)
         return queued, unacked
@@ -566,7 +566,7 @@ class ChaosRun:
         if self._locations is None:
             r, queue = self.dispatcher.records.redis, self.settings["SMSDISPATCH_QUEUE"]
             found: dict[str, str] = {}
-            for name in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)]:
+            for name in _broker_lists(queue):
                 for raw in r.lrange(name, 0, -1):
                     found[_task_id(raw) or "?"] = "queued"
             for raw in r.hvals("unacked"):
@@ -612,6 +612,12 @@ class ChaosRun:
         self.timeline.add(f"drained in {self.stats.draining_seconds}s" if self.stats.drained
                           else "NOT drained before the deadline")
         return statuses
+
+
+def _broker_lists(queue: str) -> list[str]:
+    """Every Redis list a send_sms message can wait in: the send and retry queues, each with kombu's
+    lists per priority step."""
+    return [f"{q}{suffix}" for q in queue_names(queue)[:2] for suffix in ("", *(f"\x06\x16{p}" for p in (3, 6, 9)))]
 
 
 def _header(raw: bytes, name: str, *, wrapped: bool = False) -> str | None:
@@ -1024,7 +1030,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to wait after sending for every record to be final (failover: default 240, "
                         "150 with --ci; single: 240, 120 with --ci, for each of its two runs)")
     p.add_argument("--no-throughput-check", action="store_true",
-                   help=f"single: do not fail when the faulty throughput is below {THROUGHPUT_FLOOR:.0%} of the "
+                   help=f"single: do not fail when the faulty throughput is below {THROUGHPUT_FLOOR * 100:.0f}%% of the "
                         "baseline's (still printed)")
     p.add_argument("--logs", default=None, help="write every process's log here (always done on failure)")
     args = p.parse_args(argv)

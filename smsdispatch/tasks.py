@@ -66,11 +66,12 @@ PUBLISH_ERRORS = (redis.RedisError, OperationalError, OSError)
 
 
 class RetryOrRequeue(Task):
-    """A task whose retry, when it cannot be published, becomes a redelivery of the message itself
-    (see the module's docstring)."""
+    """A task whose retry goes to the retry queue (not behind the send queue's backlog) and, when it
+    cannot be published, becomes a redelivery of the message itself (see the module's docstring)."""
 
     def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
               **options):
+        options.setdefault("queue", retry_queue(self.app))
         try:
             return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
         except Reject as rejected:
@@ -274,9 +275,19 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     def sweep_stuck_messages() -> int:
         """Beat: publish again messages whose publish or task was lost (safe: the ledger decides)."""
         again = runtime.poller.sweep(at=time.time())
-        for task_id, kwargs in again:
-            send_sms.apply_async(kwargs=kwargs, task_id=task_id)
+        for task_id, kwargs in again:       # late already: on the retry queue, not behind the backlog
+            send_sms.apply_async(kwargs=kwargs, task_id=task_id, queue=retry_queue(app))
         return len(again)
+
+
+def queue_names(queue: str) -> tuple[str, str, str]:
+    """The queues every worker consumes, from SMSDISPATCH_QUEUE: (sends, retries and republished
+    messages, beat's periodic work)."""
+    return queue, f"{queue}.retry", f"{queue}.periodic"
+
+
+def retry_queue(app: Celery) -> str:
+    return queue_names(app.conf.task_default_queue)[1]
 
 
 def release_due(runtime: Runtime, send_reminder: Task, *, now: float) -> int:

@@ -4,8 +4,9 @@ Importing this module reads settings from the environment (a bad one stops start
 ConfigError naming it) and builds the app; it opens no connection until a task is sent or run.
 Recommended worker: ``--pool threads --concurrency 20``: a send is I/O bound (one HTTP call), threads
 share one HTTP connection pool per gateway and one Redis pool, and use far less memory than prefork.
-A worker consumes two queues: SMSDISPATCH_QUEUE (sends, batches, reminders) and the same name with
-".periodic" (beat's work); a worker started with ``-Q`` must name both.
+A worker consumes three queues: SMSDISPATCH_QUEUE (sends, batches, reminders), the same name with
+".retry" (retries, and messages the sweeper publishes again) and with ".periodic" (beat's work); a
+worker started with ``-Q`` must name all three.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from .redact import install as install_redaction
 from .redisclient import connect
 from .reminders import Reminders
 from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
-from .tasks import POLL_BALANCE, POLL_STATUS, RELEASE_REMINDERS, SEND_REMINDER, SWEEP, register_tasks, release_due
+from .tasks import (POLL_BALANCE, POLL_STATUS, RELEASE_REMINDERS, SEND_REMINDER, SWEEP, queue_names, register_tasks,
+                    release_due)
 
 log = logging.getLogger("smsdispatch.worker")
 
@@ -119,8 +121,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     # takes turns between a worker's queues). On the send queue a sweep or a reminder release waited
     # behind every send of a backlog and expired unrun: the chaos run under 25% faults saw 93 of 95
     # sweeps thrown away, and messages whose publish was lost stayed `queued`.
-    periodic = f"{settings.queue}.periodic"
-    app.conf.task_queues = [Queue(settings.queue), Queue(periodic)]
+    # Retries have a queue of their own too: on the send queue a retry waited behind the whole backlog,
+    # long past its countdown, and the sweeper took it for lost and published it again (the single-
+    # gateway chaos run under 25% faults: 519 such republishes for 6,000 messages).
+    sends, retries, periodic = queue_names(settings.queue)
+    app.conf.task_queues = [Queue(sends), Queue(retries), Queue(periodic)]
     app.conf.task_routes = {task: {"queue": periodic} for task in PERIODIC_TASKS}
     app.conf.beat_schedule = {
         f"smsdispatch-{name}": {"task": task, "schedule": every, "options": {"expires": max(every * 2, 10)}}

@@ -81,3 +81,29 @@ def test_the_only_gateway_down_for_a_while_loses_nothing_and_waiting_messages_do
     print(f"outage {outage:.0f}s: executions per message {sorted(Counter(per_message.values()).items())}, "
           f"{calls_when_opened} calls before the circuit opened")
     assert sum(len(send_requests_for(fake, message_id_for(k, ""))) for k in keys) <= calls_when_opened + 60 + 12
+
+
+def test_a_retry_runs_on_time_while_a_backlog_of_sends_waits(redis_url, fake):
+    """A retry goes to a queue of its own. On the send queue it waited behind the whole backlog, long
+    past its countdown, and the sweeper took it for lost and published it again (the single-gateway
+    chaos run: 519 such republishes for 6,000 messages, and a tail of minutes)."""
+    settings = worker_settings(redis_url, fake)
+    producer = Producer(settings)
+    key = f"first-{uuid.uuid4().hex[:8]}"
+    first = producer.send_sms.delay(TO.format(1), "Fails once, then goes", idempotency_key=key)
+    for n in range(2, 1002):
+        producer.send_sms.delay(TO.format(n), f"Backlog {n}")
+    fake.fail_next(1, status=503)                 # the first call (the first message) is refused: retry
+    fake.hang_next(10_000, seconds=0.2)           # then a slow gateway: the backlog drains slowly
+    queue = settings["SMSDISPATCH_QUEUE"]
+    worker = WorkerProcess(settings, name="retry-queue", concurrency=1)    # takes the first message first
+    try:
+        result = first.get(timeout=60)
+        still_waiting = producer.app.smsdispatch.redis.llen(queue)
+    finally:
+        worker.stop()
+        fake.clear_faults()
+        producer.app.smsdispatch.redis.delete(queue)       # the rest of the backlog is not this test's
+    assert result["status"] == "accepted" and result["attempts"] == 2, result
+    assert still_waiting > 900, still_waiting               # it did not wait for the backlog
+    assert len(send_requests_for(fake, message_id_for(key, ""))) == 2
