@@ -20,6 +20,8 @@ import requests
 from celery import Celery
 from requests.adapters import HTTPAdapter
 
+from smsdispatch.gateways.eskiz import dispatch_id_for
+
 NOOP = "bench.plain.noop"
 SEND = "bench.plain.send"
 
@@ -47,8 +49,10 @@ class _Gateway:
         return self._token
 
     def send(self, to: str, text: str, ref: str) -> str:
-        r = self.session.post(f"{self.url}/message/sms/send",
-                              data={"mobile_phone": to.lstrip("+"), "message": text, "from": "4546", "user_sms_id": ref},
+        # the same call smsdispatch makes for one message (gateways/eskiz.py): a send-batch of one
+        body = {"messages": [{"user_sms_id": ref, "to": to.lstrip("+"), "text": text}], "from": "4546",
+                "dispatch_id": dispatch_id_for(ref)}
+        r = self.session.post(f"{self.url}/message/sms/send-batch", json=body,
                               headers={"Authorization": f"Bearer {self.token()}"}, timeout=(5, 15))
         r.raise_for_status()
         return r.json()["id"]

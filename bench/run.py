@@ -278,7 +278,7 @@ class Bench:
         ok = worker.wait_succeeded(base + n, timeout=max(60.0, n / 10))
         t1 = time.perf_counter()
         w1, k1, (r1, d1) = worker.cpu_seconds(), worker.system_seconds(), self.cpu()
-        sends = self.fake.count("/message/sms/send")
+        sends = len(self.fake.send_calls())
         return {"msgs_per_s": round(n / (t1 - t0), 1), "seconds": round(t1 - t0, 2),
                 "enqueue_seconds": round(t_enq - t0, 2), "completed": ok,
                 "worker_cpu_ms_per_msg": round(1000 * (w1 - w0) / n, 3),
@@ -309,9 +309,8 @@ class Bench:
             enqueued[tid] = t0
         ok = worker.wait_succeeded(base + n, timeout=60)
         foreign = self.foreign_pct(u0, self.usage(worker))
-        lat = [1000 * (rec.received_at - enqueued[rec.fields["user_sms_id"]])
-               for rec in self.fake.requests_log
-               if rec.path == "/message/sms/send" and rec.fields.get("user_sms_id") in enqueued]
+        lat = [1000 * (rec.received_at - enqueued[ref])
+               for rec in self.fake.send_calls() for ref in self.fake.carried(rec) if ref in enqueued]
         out = {"rate_per_s": rate, "messages": n, "seconds": round(time.monotonic() - start, 1), "completed": ok,
                "measured": len(lat), "p50_ms": round(pctl(lat, 0.5), 1) if lat else None,
                "p90_ms": round(pctl(lat, 0.9), 1) if lat else None,

@@ -7,8 +7,9 @@
 Two scenarios. ``--scenario failover`` (the default) is described below. ``--scenario single`` is what
 production met: Eskiz the ONLY gateway (``DEFAULT_GATEWAY=eskiz``, no routes, no failover), a quarter of
 its send calls failing (HTTP 500, a reset before or after it took the SMS, a 429 with Retry-After 1 s,
-an answer after 2 s), with the circuit breaker as shipped (no CIRCUIT_* set) and MAX_ATTEMPTS as
-shipped (5). It first sends the same number of messages through the same set-up with no faults, no
+an answer after 2 s), with the circuit breaker as shipped (no CIRCUIT_* set), MAX_ATTEMPTS as
+shipped (5) and the workers as shipped (threads x20: a 2 s answer holds a thread, so the pool size
+is part of what production meets). It first sends the same number of messages through the same set-up with no faults, no
 kills and no Redis restart (the baseline), then the faulty run; the producer publishes as fast as it
 can (4 threads), so throughput (accepted messages per second from the first publish to the moment the
 last message got its final record) measures the workers. The five worker kills and the Redis restart
@@ -105,6 +106,8 @@ SLOW_SECONDS = 2.0
 #: overlap work still to do rather than be the run's tail (then it would measure the VT, not the faults).
 SINGLE_KILL_AT = (0.05, 0.12, 0.19, 0.26, 0.33)
 SINGLE_REDIS_RESTART_AT = 0.15
+#: Scenario "single": threads per worker, as the shipped worker command has it (Dockerfile, compose).
+SHIPPED_CONCURRENCY = 20
 #: Scenario "single" fails when the faulty run's throughput is below this share of the baseline's.
 THROUGHPUT_FLOOR = 0.40
 #: Recipients each gateway refuses (a permanent error): a small fixed pool per gateway.
@@ -730,9 +733,9 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
 
     # Every send call each gateway got, per message, in order, and whether it answered a permanent error.
     calls: dict[str, list[tuple[float, str, str]]] = defaultdict(list)
-    for r in eskiz.requests_log:
-        if r.method == "POST" and r.path == eskiz.send_path:
-            m = by_id.get(str(r.fields.get("user_sms_id")))
+    for r in eskiz.send_calls():
+        for ref in eskiz.carried(r):
+            m = by_id.get(ref)
             if m:
                 perm = _heard(r, answer_within) and _permanent(r.status)
                 calls[m.message_id].append((r.received_at, "eskiz", _call_word(r, perm)))
@@ -773,7 +776,7 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
                                   and accepted[m.message_id] != 1)
     status_hist = Counter(statuses.get(m.message_id) or "none" for m in run.messages)
     faults = {"eskiz": eskiz.chaos_counts, "smscx": smscx.chaos_counts}
-    send_calls = {"eskiz": eskiz.count(eskiz.send_path, "POST"), "smscx": smscx.count(smscx.send_path, "POST")}
+    send_calls = {"eskiz": len(eskiz.send_calls()), "smscx": smscx.count(smscx.send_path, "POST")}
     worker_lines = [line for w in run.workers for line in w.lines()]
     sweeps = sum(1 for line in worker_lines if "stuck in" in line and "published again" in line)
     # Beat's tasks carry an expiry; one that waited longer than that in the queue is discarded unrun.
@@ -1024,7 +1027,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="share of messages sent with an ETA > VT (failover: default 0.03; single: 0, since such "
                         "a message waits longer than the run and would measure its ETA, not the workers)")
     p.add_argument("--visibility", type=int, default=25, help="SMSDISPATCH_VISIBILITY_TIMEOUT (s)")
-    p.add_argument("--concurrency", type=int, default=8, help="threads per worker")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="threads per worker (failover: 8; single: 20, the worker command that Dockerfile and "
+                        "docker-compose.yml ship)")
     p.add_argument("--redis-down", type=float, default=4.0, help="seconds Redis stays dead")
     p.add_argument("--deadline", type=float, default=None,
                    help="seconds to wait after sending for every record to be final (failover: default 240, "
@@ -1039,6 +1044,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.messages = args.messages or (ci if args.ci else full)
     if args.per_second is None:
         args.per_second = 0.0 if single else (16.0 if args.ci else 40.0)
+    if args.concurrency is None:
+        args.concurrency = SHIPPED_CONCURRENCY if single else 8
     if args.fault_rate is None:
         args.fault_rate = 0.25 if single else 0.2
     if args.eta_share is None:

@@ -49,7 +49,7 @@ def run(out: Callable[[str], None] = print) -> int:
         records = app.smsdispatch.dispatcher.records
 
         key = f"order-{run_id}-confirmation"
-        fake.fail_next(1, status=503, path="/message/sms/send")     # the first call fails, transiently
+        fake.fail_next(1, status=503)                                # the first call fails, transiently
         fake.reject_recipients("998935550000")
         scenarios = [
             ("a transient 503, accepted on the retry", lambda: send.delay("+998 90 123 45 67", "Your code is 4821")),
@@ -73,11 +73,11 @@ def run(out: Callable[[str], None] = print) -> int:
         final = app.smsdispatch.batches.get(summary["batch_id"])
         out(f"── a batch of {final['total']} (one bad entry), sent through Eskiz's send-batch")
         out(f"   batch {final['batch_id']}: {final['status'].upper()}  accepted={final['accepted']} "
-            f"failed={final['failed']} pending={final['pending']}  "
-            f"({fake.count('/message/sms/send-batch')} send-batch call)\n")
-        accepted = len(fake.sent)
-        out(f"The fake Eskiz accepted {accepted} SMS in all "
-            f"({fake.count('/message/sms/send')} single sends, {fake.count('/message/sms/send-batch')} batch call).")
+            f"failed={final['failed']} pending={final['pending']}  (one send-batch call)\n")
+        calls = fake.send_calls()
+        batches = sum(1 for c in calls if len(fake.carried(c)) > 1)
+        out(f"The fake Eskiz accepted {len(fake.sent)} SMS in all ({len(calls) - batches} calls for single "
+            f"messages, each a send-batch of one in a dispatch of its own; {batches} batch call).")
         out("Stopping the worker, the fake gateway" + ("" if os.environ.get("SMSDISPATCH_REDIS_URL")
                                                        else " and Redis") + ".")
     return 0

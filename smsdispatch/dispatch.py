@@ -66,7 +66,7 @@ BALANCE_CACHE_SECONDS = 5.0
 BUSY_POLL = 2.0
 
 #: What `send` reads of a record along with its claim: the result, and what an attempt depends on.
-RECORD_FIELDS_READ = (*RESULT_FIELDS, "pinned_gateway", "maybe_sent", "rate_slot")
+RECORD_FIELDS_READ = (*RESULT_FIELDS, "pinned_gateway", "maybe_sent", "rate_slot", "call_ref")
 
 
 def message_id_for(idempotency_key: object, task_id: str) -> str:
@@ -226,7 +226,7 @@ class Dispatcher:
         begun = self.ledger.begin(
             key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id,
             start=self.records.prepared(message_id, MessageStatus.SENDING,
-                                        **self._sending(request, first, key, task_id, 1, list(skipped))),
+                                        **self._sending(request, first, message_id, key, task_id, 1, list(skipped))),
             write_start=not self.limiter.limited(first.name), unless_open=self.keys.circuit(first.name),
             circuits=[self.keys.circuit(r.gateway.name) for r in usable], fields=RECORD_FIELDS_READ)
         claim, raw_record = begun.claim, begun.record
@@ -253,7 +253,8 @@ class Dispatcher:
         pinned = record.get("pinned_gateway")
         if claim.answer is Claim.RECONCILE:     # an earlier call may have gone out: ask before sending
             record["maybe_sent"] = 1
-            outcome, pinned = self._reconcile(job, record.get("gateway") or usable[0].gateway.name)
+            outcome, pinned = self._reconcile(job, record.get("gateway") or usable[0].gateway.name,
+                                              record.get("call_ref"))
             if outcome is not None:
                 return outcome
             if pinned is None:          # the gateway does not have it: provably unsent again
@@ -312,8 +313,9 @@ class Dispatcher:
     def _route_named(self, job: _Job, name: str) -> Route | None:
         return self.route_for(job.request, job.message_id, job.routes, name)
 
-    def _reconcile(self, job: _Job, last_gateway: str) -> tuple[Outcome | None, str | None]:
-        """An earlier call to `last_gateway` may have reached it. Ask it. Returns (outcome, None) when
+    def _reconcile(self, job: _Job, last_gateway: str, call_ref: str | None) -> tuple[Outcome | None, str | None]:
+        """An earlier call to `last_gateway` (the call `call_ref`, where the record names one) may have
+        reached it. Ask it. Returns (outcome, None) when
         settled or to run again, (None, gateway) to send again on that gateway only (it dedupes), or
         (None, None): it does not have the message, so any gateway of the route may send it."""
         route = self._route_named(job, last_gateway)
@@ -332,7 +334,8 @@ class Dispatcher:
                            f"answer) and {gw.name} cannot look messages up; not resent to avoid a duplicate")), None
         lookups = self.records.increment(job.message_id, "lookups")
         try:
-            found = gw.lookup(route.sms, since=job.claim.first_claimed_at)
+            found = gw.lookup_batch([route.sms], call_ref=call_ref,
+                                    since=job.claim.first_claimed_at)[job.message_id]
         except (TransientError, AmbiguousError) as e:
             if lookups >= self.settings.max_attempts:
                 return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
@@ -389,7 +392,7 @@ class Dispatcher:
                     return waiting
                 attempts += 1      # we hold the claim: nobody else writes this record's attempts now
                 self.records.update(mid, MessageStatus.SENDING,
-                                    **self._sending(job.request, gw, job.key, task_id, attempts, skipped))
+                                    **self._sending(job.request, gw, mid, job.key, task_id, attempts, skipped))
                 skipped = []
             if not self.slots.try_acquire(gw.name):      # its calls in flight are at GATEWAY_CONCURRENCY
                 busy = f"{gw.name}: {self.slots.limit(gw.name)} calls in flight here (GATEWAY_CONCURRENCY)"
@@ -461,14 +464,15 @@ class Dispatcher:
         return None
 
     @staticmethod
-    def _sending(request: SendRequest, gw: Gateway, key: str, task_id: str, attempt: int,
+    def _sending(request: SendRequest, gw: Gateway, message_id: str, key: str, task_id: str, attempt: int,
                  skipped: list[str]) -> dict[str, Any]:
-        """The `sending` update of one attempt (note and fields), before its gateway call."""
+        """The `sending` update of one attempt (note and fields), before its gateway call; `call_ref`
+        names the call where the gateway can be asked about a call (Eskiz's dispatch)."""
         return {"note": _with_skips(f"attempt {attempt} via {gw.name}", skipped), "attempts": attempt,
                 "to": request.to, "text": request.text, "gateway": gw.name, "requested_gateway": request.gateway,
                 "options": request.options, "sender": request.sender, "segments": request.segments,
                 "idempotency_key": key.split(":", 1)[1], "task_id": task_id, "callback_url": request.callback_url,
-                "metadata": request.metadata, "rate_slot": None}
+                "metadata": request.metadata, "rate_slot": None, "call_ref": gw.single_call_ref(message_id)}
 
     def _wait(self, job: _Job, delay: float, why: str, **fields: Any) -> Outcome:
         """Not sent, and no call failed: give the claim back and run again after `delay`."""

@@ -205,7 +205,7 @@ _RESET = Reply(0, None)  # sentinel answer of _answer(): reset the connection in
 @dataclass
 class _Fault:
     kind: str  # "fail" | "rate" | "hang" | "trickle"
-    path: str  # exact path (without prefix), or "*" for any path
+    paths: frozenset[str]  # exact paths (without prefix), or {"*"} for any path
     remaining: int
     reply: Reply | None = None  # "fail"
     retry_after: float = 0.0  # "rate": the reply is built when it answers (rate_limit_reply)
@@ -295,7 +295,8 @@ class FakeGateway(ABC):
     """The base of every fake gateway. All observation and control methods are thread-safe."""
 
     prefix: str = ""  # path prefix stripped before routing; requests outside it get 404
-    send_path: str = "/"  # the default path of fail_next / rate_limit_next / hang_next
+    send_path: str = "/"  # the send endpoint
+    send_paths: tuple[str, ...] = ()  # every send endpoint (default: send_path): what faults and chaos hit by default
     name: str = "fake"
     has_tokens: bool = False  # True where auth issues tokens that expire_token() can expire
 
@@ -423,7 +424,7 @@ class FakeGateway(ABC):
     # ----------------------------------------------------------------- failure injection
     def fail_next(self, n: int = 1, *, status: int = 500, body: Any = None, headers: dict[str, str] | None = None,
                   path: str | None = None) -> None:
-        """The next n requests to `path` (default send_path, "*" = any) get this answer and are not routed.
+        """The next n requests to `path` (default: every send endpoint, send_paths; "*" = any) get this answer and are not routed.
         A body of None is the protocol's error envelope, error_body(status, "server error")."""
         body = self.error_body(status, "server error") if body is None else body
         self._add_fault(_Fault("fail", self._fault_path(path), n, reply=Reply(status, body, headers)))
@@ -454,8 +455,8 @@ class FakeGateway(ABC):
             raise ValueError("byte_interval must be above 0")
         self._add_fault(_Fault("trickle", self._fault_path(path), n, seconds=byte_interval, accept=accept))
 
-    def _fault_path(self, path: str | None) -> str:
-        return self.send_path if path is None else self._local(path)
+    def _fault_path(self, path: str | None) -> frozenset[str]:
+        return frozenset(self.send_paths or (self.send_path,)) if path is None else frozenset({self._local(path)})
 
     def _add_fault(self, fault: _Fault) -> None:
         with self.lock:
@@ -464,7 +465,7 @@ class FakeGateway(ABC):
     def _take_fault(self, path: str) -> _Fault | None:
         with self.lock:
             for fault in self._faults:
-                if fault.path in (path, "*"):
+                if path in fault.paths or "*" in fault.paths:
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
@@ -476,7 +477,7 @@ class FakeGateway(ABC):
               kinds: Iterable[str] | Mapping[str, float] = DEFAULT_CHAOS_KINDS,
               statuses: Iterable[int] = (500, 502, 503), refuse_seconds: tuple[float, float] = (0.2, 0.5),
               paths: Iterable[str] | None = None, slow_seconds: float = 2.0) -> None:
-        """From now on, each request to `paths` (default: send_path) gets, with probability `rate`, one
+        """From now on, each request to `paths` (default: every send endpoint, send_paths) gets, with probability `rate`, one
         fault of `kinds` (CHAOS_KINDS; a mapping gives each kind a weight, a sequence weighs them equally;
         default DEFAULT_CHAOS_KINDS). `statuses`: the answers of "http_5xx"; `refuse_seconds`: the range
         a "refuse" window lasts; `slow_seconds`: how late a "slow" fault answers.
@@ -502,7 +503,7 @@ class FakeGateway(ABC):
         slow_seconds = float(slow_seconds)
         if not 0 <= slow_seconds < math.inf:
             raise ValueError("slow_seconds must be a finite number >= 0")
-        wanted = frozenset(self._local(p) for p in paths) if paths is not None else frozenset({self.send_path})
+        wanted = frozenset(self._local(p) for p in paths) if paths is not None else self._fault_path(None)
         with self.lock:
             self._chaos = _Chaos(float(rate), random.Random(seed), tuple(weighted), tuple(weighted.values()),
                                  statuses, (low, high), wanted, slow_seconds)

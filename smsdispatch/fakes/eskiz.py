@@ -117,6 +117,7 @@ class FakeEskiz(FakeGateway):
 
     prefix = "/api"
     send_path = "/message/sms/send"
+    send_paths = ("/message/sms/send", "/message/sms/send-batch")   # what faults and chaos hit by default
     name = "eskiz"
     has_tokens = True
 
@@ -135,6 +136,24 @@ class FakeEskiz(FakeGateway):
 
     def sends_for(self, user_sms_id: str) -> list[SentSms]:
         return [s for s in self.sent if s.user_sms_id == user_sms_id]
+
+    @staticmethod
+    def carried(record: RequestRecord) -> list[str]:
+        """The user_sms_ids a request's body carried: one for `send`, one per message for `send-batch`."""
+        fields = record.fields or {}
+        if record.path == "/message/sms/send-batch":
+            messages = fields.get("messages")
+            return [str(m.get("user_sms_id")) for m in messages if isinstance(m, dict)] \
+                if isinstance(messages, list) else []
+        return [str(fields["user_sms_id"])] if record.path == "/message/sms/send" and fields.get("user_sms_id") else []
+
+    def send_calls(self) -> list[RequestRecord]:
+        """Every request to a send endpoint (single or batch), answered or not."""
+        return [r for r in self.requests_log if r.path in self.send_paths]
+
+    def calls_carrying(self, user_sms_id: str) -> list[RequestRecord]:
+        """Every send request (single or batch, answered or not) that carried this user_sms_id."""
+        return [r for r in self.send_calls() if user_sms_id in self.carried(r)]
 
     def expire_token(self) -> None:
         with self.lock:

@@ -119,6 +119,12 @@ class Gateway(ABC):
     def send(self, sms: OutboundSms) -> Acceptance:
         """One message. Gateways that dedupe derive their idempotency reference from sms.message_id."""
 
+    def single_call_ref(self, message_id: str) -> str | None:
+        """The reference of the call that sends message `message_id` alone, for a gateway whose
+        `send` makes it a one-message batch call (Eskiz); None for the others. The dispatcher writes it
+        in the record before the call, and a reconcile asks `lookup_batch` about that very call."""
+        return None
+
     def send_batch(self, messages: Sequence[OutboundSms], *, call_ref: str) -> list[ItemResult]:
         """One native call for 1..max_batch messages (one text for all when batch_same_text).
         Call-level failures raise like `send`; per-message refusals come back as ItemResult.error.

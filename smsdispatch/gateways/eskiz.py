@@ -4,10 +4,17 @@ Auth: email + password → a 30-day bearer token, kept in Redis so every worker 
 On a 401 one `PATCH /auth/refresh` runs (a Redis lock makes it single-flight across workers); if the
 refresh is refused we log in again; a request still refused after that is an AuthError.
 
-Idempotency: Eskiz has no idempotency key and does not dedupe. We pass our message id as
-`user_sms_id` (seen in the Postman logs example, not in the documented form fields: inferred) and
-`lookup` finds it again through `POST /message/sms/get-user-messages`, so a send that may or may not
-have gone through is reconciled instead of resent blindly.
+Idempotency: Eskiz has no idempotency key and does not dedupe; a send that may or may not have
+gone through is looked up instead of resent blindly. Every send therefore goes through
+`send-batch`, where `user_sms_id` (our message id) and a client-chosen `dispatch_id` are documented
+fields: a single message is a one-message batch whose dispatch_id is derived from its message id
+(`single_call_ref`). A lookup then asks `get-user-messages-by-dispatch` about that one dispatch: one
+short call, whatever the account's traffic. The single-message endpoint has neither field documented,
+and finding a message sent there means walking `get-user-messages`, every message of the account in a
+window of minutes, 200 to a page: under partial failure (a quarter of the calls failing, each
+reconciled) those walks took every worker thread, and at 150 msg/s a window holds more pages than a
+lookup may walk. `lookup` still walks the listing, for a message whose record names no dispatch (sent
+by a version before this one).
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ def classify(status: int, body: dict) -> Exception:
 
 
 def dispatch_id_for(call_ref: str) -> int:
-    """Eskiz's dispatch_id is an int the client chooses (§1.3): a stable one per batch call."""
+    """Eskiz's dispatch_id is an int the client chooses (§1.3): a stable one per call (a batch call, or a
+    single message's call). Two calls may share one now and then (about 2e9 values); harmless, since a
+    lookup by dispatch keeps only the rows whose user_sms_id it asked for."""
     return int(hashlib.sha256(call_ref.encode()).hexdigest()[:8], 16) % 2_000_000_000 + 1
 
 
@@ -91,19 +100,23 @@ class EskizGateway(HttpGateway):
     # --- the contract -------------------------------------------------------------------------
 
     def send(self, sms: OutboundSms) -> Acceptance:
-        form = {"mobile_phone": sms.to.lstrip("+"), "message": sms.text,
-                "from": sms.sender or self.sender, "user_sms_id": sms.message_id}
-        if sms.callback_url:
-            form["callback_url"] = sms.callback_url
-        body = self._call("POST", "/message/sms/send", data=form)
-        if not body.get("id"):
-            raise GatewayRejected(f"send answered without an id: {str(body)[:200]}", gateway=self.name)
-        return Acceptance(gateway_message_id=str(body["id"]), raw_status=str(body.get("status")))
+        """A one-message `send-batch` in a dispatch of its own (see the module's docstring)."""
+        answer = self._send_batch([sms], call_ref=self.single_call_ref(sms.message_id))
+        status = answer.get("status")
+        return Acceptance(gateway_message_id=str(answer["id"]),
+                          raw_status=str(status[0] if isinstance(status, list) and status else status))
+
+    def single_call_ref(self, message_id: str) -> str:
+        return message_id
 
     def send_batch(self, messages, *, call_ref: str) -> list[ItemResult]:
         """`send-batch` with our ids as user_sms_id and a dispatch_id derived from call_ref. One
         `from` and `callback_url` per call (the caller groups by them). Eskiz answers one request id
         for the whole call; a refused entry refuses the whole call (no per-message errors)."""
+        answer = self._send_batch(messages, call_ref=call_ref)
+        return [ItemResult(m.message_id, str(answer["id"])) for m in messages]
+
+    def _send_batch(self, messages, *, call_ref: str) -> dict:
         first = messages[0]
         body = {"messages": [{"user_sms_id": m.message_id, "to": m.to.lstrip("+"), "text": m.text}
                              for m in messages],
@@ -113,10 +126,11 @@ class EskizGateway(HttpGateway):
         answer = self._call("POST", "/message/sms/send-batch", json=body)
         if not answer.get("id"):
             raise GatewayRejected(f"send-batch answered without an id: {str(answer)[:200]}", gateway=self.name)
-        return [ItemResult(m.message_id, str(answer["id"])) for m in messages]
+        return answer
 
     def lookup_batch(self, messages, *, call_ref: str | None, since: float) -> dict[str, Lookup]:
-        """By dispatch when the messages went out in one batch call (one paged query), else one by one."""
+        """By dispatch when the messages went out in one `send-batch` call (one paged query; a single
+        message's dispatch holds it alone), else one by one through the listing (`lookup`)."""
         if call_ref is None:
             return super().lookup_batch(messages, call_ref=None, since=since)
         wanted = {m.message_id for m in messages}
@@ -135,8 +149,9 @@ class EskizGateway(HttpGateway):
         raise GatewayUnavailable(f"lookup gave up after {LOOKUP_MAX_PAGES} pages", gateway=self.name)
 
     def lookup(self, sms: OutboundSms, *, since: float) -> Lookup:
-        """Find our message (user_sms_id) among those sent since `since`. Lookups that this process
-        asks for at the same time share one walk through the listing (`_LookupRounds`)."""
+        """Find our message (user_sms_id) among every message sent since `since`: for a message sent
+        without a dispatch of its own (by an earlier version). Lookups that this process asks for at
+        the same time share one walk through the listing (`_LookupRounds`)."""
         return self._rounds.lookup(sms.message_id, since)
 
     def _scan(self, wanted: set[str], since: float) -> dict[str, Lookup]:

@@ -107,9 +107,8 @@ def fake(fake_eskiz) -> FakeEskiz:
 
 
 def send_requests_for(fake: FakeEskiz, message_id: str) -> list:
-    """Every /message/sms/send request that carried this message id (answered or not)."""
-    return [r for r in fake.requests_log
-            if r.path == "/message/sms/send" and (r.fields or {}).get("user_sms_id") == message_id]
+    """Every send request (single or batch) that carried this message id (answered or not)."""
+    return fake.calls_carrying(message_id)
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -132,6 +132,29 @@ def test_ambiguous_timeout_is_resent_after_the_gateway_says_it_never_got_it(disp
     assert stub.lookups == ["t1"] and len(stub.calls) == 2
 
 
+def test_a_reconcile_asks_about_the_call_the_record_names(dispatcher, stub):
+    """A gateway that sends a single message as a call of its own (Eskiz: a dispatch per message) has
+    that call written in the record before the call, and the reconcile asks about exactly that call."""
+    asked: list[tuple[str, str | None]] = []
+    plain_lookup_batch = stub.lookup_batch
+    stub.single_call_ref = lambda message_id: f"call-{message_id}"
+    stub.lookup_batch = lambda messages, *, call_ref, since: (
+        asked.extend((m.message_id, call_ref) for m in messages) or plain_lookup_batch(
+            messages, call_ref=call_ref, since=since))
+    stub.script = [AmbiguousError("read timeout")]
+    send(dispatcher)
+    assert dispatcher.records.get("t1")["call_ref"] == "call-t1"
+    out = send(dispatcher)
+    assert out.result["status"] == "accepted" and asked == [("t1", "call-t1")]
+
+
+def test_a_record_without_a_call_is_looked_up_one_by_one(dispatcher, stub):
+    stub.script = [AmbiguousError("read timeout")]
+    send(dispatcher)
+    assert dispatcher.records.get("t1")["call_ref"] is None
+    assert send(dispatcher).result["status"] == "accepted" and stub.lookups == ["t1"]
+
+
 def test_server_error_on_a_lookup_gateway_is_checked_before_resending(dispatcher, stub):
     stub.script = [GatewayUnavailable("HTTP 500", status=500, maybe_sent=True)]
     send(dispatcher)

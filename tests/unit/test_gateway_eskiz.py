@@ -20,7 +20,7 @@ from smsdispatch.errors import (
 )
 from smsdispatch.fakes.eskiz import TASHKENT, FakeEskiz
 from smsdispatch.gateways.base import OutboundSms
-from smsdispatch.gateways.eskiz import EskizGateway, map_status
+from smsdispatch.gateways.eskiz import EskizGateway, dispatch_id_for, map_status
 from smsdispatch.keys import Keys
 from smsdispatch.records import MessageStatus
 
@@ -98,7 +98,7 @@ def test_token_still_refused_after_renewal_is_an_auth_error(fake, redis_client):
     fake.fail_next(2, status=401, body={"message": "Expired Token"})
     with pytest.raises(AuthError, match="freshly renewed"):
         gw.send(SMS)
-    assert fake.count("/message/sms/send") == 3 and len(fake.sent) == 1
+    assert fake.count("/message/sms/send-batch") == 3 and len(fake.sent) == 1
 
 
 def test_bad_credentials_are_a_permanent_auth_error_that_never_leaks_the_password(fake, redis_client):
@@ -164,6 +164,28 @@ def test_read_timeout_after_acceptance_is_ambiguous_and_lookup_finds_it(fake, re
     assert found.found and found.gateway_message_id == fake.sends_for("msg-1")[0].request_id
     assert found.status is MessageStatus.ACCEPTED
     assert not gw.lookup(OutboundSms("never-sent", SMS.to, SMS.text), since=since).found
+
+
+def test_a_single_send_is_a_dispatch_of_its_own_and_its_lookup_is_one_short_call(fake, redis_client):
+    """A message sent alone goes out as a one-message send-batch whose dispatch_id comes from its id, so a
+    reconcile asks about that dispatch only: one call, however many messages the account sent."""
+    gw = gateway(fake, redis_client, read_timeout=0.3)
+    since = time.time()
+    for i in range(450):                                  # a busy account: 3 pages of listing
+        gw.send(OutboundSms(f"busy-{i}", "+998901234567", "x"))
+    fake.hang_next(seconds=5, accept=True)
+    with pytest.raises(AmbiguousError):
+        gw.send(SMS)
+    assert fake.count("/message/sms/send") == 0
+    sent = fake.sends_for("msg-1")[0]
+    assert sent.dispatch_id == dispatch_id_for(gw.single_call_ref("msg-1"))
+    listed = fake.count("/message/sms/get-user-messages-by-dispatch")
+    found = gw.lookup_batch([SMS], call_ref=gw.single_call_ref("msg-1"), since=since)["msg-1"]
+    assert found.found and found.gateway_message_id == sent.request_id
+    missing = OutboundSms("never-sent", SMS.to, SMS.text)
+    assert not gw.lookup_batch([missing], call_ref=gw.single_call_ref("never-sent"), since=since)["never-sent"].found
+    assert fake.count("/message/sms/get-user-messages-by-dispatch") == listed + 2     # one call each
+    assert fake.count("/message/sms/get-user-messages") == 0                          # no walk
 
 
 def test_lookup_walks_every_page(fake, redis_client):
