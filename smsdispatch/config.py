@@ -300,8 +300,11 @@ class Settings(BaseSettings):
     @property
     def active_grace(self) -> float:
         """How long a message may stay `sending`/`retrying` before the sweeper republishes it: a live
-        attempt ends within the claim lease, a scheduled retry within BACKOFF_MAX."""
-        return self.claim_lease + self.backoff_max + 60
+        attempt ends within the claim lease, a scheduled retry is due within BACKOFF_MAX, and then waits
+        for a free worker thread, which the calls ahead of it give back within about one lease (at most
+        a minute is allowed for that). A retry message lost on its way (a worker killed in the instant
+        between taking it off the queue and recording it unacknowledged) runs again after this."""
+        return self.claim_lease + self.backoff_max + min(60, self.claim_lease)
 
     def callback_url(self, gateway: str) -> str | None:
         """Our webhook URL for a gateway that posts delivery reports, or None."""

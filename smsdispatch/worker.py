@@ -29,8 +29,16 @@ from .redact import install as install_redaction
 from .redisclient import connect
 from .reminders import Reminders
 from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
-from .tasks import (POLL_BALANCE, POLL_STATUS, RELEASE_REMINDERS, SEND_REMINDER, SWEEP, queue_names, register_tasks,
-                    release_due)
+from .tasks import (
+    POLL_BALANCE,
+    POLL_STATUS,
+    RELEASE_REMINDERS,
+    SEND_REMINDER,
+    SWEEP,
+    queue_names,
+    register_tasks,
+    release_due,
+)
 
 log = logging.getLogger("smsdispatch.worker")
 
