@@ -113,7 +113,7 @@ def test_over_a_thousand_malformed_calls_fail_cleanly_and_the_worker_keeps_servi
     # nothing reached the gateway, nothing was retried, nothing crashed, no reminder was stored
     assert [r for r in fake.requests_log if r.path == FakeEskiz.send_path] == []
     assert fake.requests_log == [], [r.path for r in fake.requests_log]
-    assert worker.count(r"retry") == 0, worker.log[-3000:]
+    assert worker.count(r"\] retry: |; retry in ") == 0, worker.log[-3000:]     # (not the .retry queue in the banner)
     assert worker.count(r"Traceback|\bERROR\b|CRITICAL|Logging error|UnicodeEncodeError") == 0, worker.log[-3000:]
     assert worker.proc.poll() is None
     assert producer.dispatcher.records.redis.zcard(reminders_due) == 0

@@ -76,9 +76,10 @@ def test_500_500_200_is_accepted_after_three_attempts_with_growing_gaps(producer
     gap1 = calls[1].received_at - calls[0].received_at
     gap2 = calls[2].received_at - calls[1].received_at
     assert 0.5 <= gap1 < gap2 and gap2 >= 1.0            # backoff 0.5 s, then 1 s
-    # a 500 may hide an accepted send: Eskiz is asked before each resend (and said no), each time in
-    # both readings of its undocumented timezone (gateways/eskiz.py: two narrow windows)
-    assert fake.count("/message/sms/get-user-messages") == 2 * 2
+    # a 500 may hide an accepted send: Eskiz is asked before each resend (and said no), each time about
+    # the message's own dispatch (one call), never by walking the account's listing
+    assert fake.count("/message/sms/get-user-messages-by-dispatch") == 2
+    assert fake.count("/message/sms/get-user-messages") == 0
 
 
 def test_an_answer_trickling_past_the_total_deadline_is_reconciled_not_resent(producer, fake):
