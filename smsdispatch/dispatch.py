@@ -315,9 +315,9 @@ class Dispatcher:
 
     def _reconcile(self, job: _Job, last_gateway: str, call_ref: str | None) -> tuple[Outcome | None, str | None]:
         """An earlier call to `last_gateway` (the call `call_ref`, where the record names one) may have
-        reached it. Ask it. Returns (outcome, None) when
-        settled or to run again, (None, gateway) to send again on that gateway only (it dedupes), or
-        (None, None): it does not have the message, so any gateway of the route may send it."""
+        reached it. Ask it. Returns (outcome, None) when settled or to run again, (None, gateway) to
+        send again on that gateway only (it dedupes), or (None, None): it does not have the message, so
+        any gateway of the route may send it."""
         route = self._route_named(job, last_gateway)
         if route is None:
             return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
