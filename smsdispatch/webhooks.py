@@ -152,7 +152,7 @@ class Webhooks:
             if hmac.compare_digest(given, accepted):
                 ok = True
                 if n:
-                    log.info("webhook for %s used an old secret (WEBHOOK_OLD_SECRETS): rotation under way", gateway)
+                    log.warning("webhook for %s used an old secret (WEBHOOK_OLD_SECRETS): rotation under way", gateway)
         return ok
 
     def _find(self, gateway: str, refs: list[str]) -> tuple[str | None, dict[str, Any]]:
