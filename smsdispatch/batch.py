@@ -347,7 +347,7 @@ class Batches:
                 hit = found.get(i.message_id)
                 if hit is not None and hit.found:
                     settled.append((i, MessageStatus.ACCEPTED, {"gateway_message_id": hit.gateway_message_id,
-                                                                "error": None}))
+                                                                "gateway": gw.name, "error": None}))
                 else:
                     i.maybe_sent = False        # the gateway does not have it: provably unsent again
                     resend.append(i)
@@ -498,7 +498,8 @@ class Batches:
         if isinstance(result, list):
             self.d.circuits.record(gw.name, now=self.d.clock(), failed=call.slow, probe=call.probe)
             self._finish(batch_id, submission, out, [
-                (i, MessageStatus.ACCEPTED, {"gateway_message_id": r.gateway_message_id, "error": None})
+                (i, MessageStatus.ACCEPTED, {"gateway_message_id": r.gateway_message_id, "gateway": gw.name,
+                                             "error": None})
                 if r.accepted else (i, MessageStatus.FAILED, {"error": _error(r.error.code, str(r.error))})
                 for i, r in zip(call.items, result, strict=True)])
             return []

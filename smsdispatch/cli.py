@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("webhooks", help="run the delivery-report receiver (POST /<gateway>/<secret>)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--threads", type=int, default=8, help="threads that process reports (default 8)")
+    p.add_argument("--connection-limit", type=int, default=1000,
+                   help="open connections at most; more wait in the listen backlog (default 1000)")
+    p.add_argument("--channel-timeout", type=float, default=10.0,
+                   help="seconds a connection may stay silent before it is closed (default 10)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     install_redaction(logging.getLogger())     # numbers and credentials masked in every line we print
@@ -225,25 +230,22 @@ def _cancel(args) -> int:
 
 
 def _webhooks(args) -> int:
-    from socketserver import ThreadingMixIn
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from .webhooks import make_app, serve
 
-    from .webhooks import make_app
-
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *a):   # the URL holds the secret: never log request lines
-            pass
-    rt = _runtime()
-    if not rt.settings.webhook_secret:
-        print("smsdispatch: set SMSDISPATCH_WEBHOOK_SECRET (and SMSDISPATCH_WEBHOOK_BASE_URL)", file=sys.stderr)
+    if min(args.threads, args.connection_limit) < 1 or args.channel_timeout <= 0:
+        print("smsdispatch: --threads and --connection-limit must be at least 1, --channel-timeout above 0",
+              file=sys.stderr)
         return 2
-    with make_server(args.host, args.port, make_app(rt.settings), server_class=Server, handler_class=Quiet) as httpd:
-        print(f"smsdispatch webhooks listening on http://{args.host}:{httpd.server_port}/<gateway>/<secret>",
-              flush=True)
-        httpd.serve_forever()
+    rt = _runtime()
+    if not rt.settings.webhook_secret and not rt.settings.webhook_secrets:
+        print("smsdispatch: set SMSDISPATCH_WEBHOOK_SECRET or SMSDISPATCH_WEBHOOK_SECRETS "
+              "(and SMSDISPATCH_WEBHOOK_BASE_URL)", file=sys.stderr)
+        return 2
+
+    def listening(port: int) -> None:
+        print(f"smsdispatch webhooks listening on http://{args.host}:{port}/<gateway>/<secret>", flush=True)
+    serve(make_app(rt.settings), args.host, args.port, threads=args.threads, connection_limit=args.connection_limit,
+          channel_timeout=args.channel_timeout, on_listening=listening)
     return 0
 
 

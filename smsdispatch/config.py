@@ -69,7 +69,14 @@ class Settings(BaseSettings):
 
     # --- delivery webhooks: the URL gateways call back, with our secret in its path ---
     webhook_base_url: str | None = None     # e.g. https://sms.example.com/hooks
+    #: The secret of every webhook gateway WEBHOOK_SECRETS does not name.
     webhook_secret: SecretStr | None = None
+    #: "eskiz=<secret>,smscx=<secret>": a gateway's own secret, so a leak at one provider forges
+    #: reports for that one only.
+    webhook_secrets: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    #: "eskiz=<old>|<older>,*=<old>": secrets still accepted, never handed out, while a rotation is
+    #: under way ("*": every webhook gateway).
+    webhook_old_secrets: Annotated[dict[str, tuple[SecretStr, ...]], NoDecode] = Field(default_factory=dict)
 
     # --- gateway health: circuit breakers and global rate limits, shared through Redis ---
     #: A circuit opens when at least CIRCUIT_FAILURE_RATE % of the calls of the last CIRCUIT_WINDOW
@@ -213,6 +220,45 @@ class Settings(BaseSettings):
                     raise ValueError(f"unknown gateway {gateway!r}")
         return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_webhook_secret(value.get_secret_value())
+        return value
+
+    @field_validator("webhook_secrets", "webhook_old_secrets", mode="before")
+    @classmethod
+    def _webhook_secret_map(cls, value: object, info: ValidationInfo) -> object:
+        old = info.field_name == "webhook_old_secrets"
+        if isinstance(value, str):   # "eskiz=<secret>,smscx=<secret>"; old ones: "eskiz=<a>|<b>,*=<c>"
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("must look like eskiz=<secret>|<secret>,*=<secret>" if old
+                                 else "must look like eskiz=<secret>,smscx=<secret>")
+            value = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, object] = {}
+        for gateway, secrets in value.items():
+            if gateway not in WEBHOOK_GATEWAYS and not (old and gateway == "*"):
+                raise ValueError(f"{gateway!r} is not a gateway that posts delivery reports "
+                                 f"({', '.join(WEBHOOK_GATEWAYS)}{', or *' if old else ''})")
+            if isinstance(secrets, SecretStr):
+                secrets = secrets.get_secret_value()
+            if old:
+                each = secrets.split("|") if isinstance(secrets, str) else list(secrets)
+                each = [x.get_secret_value() if isinstance(x, SecretStr) else str(x).strip() for x in each]
+            else:
+                each = [str(secrets)]
+            for secret in each:
+                try:
+                    _check_webhook_secret(secret)
+                except ValueError as e:
+                    raise ValueError(f"{gateway}: {e}") from None
+            out[gateway] = tuple(each) if old else each[0]
+        return out
+
     @field_validator("rate_limits", "batch_call_limits", "gateway_concurrency")
     @classmethod
     def _positive(cls, value: dict) -> dict:
@@ -264,9 +310,20 @@ class Settings(BaseSettings):
             # finish before the visibility timeout, or Redis hands it out again.
             raise ValueError(f"REMINDER_HORIZON ({self.reminder_horizon}s) + CLAIM_LEASE ({self.claim_lease}s) "
                              f"must stay below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)")
-        if self.webhook_base_url and len(_secret(self.webhook_secret)) < 16:
-            raise ValueError("WEBHOOK_BASE_URL is set but WEBHOOK_SECRET is missing or shorter than 16 characters "
-                             "(gateways do not sign callbacks: the secret in the URL is all that authenticates them)")
+        for gateway in self.webhook_old_secrets:
+            if gateway != "*" and not self.webhook_secret_for(gateway):
+                raise ValueError(f"WEBHOOK_OLD_SECRETS lists {gateway}, which has no current secret (set "
+                                 f"WEBHOOK_SECRET or WEBHOOK_SECRETS={gateway}=...)")
+        if self.webhook_base_url:
+            configured = self.configured_gateways()
+            # gateways do not sign callbacks: the secret in the URL is all that authenticates them
+            with_secret = [g for g in WEBHOOK_GATEWAYS if self.webhook_secret_for(g)]
+            missing = [g for g in WEBHOOK_GATEWAYS if g in configured and g not in with_secret]
+            if missing or not with_secret:
+                who = f"{', '.join(missing)} (configured) has no webhook secret" if missing \
+                    else "no gateway has a webhook secret"
+                raise ValueError(f"WEBHOOK_BASE_URL is set but {who}: set WEBHOOK_SECRET (every gateway) or "
+                                 f"WEBHOOK_SECRETS ({(missing or ['eskiz'])[0]}=...)")
         if 0 < self.record_ttl < self.idempotency_ttl:
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "
@@ -306,11 +363,28 @@ class Settings(BaseSettings):
         between taking it off the queue and recording it unacknowledged) runs again after this."""
         return self.claim_lease + self.backoff_max + min(60, self.claim_lease)
 
+    def webhook_secret_for(self, gateway: str) -> str:
+        """The current webhook secret of a gateway: its WEBHOOK_SECRETS entry, else WEBHOOK_SECRET; ''
+        if it has none."""
+        if gateway not in WEBHOOK_GATEWAYS:
+            return ""
+        return _secret(self.webhook_secrets.get(gateway)) or _secret(self.webhook_secret)
+
+    def accepted_webhook_secrets(self, gateway: str) -> list[str]:
+        """Every secret a callback for `gateway` may carry: the current one, then the old ones still
+        accepted during a rotation (WEBHOOK_OLD_SECRETS); empty: its callbacks are refused."""
+        current = self.webhook_secret_for(gateway)
+        if not current:
+            return []
+        old = [*self.webhook_old_secrets.get(gateway, ()), *self.webhook_old_secrets.get("*", ())]
+        return [current, *(s.get_secret_value() for s in old)]
+
     def callback_url(self, gateway: str) -> str | None:
-        """Our webhook URL for a gateway that posts delivery reports, or None."""
-        if not self.webhook_base_url or gateway not in WEBHOOK_GATEWAYS:
+        """Our webhook URL for a gateway that posts delivery reports (with its current secret), or None."""
+        secret = self.webhook_secret_for(gateway)
+        if not self.webhook_base_url or not secret:
             return None
-        return f"{self.webhook_base_url}/{gateway}/{_secret(self.webhook_secret)}"
+        return f"{self.webhook_base_url}/{gateway}/{secret}"
 
     def route_chain(self, e164: str) -> list[str]:
         """The gateways for a number when the call names none, in priority order: the longest matching
@@ -346,6 +420,22 @@ def _chain(value: object) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"{value!r} names a gateway twice")
     return names
+
+
+#: A webhook secret travels in a URL path: only characters that need no escaping there, and enough of
+#: them (24 of 64 symbols: 144 bits) that guessing is hopeless.
+WEBHOOK_SECRET_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+WEBHOOK_SECRET_MIN, WEBHOOK_SECRET_MAX = 24, 256
+
+
+def _check_webhook_secret(secret: str) -> None:
+    """Raises ValueError (never quoting the secret) unless it is fit for a callback URL's path."""
+    if not WEBHOOK_SECRET_MIN <= len(secret) <= WEBHOOK_SECRET_MAX:
+        raise ValueError(f"a webhook secret must be {WEBHOOK_SECRET_MIN} to {WEBHOOK_SECRET_MAX} characters long, "
+                         f"got {len(secret)} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if not set(secret) <= WEBHOOK_SECRET_CHARS:
+        raise ValueError("a webhook secret may hold only A-Z, a-z, 0-9, '_' and '-' (it is part of the callback "
+                         "URL's path, where '/', '?' or '#' would cut it)")
 
 
 def _secret(value: SecretStr | None) -> str:

@@ -414,7 +414,7 @@ class Dispatcher:
                 log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
                          accepted.gateway_message_id)
                 return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
-                                    error=None, pinned_gateway=None, call=(gw.name, slow, probe))
+                                    gateway=gw.name, error=None, pinned_gateway=None, call=(gw.name, slow, probe))
             finally:
                 self.slots.release(gw.name)
             decision = after_failure(error, gw, attempts=attempts, max_attempts=self.settings.max_attempts,

@@ -8,7 +8,10 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:dead                           list   message ids whose retries were exhausted
     sms:inflight                       zset   accepted messages awaiting a delivery report, by next poll
     sms:pending                        zset   messages not yet settled, by when the sweeper should look
-    sms:gwid:<gateway_message_id>      string our message id, for delivery reports that only carry theirs
+    sms:gwid:<gateway>:<gw_message_id> string our message id, for delivery reports that only carry theirs
+    sms:gwid:<gateway_message_id>      string the same, shared by all gateways: written by earlier versions, read only
+                                              (its entries expire with RECORD_TTL)
+    sms:webhook:foreign:<gateway>      string reports a gateway sent for another gateway's message (count)
     sms:balance:<gateway>              hash   last known balance: amount, currency, at (polling.py)
     sms:alerts                         list   JSON alerts (low balance), newest last
     sms:tick:<job>                     string one periodic run at a time, across beats (polling.py)
@@ -52,8 +55,16 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:dead"
 
-    def gateway_id(self, gateway_message_id: str) -> str:
+    def gateway_id(self, gateway: str, gateway_message_id: str) -> str:
+        """Per gateway: two gateways may hand out the same id (DevSMS and Eskiz both count up)."""
+        return f"{self.prefix}:gwid:{gateway}:{gateway_message_id}"
+
+    def legacy_gateway_id(self, gateway_message_id: str) -> str:
+        """The index before it was per gateway; read only, for records written then."""
         return f"{self.prefix}:gwid:{gateway_message_id}"
+
+    def webhook_foreign(self, gateway: str) -> str:
+        return f"{self.prefix}:webhook:foreign:{gateway}"
 
     def pending(self) -> str:
         return f"{self.prefix}:pending"

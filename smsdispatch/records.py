@@ -159,11 +159,15 @@ class Records:
         grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
                  MessageStatus.RETRYING: self.active_grace}.get(status)
         pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
-        # accepted: webhooks that carry only the gateway's id find the message through this key
+        # accepted: webhooks that carry only the gateway's id find the message through this key, kept
+        # per gateway (two gateways may hand out the same id), so the accepting gateway must be named
         gwid = fields.get("gateway_message_id") if status is MessageStatus.ACCEPTED else None
+        if gwid and not fields.get("gateway"):
+            raise ValueError(f"message {message_id}: an accepted update with a gateway_message_id must name "
+                             "the gateway that accepted it")
         return [self.keys.message(message_id), self.keys.history(message_id), message_id, status.value,
                 _entry(status, at, note, fields.get("error")), json.dumps(_encode(fields), ensure_ascii=False),
-                pending, self.keys.gateway_id(gwid) if gwid else ""]
+                pending, self.keys.gateway_id(fields["gateway"], gwid) if gwid else ""]
 
     def prepared(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> RecordUpdate:
         """`update`'s write, to be carried out by a ledger step (claim or finish) in the same script."""
@@ -196,8 +200,21 @@ class Records:
             keys=[self.keys.message(message_id), self.keys.history(message_id), self.keys.inflight()],
             args=[message_id, status.value, at, _entry(status, at, note, fields.get("error")), *flat]))
 
-    def by_gateway_id(self, gateway_message_id: str) -> str | None:
-        found = self.redis.get(self.keys.gateway_id(gateway_message_id))
+    def by_gateway_id(self, gateway: str, gateway_message_id: str) -> str | None:
+        """Our message id for a gateway's id. Records accepted by earlier versions are only in the
+        index shared by all gateways (until RECORD_TTL expires them): a hit there is returned only if
+        that message went through `gateway`, since another gateway may have used the same id."""
+        found = self.redis.get(self.keys.gateway_id(gateway, gateway_message_id))
+        if found:
+            return found.decode()
+        legacy = self.redis.get(self.keys.legacy_gateway_id(gateway_message_id))
+        if legacy and self.gateway_of(legacy.decode()) == gateway:
+            return legacy.decode()
+        return None
+
+    def gateway_of(self, message_id: str) -> str | None:
+        """The gateway a message went through (last tried, or the one that accepted it)."""
+        found = self.redis.hget(self.keys.message(message_id), "gateway")
         return found.decode() if found else None
 
     def increment(self, message_id: str, field: str) -> int:

@@ -112,7 +112,7 @@ def test_finish_records_completes_and_stores_the_result_in_celerys_format(redis_
     ledger = make(redis_client)
     c = ledger.claim("k", fp="a", message_id="m", now=100.0)
     records.update("m", MessageStatus.SENDING, attempts=1, gateway="stub", segments=1, idempotency_key="k")
-    update = records.prepared("m", MessageStatus.ACCEPTED, gateway_message_id="g-1", error=None)
+    update = records.prepared("m", MessageStatus.ACCEPTED, gateway="stub", gateway_message_id="g-1", error=None)
     values, event = ledger.finish("k", update, result=results.slot("task-1"))
     assert event == ""
     result = records.result_from_fields(values)
@@ -150,11 +150,11 @@ def test_claim_many_reads_each_records_state_and_finish_many_completes_them(redi
     assert [state for _, state in claimed] == [{"attempts": None, "pinned_gateway": None},
                                               {"attempts": b"2", "pinned_gateway": b"eskiz"},
                                               {"attempts": None, "pinned_gateway": None}]
-    common, values = records.prepared_many([("m1", MessageStatus.ACCEPTED, "", {"gateway_message_id": "g1"}),
+    common, values = records.prepared_many([("m1", MessageStatus.ACCEPTED, "", {"gateway_message_id": "g1", "gateway": "eskiz"}),
                                             ("m2", MessageStatus.FAILED, "", {"error": {"code": "x", "message": "y"}})])
     ledger.finish_many([("k1", values[0]), ("k2", values[1])], common, dead_letter=True, reopenable=True)
     assert records.get("m1")["status"] == "accepted" and records.get("m2")["status"] == "failed"
-    assert records.by_gateway_id("g1") == "m1" and records.dead_letters() == ["m1", "m2"]
+    assert records.by_gateway_id("eskiz", "g1") == "m1" and records.dead_letters() == ["m1", "m2"]
     assert ledger.state("k1") == ledger.state("k2") == "done"
     again = ledger.claim_many([("k2", "a", "m2")], now=101.0, submission="s2")      # reopenable, new submission
     assert again[0][0].answer is Claim.REOPENED and again[0][1] == {}

@@ -41,7 +41,7 @@ def test_terminal_statuses():
 def test_accepted_messages_join_the_inflight_index_and_leave_it_when_settled(redis_client):
     keys = Keys("t")
     records = Records(redis_client, keys)
-    records.update("m1", MessageStatus.ACCEPTED, gateway_message_id="g1")
+    records.update("m1", MessageStatus.ACCEPTED, gateway="eskiz", gateway_message_id="g1")
     records.update("m2", MessageStatus.ACCEPTED)
     assert set(redis_client.zrange(keys.inflight(), 0, -1)) == {b"m1", b"m2"}
     assert records.get("m1")["accepted_at"] is not None
@@ -68,7 +68,7 @@ def test_update_many_writes_exactly_what_update_writes(redis_client):
     steps = [(MessageStatus.SENDING, "attempt 1 via x", {"attempts": 1, "to": "+998901234567", "metadata": {"k": [1]},
                                                          "gateway": "eskiz", "segments": 2}),
              (MessageStatus.RETRYING, "retry", {"error": {"code": "transient", "message": "HTTP 503"}}),
-             (MessageStatus.ACCEPTED, "", {"gateway_message_id": "g-1", "error": None}),
+             (MessageStatus.ACCEPTED, "", {"gateway_message_id": "g-1", "gateway": "eskiz", "error": None}),
              (MessageStatus.FAILED, "", {"error": {"code": "x", "message": "y"}})]
     for status, note, fields in steps:
         one.update("m1", status, note=note, **fields)
@@ -83,5 +83,5 @@ def test_update_many_writes_exactly_what_update_writes(redis_client):
         assert (redis_client.zscore("a:inflight", "m1") is None) == (redis_client.zscore("b:inflight", "m1") is None)
         assert (redis_client.zscore("a:pending", "m1") is None) == (redis_client.zscore("b:pending", "m1") is None)
         assert redis_client.ttl("b:msg:m1") > 0 and redis_client.ttl("b:msg:m1:history") > 0
-    assert redis_client.get("b:gwid:g-1") == b"m2"          # both messages got id g-1; the later wins
-    assert one.by_gateway_id("g-1") == "m1"
+    assert redis_client.get("b:gwid:eskiz:g-1") == b"m2"    # both messages got id g-1; the later wins
+    assert one.by_gateway_id("eskiz", "g-1") == "m1"
