@@ -95,3 +95,45 @@ def install(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, RedactPhones) for f in handler.filters):
             handler.addFilter(RedactPhones())
+
+
+# ------------------------------------------------------------------ task arguments as people see them
+
+#: Argument names whose string values are shown as they are (ids and routing, no personal data).
+SHOWN_ARGUMENTS = frozenset({"idempotency_key", "gateway", "sender", "batch_id", "callback_url", "index",
+                             "submission", "reminder_id", "message_id", "task_id"})
+#: Argument names that hold a phone number: shown masked.
+NUMBER_ARGUMENTS = frozenset({"to", "phone", "recipient"})
+_MAX_DEPTH = 8
+
+
+def _shown(value, name=None, depth: int = 0):
+    if depth > _MAX_DEPTH:
+        return "<…>"
+    if name in NUMBER_ARGUMENTS and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _shown(v, k if isinstance(k, str) else None, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(v, None, depth + 1) for v in value]
+    if isinstance(value, str):
+        return value if name in SHOWN_ARGUMENTS else f"<{len(value)} chars>"
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def shown_arguments(args, kwargs, *, positional: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(argsrepr, kwargsrepr) of a task call for Flower, `celery inspect` and the worker's log lines:
+    numbers masked, every other string (a text, metadata) replaced by its length, ids and routing shown.
+    Positional arguments named in `positional` are shown under their names in kwargsrepr. Whatever the
+    shape of the arguments (a by-name producer sends anything), nothing raises and no text passes."""
+    try:
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+    except (TypeError, ValueError):
+        return "<?>", "<?>"
+    named = dict(zip(positional, args, strict=False))
+    rest = args[len(named):]
+    shown = {**{k: v for k, v in kwargs.items() if k not in named}, **named}
+    return redact(repr(tuple(_shown(rest)))), redact(repr(_shown(shown)))
