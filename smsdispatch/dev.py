@@ -9,6 +9,7 @@ FLOWER_BASIC_AUTH, or in SMSDISPATCH_REDIS_URL) is not printed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import signal
@@ -21,6 +22,9 @@ from .local import BeatProcess, FlowerProcess, WorkerProcess
 
 
 def run(out: Callable[[str], None] = print, *, flower_port: int | None = None) -> int:
+    if not _flower_installed():          # an extra: a producer-only install has no Flower
+        out("smsdispatch dev runs Flower, which is not installed: pip install 'smsdispatch[flower]'")
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -51,6 +55,13 @@ def run(out: Callable[[str], None] = print, *, flower_port: int | None = None) -
                     return 1
         out("Stopping.")
     return 0
+
+
+def _flower_installed() -> bool:
+    try:
+        return importlib.util.find_spec("flower") is not None
+    except ImportError:
+        return False
 
 
 def _tempdir():
