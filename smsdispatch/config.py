@@ -3,7 +3,10 @@
 `load_settings()` is the only way the rest of the code gets settings; it turns pydantic's
 validation errors into one `ConfigError` whose message names each bad variable, e.g.
 ``SMSDISPATCH_VISIBILITY_TIMEOUT: Input should be a valid integer``. Secrets are `SecretStr`:
-their repr is ``'**********'``, so logging a Settings object never leaks them.
+their repr is ``'**********'``, so logging a Settings object never leaks them. `redis_url` stays a
+plain string (Celery, kombu, redis-py and the subprocesses we start all need it whole, and only its
+password is secret): it is left out of the repr, dumped with its password masked, and its password is
+registered with redact.py like every SecretStr value, so no log line or error shows it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,20 @@ from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 import phonenumbers
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from .errors import ConfigError
+from .redact import redact_url, remember_secrets
 
 ENV_PREFIX = "SMSDISPATCH_"
 
@@ -32,7 +44,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # --- Redis: broker, Celery results and our records all live here ---
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = Field("redis://localhost:6379/0", repr=False)   # may carry a password: see the docstring
     key_prefix: str = "sms"
     queue: str = "sms"
 
@@ -149,6 +161,18 @@ class Settings(BaseSettings):
     smspm_token: SecretStr | None = None
     smspm_base_url: str = "https://api.smspm.com"
     smspm_sender: str = "SMSPM.com"
+
+    @field_serializer("redis_url")
+    def _masked_redis_url(self, value: str) -> str:
+        return redact_url(value)
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> Settings:
+        """Every secret we hold is masked by redact.py wherever it shows up (a gateway error body that
+        echoes our key, a library's message quoting the Redis URL)."""
+        remember_secrets(urlparse(self.redis_url).password,
+                         *(v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr)))
+        return self
 
     @field_validator("redis_url")
     @classmethod

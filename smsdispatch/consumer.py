@@ -1,4 +1,4 @@
-"""The worker's consumer: task events published in batches by a timer, not once per event.
+"""The worker's consumer and task requests: task events published in batches by a timer, not once per event.
 
 Celery's worker buffers its task events (received, started, succeeded... Flower's input) and, with
 its default consumer, asks the event loop to publish them at its next turn after each one. At a
@@ -13,6 +13,10 @@ what is left. Used through the ``worker_consumer`` setting (worker.py).
 from __future__ import annotations
 
 from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.request import Request
+
+from .redact import shown_arguments
+from .tasks import SEND_BATCH, SEND_SMS
 
 EVENT_FLUSH_INTERVAL = 0.1
 
@@ -28,3 +32,21 @@ class Consumer(CeleryConsumer):
 
     def on_send_event_buffered(self) -> None:
         """Nothing to do now: the timer publishes the buffer."""
+
+
+class MaskedRequest(Request):
+    """A task request that shows its arguments only masked (redact.shown_arguments), whoever produced
+    the message: a web app calling ``send_task("smsdispatch.send_sms", kwargs={...})`` puts the raw
+    number and text in the message's `argsrepr`/`kwargsrepr`. Those reprs feed the task-received event
+    (Flower's task list), the "Task ... received" and "... succeeded"/failure log lines; `info()`
+    answers `celery inspect active/reserved/scheduled/query_task`, which by default show the raw
+    arguments. The task itself still runs with the real ones. The `Request` of tasks.PrivateTask."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        positional = ("to", "text") if self._type == SEND_SMS else ("messages",) if self._type == SEND_BATCH else ()
+        self._argsrepr, self._kwargsrepr = shown_arguments(self._args, self._kwargs, positional=positional)
+        self._request_dict["argsrepr"], self._request_dict["kwargsrepr"] = self._argsrepr, self._kwargsrepr
+
+    def info(self, safe: bool = False) -> dict:
+        return super().info(safe=True)

@@ -16,6 +16,7 @@ from .config import load_settings
 from .embedded import EmbeddedRedis
 from .fakes.eskiz import FakeEskiz
 from .local import WorkerProcess
+from .redact import redact_url
 from .tasks import SEND_BATCH, SEND_SMS
 from .worker import create_app
 
@@ -27,7 +28,7 @@ def run(out: Callable[[str], None] = print) -> int:
     with ExitStack() as stack:
         url = os.environ.get("SMSDISPATCH_REDIS_URL")
         if url:
-            out(f"Redis: {url} (from SMSDISPATCH_REDIS_URL)")
+            out(f"Redis: {redact_url(url)} (from SMSDISPATCH_REDIS_URL)")
         else:
             server = stack.enter_context(EmbeddedRedis())
             url = server.url

@@ -47,6 +47,10 @@ class GatewayError(SmsDispatchError):
     code = "gateway_error"
 
     def __init__(self, message: str, *, gateway: str = "", status: int | None = None) -> None:
+        # The message often quotes the gateway's answer, which may echo our key or token back: it lands
+        # in records and logs only redacted (known secrets, bearer tokens, URL credentials, numbers).
+        from .redact import redact  # here: redact imports phone, which imports this module
+        message = redact(str(message))
         super().__init__(message)
         self.message = message
         self.gateway = gateway

@@ -19,8 +19,9 @@ class CeleryProcess:
 
     ready_pattern = r"."
 
-    def __init__(self, args: list[str], settings: dict[str, str], *, start_timeout: float = 60.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSDISPATCH_")} | settings
+    def __init__(self, args: list[str], settings: dict[str, str], *, start_timeout: float = 60.0,
+                 env: dict[str, str] | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMSDISPATCH_")} | settings | (env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "smsdispatch.worker", *args],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
@@ -96,14 +97,15 @@ class BeatProcess(CeleryProcess):
 
 
 class FlowerProcess(CeleryProcess):
-    """`celery flower` on 127.0.0.1 with basic auth (its API refuses anonymous calls)."""
+    """`celery flower` on 127.0.0.1 with basic auth (its API refuses anonymous calls). The credentials
+    go through the environment (FLOWER_BASIC_AUTH), never the command line, which `ps` shows anyone."""
 
     ready_pattern = r"Visit me at"
 
     def __init__(self, settings: dict[str, str], *, port: int, basic_auth: str, start_timeout: float = 60.0) -> None:
         self.port = port
-        super().__init__(["flower", f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}"],
-                         settings, start_timeout=start_timeout)
+        super().__init__(["flower", f"--port={port}", "--address=127.0.0.1"], settings, start_timeout=start_timeout,
+                         env={"FLOWER_BASIC_AUTH": basic_auth})
 
     @property
     def url(self) -> str:

@@ -10,6 +10,10 @@ What is masked:
   starts with "+" (`+998 93 741-52-86`), or it is a whole quoted string with at least one separator
   other than a dot (`'93 741 52 86'`, `"(93) 741-52-86"`, as in a repr or JSON). Dates, times,
   versions, decimals and ids are left alone;
+- the userinfo of a URL (`redis://:password@host` → `redis://:***@host`);
+- every secret value the process's settings hold (config.Settings registers them: gateway keys,
+  passwords, the Redis password), wherever it appears, e.g. echoed in a gateway's error body;
+- a JSON Web Token (a gateway's bearer token), with or without "Bearer";
 - the value of a credential in a URL's query (`?hash=…&token=…`), and a bearer or basic credential
   (`Authorization: Bearer …`).
 Exception tracebacks attached to a record are masked the same way.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import quote
 
 from .phone import mask
 
@@ -36,6 +41,10 @@ _CREDENTIAL_NAMES = ("hash", "token", "access_token", "refresh_token", "api_key"
                      "client_secret", "password", "passwd", "pwd", "signature", "sig", "auth")
 QUERY_CREDENTIAL = re.compile(rf"(?P<k>[?&](?:{'|'.join(_CREDENTIAL_NAMES)})=)[^&\s'\"#]+", re.IGNORECASE)
 HTTP_CREDENTIAL = re.compile(r"(?P<k>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{16,}")
+# A JSON Web Token (Eskiz's and SMSFlow's bearer tokens), wherever it appears, with or without "Bearer".
+JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+# A URL's userinfo: `redis://:password@host`, `https://user:token@host`, `amqp://token@host`.
+URL_USERINFO = re.compile(r"(?P<k>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<u>[^\s/@:'\"]*)(?P<p>:[^\s/@'\"]*)?@")
 
 MASKED = "***"
 
@@ -60,7 +69,40 @@ def _mask_quoted(m: re.Match) -> str:
 _NINE_DIGITS = re.compile(r"\d{9}")
 
 
+def _mask_userinfo(m: re.Match) -> str:
+    if m.group("p") is None:                    # a lone name before "@" may itself be the token
+        return m.group("k") + MASKED + "@"
+    return m.group("k") + m.group("u") + ":" + MASKED + "@"
+
+
+def redact_url(url: str) -> str:
+    """`redis://:pw@host:6379/0` → `redis://:***@host:6379/0` (credentials in its query masked too)."""
+    return redact(url)
+
+
+#: Secret values this process knows (our settings' credentials, the Redis password): masked wherever
+#: they appear, e.g. in a gateway's error body that echoes our key. Only values of 8+ characters.
+_KNOWN_SECRETS: set[str] = set()
+MIN_KNOWN_SECRET = 8
+
+
+def remember_secrets(*values: str | None) -> None:
+    """Mask these values in every redacted text from now on (config.Settings registers its secrets)."""
+    for value in values:
+        if value and len(value) >= MIN_KNOWN_SECRET:
+            _KNOWN_SECRETS.add(value)
+            # URL-encoded too: it may travel in a query string or a form body
+            _KNOWN_SECRETS.add(quote(value, safe=""))
+
+
 def redact(text: str) -> str:
+    for known in _KNOWN_SECRETS:
+        if known in text:
+            text = text.replace(known, MASKED)
+    if "://" in text and "@" in text:
+        text = URL_USERINFO.sub(_mask_userinfo, text)
+    if "eyJ" in text:
+        text = JWT.sub(MASKED, text)
     if "=" in text:
         text = QUERY_CREDENTIAL.sub(lambda m: m.group("k") + MASKED, text)
     if "Bearer" in text or "Basic" in text:
@@ -95,3 +137,45 @@ def install(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, RedactPhones) for f in handler.filters):
             handler.addFilter(RedactPhones())
+
+
+# ------------------------------------------------------------------ task arguments as people see them
+
+#: Argument names whose string values are shown as they are (ids and routing, no personal data).
+SHOWN_ARGUMENTS = frozenset({"idempotency_key", "gateway", "sender", "batch_id", "callback_url", "index",
+                             "submission", "reminder_id", "message_id", "task_id"})
+#: Argument names that hold a phone number: shown masked.
+NUMBER_ARGUMENTS = frozenset({"to", "phone", "recipient"})
+_MAX_DEPTH = 8
+
+
+def _shown(value, name=None, depth: int = 0):
+    if depth > _MAX_DEPTH:
+        return "<…>"
+    if name in NUMBER_ARGUMENTS and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _shown(v, k if isinstance(k, str) else None, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(v, None, depth + 1) for v in value]
+    if isinstance(value, str):
+        return value if name in SHOWN_ARGUMENTS else f"<{len(value)} chars>"
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return f"<{type(value).__name__}>"
+
+
+def shown_arguments(args, kwargs, *, positional: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(argsrepr, kwargsrepr) of a task call for Flower, `celery inspect` and the worker's log lines:
+    numbers masked, every other string (a text, metadata) replaced by its length, ids and routing shown.
+    Positional arguments named in `positional` are shown under their names in kwargsrepr. Whatever the
+    shape of the arguments (a by-name producer sends anything), nothing raises and no text passes."""
+    try:
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+    except (TypeError, ValueError):
+        return "<?>", "<?>"
+    named = dict(zip(positional, args, strict=False))
+    rest = args[len(named):]
+    shown = {**{k: v for k, v in kwargs.items() if k not in named}, **named}
+    return redact(repr(tuple(_shown(rest)))), redact(repr(_shown(shown)))

@@ -41,8 +41,8 @@ from .batch import batch_id_for
 from .dispatch import message_id_for
 from .errors import ValidationError
 from .message import FIELDS, check_encodable, merge_arguments, valid_unicode
-from .phone import mask
 from .polling import QUEUED_AT_HEADER
+from .redact import shown_arguments
 
 if TYPE_CHECKING:
     from .worker import Runtime
@@ -65,7 +65,19 @@ REQUEUE_PAUSE_MAX = 5.0
 PUBLISH_ERRORS = (redis.RedisError, OperationalError, OSError)
 
 
-class RetryOrRequeue(Task):
+#: Every one of our tasks: arguments shown only masked by the worker (consumer.MaskedRequest), whatever
+#: the producer put in the message's `argsrepr`/`kwargsrepr` (a by-name `send_task` puts the raw ones).
+MASKED_REQUEST = "smsdispatch.consumer:MaskedRequest"
+
+
+class PrivateTask(Task):
+    """The base of every smsdispatch task (the app's `task_cls`): its worker-side request shows Flower,
+    `celery inspect` and the worker's log only masked arguments."""
+
+    Request = MASKED_REQUEST
+
+
+class RetryOrRequeue(PrivateTask):
     """A task whose retry goes to the retry queue (not behind the send queue's backlog) and, when it
     cannot be published, becomes a redelivery of the message itself (see the module's docstring)."""
 
@@ -183,7 +195,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         return runtime.dispatcher.reject(message_id, task_id, {"idempotency_key": key} if key else {},
                                          "validation", reason)
 
-    class SendBatchTask(Task):
+    class SendBatchTask(PrivateTask):
         def apply_async(self, args=None, kwargs=None, task_id=None, **options):
             """Store the entries in Redis before publishing: the task message carries only the batch id,
             however large the batch. Raises ValidationError here, at the producer, for a malformed batch."""
@@ -315,9 +327,4 @@ def _not_before(options: dict[str, Any]) -> float | None:
 
 
 def _masked_repr(kwargs: dict[str, Any]) -> str:
-    shown = {k: v for k, v in kwargs.items() if k not in ("to", "text")}
-    if "to" in kwargs:
-        shown["to"] = mask(kwargs["to"])
-    if isinstance(kwargs.get("text"), str):
-        shown["text"] = f"<{len(kwargs['text'])} chars>"
-    return repr(shown)
+    return shown_arguments((), kwargs)[1]

@@ -35,6 +35,7 @@ from .tasks import (
     RELEASE_REMINDERS,
     SEND_REMINDER,
     SWEEP,
+    PrivateTask,
     queue_names,
     register_tasks,
     release_due,
@@ -89,7 +90,7 @@ class Runtime:
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = Celery("smsdispatch", broker=settings.redis_url, backend=settings.redis_url,
-                 set_as_current=False)
+                 set_as_current=False, task_cls=PrivateTask)
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         # kombu sweeps unacknowledged messages of dead workers back into the queue only every

@@ -117,6 +117,14 @@ def test_dev_brings_up_redis_worker_beat_and_flower_and_stops_them(tmp_path):
         result = app.tasks[SEND_SMS].delay(TO, "Hello from dev").get(timeout=30)
         assert result["status"] == "accepted" and result["gateway"] == "console"
         assert requests.get(f"{flower}/api/workers", auth=("me", "pw"), timeout=5).status_code == 200
+        # Flower's password reaches it through its environment: `ps` (any user's) shows no argv with it
+        import psutil
+        children = psutil.Process(dev.pid).children(recursive=True)
+        cmdlines = {c.pid: open(f"/proc/{c.pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+                    for c in children}
+        assert any(" flower" in c for c in cmdlines.values()), cmdlines
+        assert [c for c in cmdlines.values() if "me:pw" in c or "basic-auth" in c] == []
+        assert "pw" not in lines[1] and "password from FLOWER_BASIC_AUTH" in lines[1]   # a password set is not echoed
     finally:
         dev.send_signal(signal.SIGINT)
         assert dev.wait(timeout=60) == 0

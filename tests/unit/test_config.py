@@ -137,3 +137,25 @@ def test_gateway_concurrency_is_parsed_like_the_other_per_gateway_settings(monke
     monkeypatch.setenv("SMSDISPATCH_GATEWAY_CONCURRENCY_DEFAULT", "2")
     s = load_settings()
     assert s.gateway_concurrency == {"eskiz": 4, "smscx": 8} and s.gateway_concurrency_default == 2
+
+
+def test_a_redis_password_shows_in_no_repr_dump_or_log():
+    from smsdispatch.redact import redact
+    s = load_settings(redis_url="redis://:hunter2-redis-pw@redis.internal:6379/0")
+    assert s.redis_url == "redis://:hunter2-redis-pw@redis.internal:6379/0"      # whole for Celery and redis-py
+    for shown in (repr(s), str(s), s.model_dump_json(), str(s.model_dump())):
+        assert "hunter2-redis-pw" not in shown
+    assert '"redis_url":"redis://:***@redis.internal:6379/0"' in s.model_dump_json()
+    # a library's message quoting the URL, or the bare password, is masked in any log line
+    assert redact("Error connecting to redis://:hunter2-redis-pw@redis.internal:6379/0") == \
+        "Error connecting to redis://:***@redis.internal:6379/0"
+    assert "hunter2-redis-pw" not in redact("AUTH hunter2-redis-pw failed")
+
+
+def test_a_gateway_error_echoing_our_secret_or_a_token_is_redacted():
+    from smsdispatch.errors import AuthError
+    load_settings(eskiz_password="eskiz-pw-echoed-back")
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl"
+    e = AuthError(f'HTTP 401: {{"message": "wrong password eskiz-pw-echoed-back, token {token}"}}', gateway="eskiz")
+    assert "eskiz-pw-echoed-back" not in str(e) and "eskiz-pw-echoed-back" not in e.message
+    assert token not in e.message and "wrong password ***" in e.message

@@ -56,3 +56,10 @@ def test_our_kombu_transport_and_consumer_are_configured_and_rediss_keeps_kombus
     tls = create_app(load_settings(redis_url="rediss://127.0.0.1:1/0?ssl_cert_reqs=required"))
     assert tls.conf.broker_transport is None
     assert tls.connection_for_write().transport_cls == "rediss"      # kombu's own, with its TLS handling
+
+
+def test_flower_listens_on_loopback_and_gets_no_gateway_credentials():
+    flower = SERVICES["flower"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert set(flower["environment"]) == {"SMSDISPATCH_REDIS_URL", "FLOWER_BASIC_AUTH"}
+    assert "FLOWER_UNAUTHENTICATED_API" not in str(COMPOSE)

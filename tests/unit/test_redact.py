@@ -66,3 +66,21 @@ def test_a_traceback_attached_to_a_record_is_masked_too():
     assert RedactPhones().filter(record)
     text = logging.Formatter().format(record)
     assert "s3cr3t-t0k3n" not in text and "93 741 52" not in text and "RuntimeError" in text
+
+
+# --- task arguments as Flower, `celery inspect` and the worker's log lines show them
+
+
+def test_shown_arguments_mask_numbers_hide_texts_and_keep_ids():
+    from smsdispatch.redact import shown_arguments
+    args, kwargs = shown_arguments(["+998 90 123 00 06", "secret code 4821"],
+                                   {"idempotency_key": "k-1", "metadata": {"name": "Alice"}, "gateway": "eskiz"},
+                                   positional=("to", "text"))
+    assert args == "()"
+    assert "'+998 ** *** ** 06'" in kwargs and "'<16 chars>'" in kwargs and "'k-1'" in kwargs
+    assert "'eskiz'" in kwargs and "Alice" not in kwargs and "4821" not in kwargs
+    # a batch by name carries its entries inline; an int number, odd shapes: never raise, never leak
+    _, batch = shown_arguments([[{"to": 998901230006, "text": "hi there"}]], {}, positional=("messages",))
+    assert "998*******06" in batch and "hi there" not in batch
+    assert shown_arguments(["998901230006", b"bytes"], None)[0] == "('<12 chars>', '<bytes>')"
+    assert shown_arguments(5, "not a mapping") == ("<?>", "<?>")
