@@ -267,6 +267,14 @@ class Settings(BaseSettings):
         if self.webhook_base_url and len(_secret(self.webhook_secret)) < 16:
             raise ValueError("WEBHOOK_BASE_URL is set but WEBHOOK_SECRET is missing or shorter than 16 characters "
                              "(gateways do not sign callbacks: the secret in the URL is all that authenticates them)")
+        redelivery = self.visibility_timeout + max(self.active_grace, self.queued_grace)
+        if self.idempotency_ttl <= redelivery:
+            # A task message can come back (redelivery, the sweeper's republish) until then: its ledger
+            # entry must still be there, or its key would be claimed as new.
+            raise ValueError(f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s) must exceed VISIBILITY_TIMEOUT "
+                             f"({self.visibility_timeout}s) + the sweeper's grace (the longer of QUEUED_GRACE, "
+                             f"{self.queued_grace}s, and CLAIM_LEASE + BACKOFF_MAX + min(60, CLAIM_LEASE), "
+                             f"{self.active_grace:g}s) = {redelivery:g}s")
         if 0 < self.record_ttl < self.idempotency_ttl:
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "

@@ -137,3 +137,19 @@ def test_gateway_concurrency_is_parsed_like_the_other_per_gateway_settings(monke
     monkeypatch.setenv("SMSDISPATCH_GATEWAY_CONCURRENCY_DEFAULT", "2")
     s = load_settings()
     assert s.gateway_concurrency == {"eskiz": 4, "smscx": 8} and s.gateway_concurrency_default == 2
+
+
+def test_idempotency_ttl_must_outlive_a_redelivery(monkeypatch):
+    """A task can come back for VISIBILITY_TIMEOUT plus the sweeper's grace: a ledger entry that expires
+    sooner would let the redelivered task claim its key as new."""
+    monkeypatch.setenv("SMSDISPATCH_IDEMPOTENCY_TTL", "60")
+    monkeypatch.setenv("SMSDISPATCH_RECORD_TTL", "0")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "IDEMPOTENCY_TTL (60s) must exceed VISIBILITY_TIMEOUT (3600s)" in str(e.value)
+    # defaults: 3600 + max(QUEUED_GRACE 900, 120 + 300 + 60) = 4500
+    monkeypatch.setenv("SMSDISPATCH_IDEMPOTENCY_TTL", "4500")
+    with pytest.raises(ConfigError, match="= 4500s"):
+        load_settings()
+    monkeypatch.setenv("SMSDISPATCH_IDEMPOTENCY_TTL", "4501")
+    assert load_settings().idempotency_ttl == 4501
