@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # --- Redis: broker, Celery results and our records all live here ---
     redis_url: str = "redis://localhost:6379/0"
     key_prefix: str = "sms"
+    #: A worker refuses to start on a Redis whose maxmemory-policy is not noeviction (redischeck.py);
+    #: true lets it run anyway (a throwaway Redis for tests or a demo).
+    allow_unsafe_redis: bool = False
     queue: str = "sms"
 
     # --- routing and input ---
@@ -44,6 +47,12 @@ class Settings(BaseSettings):
     #: order, '|' between them) when a call names none.
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     batch_chunk_size: int = Field(1000, ge=1, le=10_000)
+    #: Producer-side caps, checked before anything is written to Redis (and again by the worker):
+    #: characters of one text (default: ten GSM-7 segments), entries of one batch, and the batch's
+    #: entries together as UTF-8 JSON.
+    max_text_chars: int = Field(1530, ge=1, le=10_000)
+    max_batch_messages: int = Field(100_000, ge=1, le=1_000_000)
+    max_batch_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
 
     # --- Celery / delivery guarantees (seconds) ---
     visibility_timeout: int = Field(3600, ge=10)
