@@ -41,7 +41,7 @@ from .errors import (
 )
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
-from .message import SendRequest
+from .message import SendRequest, check_bounds, check_id
 from .policy import Action, after_failure
 from .records import MessageStatus, now
 
@@ -53,6 +53,7 @@ CALL_THREADS = 8
 CALL_REF_NAMESPACE = uuid.UUID("0b7e4c1e-52a4-4c55-8a8b-6f3e2d6a9c11")
 
 # Count each message's outcome once per submission, and close the batch when everything is counted.
+# The seen hash lives as long as its batch (RECORD_TTL; with 0 both stay, one field per message).
 # KEYS[1] batch hash, KEYS[2] seen hash; ARGV[1] now, then message id / outcome field pairs.
 _COUNT = """
 for i = 2, #ARGV, 2 do
@@ -60,6 +61,8 @@ for i = 2, #ARGV, 2 do
     redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
   end
 end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 local c = redis.call('HMGET', KEYS[1], 'total', 'accepted', 'failed', 'unknown', 'status')
 if c[5] ~= 'done' and tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) >= tonumber(c[1]) then
   redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[1])
@@ -146,15 +149,28 @@ class Batches:
         is not a list of 1..MAX_BATCH_MESSAGES entries (entries themselves are checked one by one later)."""
         if not isinstance(messages, list) or not messages:
             raise ValidationError("messages: must be a non-empty list of {to, text, idempotency_key?, metadata?}")
-        if len(messages) > MAX_BATCH_MESSAGES:
-            raise ValidationError(f"messages: at most {MAX_BATCH_MESSAGES:,} per batch (got {len(messages):,})")
+        check_id("batch_id", batch_id)
+        check_id("task_id", submission)
+        check_bounds({"idempotency_key": idempotency_key, "sender": sender, "gateway": gateway})
+        limit = min(MAX_BATCH_MESSAGES, self.settings.max_batch_messages)
+        if len(messages) > limit:
+            raise ValidationError(f"messages: at most {limit:,} per batch (SMSDISPATCH_MAX_BATCH_MESSAGES), "
+                                  f"got {len(messages):,}")
         size = self.settings.batch_chunk_size
         try:
             blobs = [json.dumps(messages[i:i + size], ensure_ascii=False) for i in range(0, len(messages), size)]
-            for blob in blobs:
-                blob.encode("utf-8")
+            total = sum(len(blob.encode("utf-8")) for blob in blobs)
         except (TypeError, ValueError, RecursionError) as e:      # UnicodeEncodeError: a lone surrogate
             raise ValidationError(f"messages: not plain JSON text ({str(e)[:120]})") from None
+        if total > self.settings.max_batch_bytes:
+            raise ValidationError(f"messages: at most {self.settings.max_batch_bytes:,} bytes of JSON per batch "
+                                  f"(SMSDISPATCH_MAX_BATCH_BYTES), got {total:,}")
+        for n, entry in enumerate(messages):     # sizes only: each entry is validated when its chunk runs
+            if isinstance(entry, dict):
+                try:
+                    check_bounds(entry, max_text_chars=self.settings.max_text_chars)
+                except ValidationError as e:
+                    raise ValidationError(f"messages[{n}].{e}") from None
         at = now()
         batch, chunks = self.keys.batch(batch_id), self.keys.batch_chunks(batch_id)
         pipe = self.redis.pipeline(transaction=True)

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # --- Redis: broker, Celery results and our records all live here ---
     redis_url: str = Field("redis://localhost:6379/0", repr=False)   # may carry a password: see the docstring
     key_prefix: str = "sms"
+    #: A worker refuses to start on a Redis whose maxmemory-policy is not noeviction (redischeck.py);
+    #: true lets it run anyway (a throwaway Redis for tests or a demo).
+    allow_unsafe_redis: bool = False
     queue: str = "sms"
 
     # --- routing and input ---
@@ -56,6 +59,12 @@ class Settings(BaseSettings):
     #: order, '|' between them) when a call names none.
     routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     batch_chunk_size: int = Field(1000, ge=1, le=10_000)
+    #: Producer-side caps, checked before anything is written to Redis (and again by the worker):
+    #: characters of one text (default: ten GSM-7 segments), entries of one batch, and the batch's
+    #: entries together as UTF-8 JSON.
+    max_text_chars: int = Field(1530, ge=1, le=10_000)
+    max_batch_messages: int = Field(100_000, ge=1, le=1_000_000)
+    max_batch_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
 
     # --- Celery / delivery guarantees (seconds) ---
     visibility_timeout: int = Field(3600, ge=10)
@@ -348,6 +357,14 @@ class Settings(BaseSettings):
                     else "no gateway has a webhook secret"
                 raise ValueError(f"WEBHOOK_BASE_URL is set but {who}: set WEBHOOK_SECRET (every gateway) or "
                                  f"WEBHOOK_SECRETS ({(missing or ['eskiz'])[0]}=...)")
+        redelivery = self.visibility_timeout + max(self.active_grace, self.queued_grace)
+        if self.idempotency_ttl <= redelivery:
+            # A task message can come back (redelivery, the sweeper's republish) until then: its ledger
+            # entry must still be there, or its key would be claimed as new.
+            raise ValueError(f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s) must exceed VISIBILITY_TIMEOUT "
+                             f"({self.visibility_timeout}s) + the sweeper's grace (the longer of QUEUED_GRACE, "
+                             f"{self.queued_grace}s, and CLAIM_LEASE + BACKOFF_MAX + min(60, CLAIM_LEASE), "
+                             f"{self.active_grace:g}s) = {redelivery:g}s")
         if 0 < self.record_ttl < self.idempotency_ttl:
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "

@@ -45,7 +45,7 @@ from .gateways import Gateways
 from .gateways.base import Gateway, OutboundSms
 from .keys import Keys
 from .ledger import Claim, ClaimResult, Ledger, fingerprint
-from .message import SendRequest, parse_send
+from .message import MAX_IDEMPOTENCY_KEY_CHARS, SendRequest, parse_send
 from .phone import mask
 from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
@@ -153,7 +153,8 @@ class Dispatcher:
         """Validate one message and list its gateways: (request, routes in priority order, fingerprint).
         Raises ValidationError (bad input, unknown or unconfigured gateway, bad gateway options). A
         fallback gateway that cannot take the message's options is left out of the route."""
-        request = parse_send(kwargs, default_region=self.settings.default_region)
+        request = parse_send(kwargs, default_region=self.settings.default_region,
+                             max_text_chars=self.settings.max_text_chars)
         names = [request.gateway] if request.gateway else self.settings.route_chain(request.to)
         routes: list[Route] = []
         for name in names:
@@ -569,9 +570,10 @@ class Dispatcher:
         if existing and existing.get("task_id") not in (None, task_id):
             record_id = task_id
         key = kwargs.get("idempotency_key")
+        usable = isinstance(key, str) and len(key) <= MAX_IDEMPOTENCY_KEY_CHARS    # an oversized one is not kept
         self.records.update(record_id, MessageStatus.FAILED, error=_error(code, reason), task_id=task_id,
                             attempts=0,
-                            idempotency_key=key if isinstance(key, str) else task_id)
+                            idempotency_key=key if usable else task_id)
         return self._recorded_result(record_id)
 
     def _recorded_result(self, message_id: str) -> dict[str, Any]:

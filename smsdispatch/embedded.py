@@ -44,10 +44,13 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, *, port: int | None = None, appendonly: bool = True, appendfsync: str | None = None) -> None:
+    def __init__(self, *, port: int | None = None, appendonly: bool = True, appendfsync: str | None = None,
+                 maxmemory_policy: str = "noeviction") -> None:
         """`appendfsync`: Redis's own default (``everysec``) unless given; ``always`` fsyncs every write
-        before answering, so a killed server loses nothing it acknowledged."""
+        before answering, so a killed server loses nothing it acknowledged. `maxmemory_policy`: what a
+        worker requires (noeviction) unless a test wants another (redischeck.py refuses it)."""
         self.port = port or free_port()
+        self.maxmemory_policy = maxmemory_policy
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.dir = Path(tempfile.mkdtemp(prefix="smsdispatch-redis-"))
@@ -59,7 +62,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         args = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port),
-                "--dir", str(self.dir), "--save", "", "--maxmemory-policy", "noeviction",
+                "--dir", str(self.dir), "--save", "", "--maxmemory-policy", self.maxmemory_policy,
                 "--appendonly", "yes" if self.appendonly else "no", "--logfile", "redis.log"]
         if self.appendfsync:
             args += ["--appendfsync", self.appendfsync]

@@ -28,6 +28,10 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:deliveries:<task_id>           string how often a task message was redelivered (poison messages)
     sms:rate:<gateway>                 hash   token bucket: tokens, ts, factor, slow_until (ratelimit.py)
 
+Every key expires (RECORD_TTL, IDEMPOTENCY_TTL or a short TTL of its own) except those in
+`WITHOUT_TTL`, each bounded otherwise, as said there (tests/unit/test_keys.py checks it after a run).
+With RECORD_TTL=0 records, their histories, gateway ids, batches and reminders are kept for ever.
+
 Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
 ``unacked`` / ``unacked_index`` (kombu's late-ack bookkeeping) and ``celery-task-meta-<task id>``
 (results). We never write the first three; the results of `send_sms` we write ourselves, in
@@ -37,6 +41,17 @@ Celery's format and under Celery's key (results.py), with no prefix of ours.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: The keys that have no TTL, by their name after the prefix, and what bounds each.
+WITHOUT_TTL = {
+    "dead": "one message id per dead-lettered message, removed by `dead-letters --replay`; watch its length",
+    "inflight": "one member per accepted message awaiting its report, removed when it settles or expires",
+    "pending": "one member per unsettled message, removed when it settles",
+    "alerts": "trimmed to the newest MAX_ALERTS (polling.py)",
+    "balance:<gateway>": "one small hash per gateway",
+    "rem:due": "one member per scheduled reminder, removed when it is released",
+    "rem:inflight": "one member per reminder being published, removed once it is",
+}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ execution holding the claim), ``lease_until`` and ``first_claimed_at`` (ms since
 States and what `claim()` answers when it finds them:
 
     (absent)   → claimed, answer CLAIMED
+               → DONE, when the message's record is settled (accepted, delivered, failed, unknown,
+                 expired, after an attempt): the entry expired, the record wins, nothing is resent
     pending    → claimed, answer CLAIMED          a transient error proved nothing was sent
     claimed    → BUSY while the lease runs        another execution is talking to the gateway
                → re-claimed, answer RECONCILE     lease over: its worker died mid-call, maybe after sending
@@ -44,10 +46,18 @@ from .records import INT_FIELDS, JSON_FIELDS, RESULT_FIELDS, UPDATE_FUNCTION, Re
 from .results import ResultSlot
 
 # The claim, as a Lua function (the scripts below include it). Arguments: entry key, fp, message_id,
-# owner, now_ms, lease_ms, ttl_s, submission. Returns {answer, message_id, lease_until or
-# first_claimed_at, fresh}: fresh is 1 when the key had no entry at all (a first attempt).
+# owner, now_ms, lease_ms, ttl_s, submission, the message's record key. Returns {answer, message_id,
+# lease_until or first_claimed_at, fresh}: fresh is 1 when the key had no entry at all (a first attempt).
+# No entry but a settled record (`settled`): the entry expired (IDEMPOTENCY_TTL) after an outcome
+# was recorded, and the record wins: DONE, never a second send. Read only when the entry is absent.
 CLAIM_FUNCTION = """
-local function claim(key, fp, mid, owner, now, lease, ttl, submission)
+local function settled(rec)
+  local r = redis.call('HMGET', rec, 'status', 'attempts')
+  local terminal = {accepted = true, delivered = true, failed = true, unknown = true, expired = true}
+  -- a refusal before any attempt (validation, balance guard) never held the key: it may be claimed
+  return terminal[r[1]] == true and (tonumber(r[2]) or 0) > 0
+end
+local function claim(key, fp, mid, owner, now, lease, ttl, submission, rec)
   local e = redis.call('HMGET', key, 'fp', 'state', 'lease_until', 'message_id', 'first_claimed_at',
                        'reopenable', 'submission')
   local function take(answer, first, fresh)
@@ -56,7 +66,10 @@ local function claim(key, fp, mid, owner, now, lease, ttl, submission)
     redis.call('EXPIRE', key, ttl)
     return {answer, mid, first, fresh}
   end
-  if not e[2] then return take('claimed', now, 1) end
+  if not e[2] then
+    if settled(rec) then return {'done', mid, 0, 0} end
+    return take('claimed', now, 1)
+  end
   if e[1] ~= fp then return {'conflict', e[4], 0, 0} end
   if e[2] == 'done' then
     if e[6] == '1' and e[7] ~= submission then return take('reopened', now, 0) end
@@ -68,9 +81,9 @@ local function claim(key, fp, mid, owner, now, lease, ttl, submission)
 end
 """
 
-# KEYS[1] entry; ARGV: fp, message_id, owner, now_ms, lease_ms, ttl_s, submission.
+# KEYS[1] entry, KEYS[2] record; ARGV: fp, message_id, owner, now_ms, lease_ms, ttl_s, submission.
 _CLAIM = CLAIM_FUNCTION + """
-return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
+return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], KEYS[2])
 """
 
 # The send path's first step, one script: the claim; when it is a first attempt (no entry, no
@@ -82,7 +95,7 @@ return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARG
 # Returns {answer, message_id, lease_until or first_claimed_at, fresh (2 when the update was
 # written), the record fields (false where absent), each circuit's open_until (false if closed)}.
 _BEGIN = CLAIM_FUNCTION + UPDATE_FUNCTION + """
-local r = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
+local r = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], KEYS[5])
 if ARGV[8] == '1' and r[4] == 1 then
   local attempts = redis.call('HGET', KEYS[5], 'attempts')
   if (not attempts or attempts == '0' or attempts == '') and redis.call('HEXISTS', KEYS[2], 'open_until') == 0 then
@@ -148,7 +161,7 @@ local out = {}
 local m = 0
 for i = 6 + n, #ARGV, 3 do
   m = m + 1
-  local r = claim(KEYS[2 * m - 1], ARGV[i], ARGV[i + 1], ARGV[i + 2], now, lease, ttl, submission)
+  local r = claim(KEYS[2 * m - 1], ARGV[i], ARGV[i + 1], ARGV[i + 2], now, lease, ttl, submission, KEYS[2 * m])
   for j = 1, 4 do out[#out + 1] = r[j] end
   if n > 0 then
     local f = redis.call('HMGET', KEYS[2 * m], unpack(ARGV, 6, 5 + n))
@@ -241,9 +254,10 @@ class Ledger:
         owner = uuid.uuid4().hex
         args = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission]
         if pipe is not None:
-            self._claim(keys=[self.keys.idempotency(key)], args=args, client=pipe)
+            self._claim(keys=[self.keys.idempotency(key), self.keys.message(message_id)], args=args, client=pipe)
             return owner
-        return self.parse(self._claim(keys=[self.keys.idempotency(key)], args=args), owner)
+        return self.parse(self._claim(keys=[self.keys.idempotency(key), self.keys.message(message_id)], args=args),
+                          owner)
 
     def begin(self, key: str, *, fp: str, message_id: str, now: float, submission: str, start: RecordUpdate,
               write_start: bool, unless_open: str, circuits: list[str], fields: tuple[str, ...]) -> Begun:

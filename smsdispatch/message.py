@@ -14,8 +14,19 @@ from pydantic import ValidationError as PydanticValidationError
 from . import phone, text
 from .errors import ValidationError
 
-MAX_TEXT_CHARS = 1600       # ten or more segments; gateways cap concatenated SMS around here
-MAX_METADATA_BYTES = 4096
+#: The default of SMSDISPATCH_MAX_TEXT_CHARS: ten concatenated GSM-7 segments of 153 characters, about
+#: what gateways accept in one message (a UCS-2 text of this length is 23 segments).
+MAX_TEXT_CHARS = 1530
+MAX_METADATA_BYTES = 4096   # metadata, and options, each as UTF-8 JSON
+MAX_CALLBACK_URL_CHARS = 2048
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Batch ids and task ids become parts of Redis key names: ASCII letters, digits, '.', '_', '-' only
+#: (no ':', which would reach into another key's name), at most this long.
+MAX_ID_CHARS = 128
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+#: All arguments of one message together, as UTF-8 JSON: room for the longest text in 4-byte
+#: characters, metadata, options and a callback URL, and not much more.
+MAX_PAYLOAD_BYTES = 32 * 1024
 
 #: The task's named arguments (in the order `send_sms(to, text, ...)` takes them by position).
 FIELDS = ("to", "text", "sender", "gateway", "idempotency_key", "callback_url", "metadata", "options")
@@ -67,6 +78,64 @@ def check_encodable(kwargs: Mapping[str, Any]) -> None:
             raise ValidationError(f"{name}: must be valid Unicode text (it holds a lone surrogate)")
 
 
+def check_bounds(kwargs: Mapping[str, Any], *, max_text_chars: int = MAX_TEXT_CHARS) -> None:
+    """Raise ValidationError, naming the argument, for a message too large to store: checked by the
+    producer before anything is written to Redis, and again by the worker (parse_send) for a message
+    sent by name. Cheap sizes only; the rest of validation is SendRequest's. Call after
+    check_encodable (every value is plain JSON)."""
+    text_value = kwargs.get("text")
+    if isinstance(text_value, str) and len(text_value) > max_text_chars:
+        raise ValidationError(f"text: at most {max_text_chars} characters (SMSDISPATCH_MAX_TEXT_CHARS), "
+                              f"got {len(text_value)}")
+    for name in ("metadata", "options"):
+        if kwargs.get(name) is not None and _json_bytes(kwargs[name]) > MAX_METADATA_BYTES:
+            raise ValidationError(f"{name}: must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+    key = kwargs.get("idempotency_key")
+    if isinstance(key, str):
+        if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ValidationError(f"idempotency_key: at most {MAX_IDEMPOTENCY_KEY_CHARS} characters, got {len(key)}")
+        if any(_invisible(ch) for ch in key):
+            raise ValidationError("idempotency_key: must not contain spaces, control or invisible characters")
+    url = kwargs.get("callback_url")
+    if isinstance(url, str):
+        check_callback_url(url)
+    if _json_bytes(dict(kwargs)) > MAX_PAYLOAD_BYTES:
+        raise ValidationError(f"arguments: must encode to at most {MAX_PAYLOAD_BYTES} bytes of JSON together")
+
+
+def check_callback_url(url: str) -> None:
+    """A producer's callback URL: https, a host, no user:password part, at most MAX_CALLBACK_URL_CHARS."""
+    if len(url) > MAX_CALLBACK_URL_CHARS:
+        raise ValidationError(f"callback_url: at most {MAX_CALLBACK_URL_CHARS} characters, got {len(url)}")
+    try:
+        parsed = urlparse(url)
+        userinfo = "@" in parsed.netloc or parsed.username is not None or parsed.password is not None
+        parsed.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValidationError("callback_url: not a valid URL") from None
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise ValidationError("callback_url: must be an https:// URL with a host")
+    if userinfo:
+        raise ValidationError("callback_url: must not carry a user name or password")
+    if any(_invisible(ch) for ch in url):
+        raise ValidationError("callback_url: must not contain spaces, control or invisible characters")
+
+
+def check_id(name: str, value: object) -> None:
+    """A caller-chosen batch id or task id (None: we make one). Raises ValidationError naming `name`."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS or not set(value) <= _ID_CHARS:
+        raise ValidationError(f"{name}: must be 1 to {MAX_ID_CHARS} ASCII letters, digits, '.', '_' or '-'")
+
+
+def _json_bytes(value: Any) -> int:
+    try:
+        return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError, RecursionError):
+        return 0            # not JSON: check_encodable and SendRequest say why
+
+
 def valid_unicode(text: str) -> bool:
     """True if `text` encodes to UTF-8 (it holds no lone surrogate)."""
     try:
@@ -95,10 +164,10 @@ class SendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     to: StrictStr
-    text: StrictStr | None = Field(None, max_length=MAX_TEXT_CHARS)   # a gateway template may supply it
+    text: StrictStr | None = None     # a gateway template may supply it; its length: check_bounds
     sender: StrictStr | None = Field(None, min_length=1, max_length=20)
     gateway: StrictStr | None = Field(None, min_length=1)     # omit it (or None) for the route's gateways
-    idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=200)
+    idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
     callback_url: StrictStr | None = None
     metadata: dict[str, Any] | None = None
     options: dict[str, Any] | None = None      # gateway-specific (e.g. DevSMS universal OTP)
@@ -133,8 +202,11 @@ class SendRequest(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _callback(cls, value: str | None) -> str | None:
-        if value is not None and (urlparse(value).scheme not in ("http", "https") or not urlparse(value).netloc):
-            raise ValueError("must be an http(s) URL")
+        if value is not None:
+            try:
+                check_callback_url(value)
+            except ValidationError as e:
+                raise ValueError(str(e).removeprefix("callback_url: ")) from None
         return value
 
     @field_validator("metadata", "options")
@@ -146,7 +218,7 @@ class SendRequest(BaseModel):
             encoded = json.dumps(value, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"must be plain JSON ({_json_problem(e)})") from None
-        if len(encoded) > MAX_METADATA_BYTES:
+        if len(encoded.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
             raise ValueError(f"must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
         return value
 
@@ -155,9 +227,11 @@ class SendRequest(BaseModel):
         return text.count_segments(self.text) if self.text is not None else None
 
 
-def parse_send(kwargs: dict[str, Any], *, default_region: str | None) -> SendRequest:
+def parse_send(kwargs: dict[str, Any], *, default_region: str | None,
+               max_text_chars: int = MAX_TEXT_CHARS) -> SendRequest:
     """Validate raw task kwargs; `to` comes back in E.164. Raises ValidationError, never leaks the number."""
     check_encodable(kwargs)
+    check_bounds(kwargs, max_text_chars=max_text_chars)
     try:
         request = SendRequest(**kwargs)
     except PydanticValidationError as e:

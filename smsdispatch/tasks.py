@@ -40,7 +40,16 @@ from kombu.exceptions import OperationalError
 from .batch import batch_id_for
 from .dispatch import message_id_for
 from .errors import ValidationError
-from .message import FIELDS, check_encodable, merge_arguments, valid_unicode
+from .message import (
+    FIELDS,
+    MAX_ID_CHARS,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    check_bounds,
+    check_encodable,
+    check_id,
+    merge_arguments,
+    valid_unicode,
+)
 from .polling import QUEUED_AT_HEADER
 from .redact import shown_arguments
 
@@ -107,9 +116,11 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
             producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
             not valid Unicode (a lone surrogate), or one argument given twice. Everything else is
             validated by the worker, which records the refusal."""
+            check_id("task_id", task_id)
             task_id = task_id or uuid()
             kwargs = merge_arguments(args, kwargs)
             check_encodable(kwargs)
+            check_bounds(kwargs, max_text_chars=runtime.settings.max_text_chars)   # before Redis holds any of it
             runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
             # when it joined the queue: the sweeper reads it off the queue's oldest message (polling.py)
             options["headers"] = {**(options.get("headers") or {}), QUEUED_AT_HEADER: time.time()}
@@ -142,6 +153,11 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         gateway_message_id, attempts, idempotency_key, segments, error}. Bad input ends `failed` (code
         `validation`), whatever its shape: the signature takes anything (even a keyword named `self`, or
         `to` both by position and by name) so that no input can make the task itself raise."""
+        try:
+            check_id("task_id", self.request.id)
+        except ValidationError as e:    # sent by name with an id that would reach into other keys: no record
+            log.info("task %r rejected: %s", str(self.request.id)[:MAX_ID_CHARS], e)
+            return {"message_id": None, "status": "failed", "error": {"code": "validation", "message": str(e)}}
         try:
             try:
                 kwargs = merge_arguments(args, kwargs)
@@ -188,7 +204,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         """Record a submission whose arguments the dispatcher cannot even take as `failed` (validation).
         Its record is keyed like any refused message, by its idempotency key when that one is usable."""
         key = kwargs.get("idempotency_key") if isinstance(kwargs, dict) else None
-        if not (isinstance(key, str) and key and valid_unicode(key)):
+        if not (isinstance(key, str) and key and len(key) <= MAX_IDEMPOTENCY_KEY_CHARS and valid_unicode(key)):
             key = None
         message_id = message_id_for(key, task_id)
         log.info("message %s rejected: %s", message_id, reason)
@@ -199,11 +215,13 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         def apply_async(self, args=None, kwargs=None, task_id=None, **options):
             """Store the entries in Redis before publishing: the task message carries only the batch id,
             however large the batch. Raises ValidationError here, at the producer, for a malformed batch."""
+            check_id("task_id", task_id)
             task_id = task_id or uuid()
             kwargs = dict(kwargs or {})
             if args:
                 kwargs.setdefault("messages", args[0])
             messages = kwargs.pop("messages", None)
+            check_id("batch_id", kwargs.get("batch_id"))
             kwargs["batch_id"] = batch_id_for(kwargs.get("batch_id"), kwargs.get("idempotency_key"), task_id)
             if messages is not None:
                 runtime.batches.store(kwargs["batch_id"], messages, gateway=kwargs.get("gateway"),
@@ -217,6 +235,11 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
         """Send many messages, each its own message with its own key; returns the batch summary.
         `messages` is a list of {to, text, idempotency_key?, metadata?}; `smsdispatch.get_batch(batch_id)`
         follows progress. (Inline `messages` only arrive here when a client calls the task by name.)"""
+        try:
+            check_id("batch_id", batch_id)
+            check_id("task_id", self.request.id)
+        except ValidationError as e:
+            return {"batch_id": None, "status": "failed", "error": {"code": "validation", "message": str(e)}}
         batch_id = batch_id_for(batch_id, idempotency_key, self.request.id)
         if extra or unexpected:
             names = ", ".join([*(f"#{n + 2}" for n in range(len(extra))), *sorted(unexpected)])

@@ -21,9 +21,11 @@ import redis
 from celery import Celery, signals
 from kombu import Queue
 
+from . import redischeck
 from .batch import Batches
 from .config import Settings, load_settings
 from .dispatch import Dispatcher
+from .errors import ConfigError
 from .polling import Poller
 from .redact import install as install_redaction
 from .redisclient import connect
@@ -146,6 +148,20 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.smsdispatch = Runtime(settings, app)
     register_tasks(app, app.smsdispatch)
     return app
+
+
+@signals.worker_init.connect
+def _check_redis(sender=None, **_) -> None:
+    """A worker (not a producer, beat or Flower) refuses an evicting Redis before taking any work
+    (redischeck.py). SystemExit: Celery logs and swallows an exception a signal handler raises."""
+    runtime = getattr(getattr(sender, "app", None), "smsdispatch", None)
+    if not isinstance(runtime, Runtime):
+        return
+    try:
+        redischeck.check(runtime.redis, allow_unsafe=runtime.settings.allow_unsafe_redis)
+    except ConfigError as e:
+        log.critical("not starting: %s", e)
+        raise SystemExit(f"smsdispatch worker not started: {e}") from None
 
 
 @signals.after_setup_logger.connect

@@ -60,7 +60,7 @@ def test_over_a_thousand_malformed_calls_fail_cleanly_and_the_worker_keeps_servi
     def through_delay(call: BadCall):
         """send_sms.apply_async / .delay: the web app's way."""
         n["delay"] += 1
-        expect_producer_refusal = call.unencodable or "twice" in call.kinds
+        expect_producer_refusal = call.producer_refuses
         try:
             handle = producer.send_sms.apply_async(call.args, call.kwargs)
         except ValidationError as e:

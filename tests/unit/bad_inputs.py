@@ -24,7 +24,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from smsdispatch.message import FIELDS, MAX_METADATA_BYTES, MAX_TEXT_CHARS
+from smsdispatch.errors import ValidationError
+from smsdispatch.message import FIELDS, MAX_METADATA_BYTES, MAX_TEXT_CHARS, check_bounds, merge_arguments
 
 VALID_TO = "+998901234567"
 VALID_TEXT = "Salom, dunyo"
@@ -53,6 +54,19 @@ class BadCall:
     #: True when something in it cannot even be JSON-encoded or recorded (a datetime, a lone
     #: surrogate, ...): a producer may refuse it at once.
     unencodable: bool = False
+
+    @property
+    def producer_refuses(self) -> bool:
+        """What the producer refuses at once, before Redis holds any of it: what cannot be recorded
+        (unencodable, an argument given twice) and what is beyond a size or form limit
+        (message.check_bounds: text, metadata, options, idempotency key, callback URL)."""
+        if self.unencodable or "twice" in self.kinds:
+            return True
+        try:
+            check_bounds(merge_arguments(self.args, self.kwargs))
+        except ValidationError:
+            return True
+        return False
 
     def __repr__(self) -> str:      # what hypothesis prints for a falsifying example
         return f"BadCall(args={self.args!r}, kwargs={self.kwargs!r}, defects={self.defects})"

@@ -159,3 +159,19 @@ def test_a_gateway_error_echoing_our_secret_or_a_token_is_redacted():
     e = AuthError(f'HTTP 401: {{"message": "wrong password eskiz-pw-echoed-back, token {token}"}}', gateway="eskiz")
     assert "eskiz-pw-echoed-back" not in str(e) and "eskiz-pw-echoed-back" not in e.message
     assert token not in e.message and "wrong password ***" in e.message
+
+
+def test_idempotency_ttl_must_outlive_a_redelivery(monkeypatch):
+    """A task can come back for VISIBILITY_TIMEOUT plus the sweeper's grace: a ledger entry that expires
+    sooner would let the redelivered task claim its key as new."""
+    monkeypatch.setenv("SMSDISPATCH_IDEMPOTENCY_TTL", "60")
+    monkeypatch.setenv("SMSDISPATCH_RECORD_TTL", "0")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert "IDEMPOTENCY_TTL (60s) must exceed VISIBILITY_TIMEOUT (3600s)" in str(e.value)
+    # defaults: 3600 + max(QUEUED_GRACE 900, 120 + 300 + 60) = 4500
+    monkeypatch.setenv("SMSDISPATCH_IDEMPOTENCY_TTL", "4500")
+    with pytest.raises(ConfigError, match="= 4500s"):
+        load_settings()
+    monkeypatch.setenv("SMSDISPATCH_IDEMPOTENCY_TTL", "4501")
+    assert load_settings().idempotency_ttl == 4501

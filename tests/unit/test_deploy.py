@@ -23,6 +23,21 @@ def test_redis_keeps_an_append_only_file_and_never_evicts():
     assert any(v.endswith(":/data") for v in SERVICES["redis"]["volumes"])
 
 
+def _bytes(size: str) -> int:
+    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    size = size.lower().removesuffix("b")
+    return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size)
+
+
+def test_redis_memory_is_capped_with_room_for_a_fork():
+    """maxmemory under a container memory limit, with headroom for the copy-on-write of an AOF rewrite
+    or BGSAVE fork (at most 70% of the limit)."""
+    command = SERVICES["redis"]["command"]
+    maxmemory = _bytes(command[command.index("--maxmemory") + 1])
+    limit = _bytes(SERVICES["redis"]["mem_limit"])
+    assert 0 < maxmemory <= 0.7 * limit
+
+
 def test_worker_uses_the_thread_pool_and_flower_requires_basic_auth():
     assert SERVICES["worker"]["command"][4:6] == ["--pool", "threads"]
     assert SERVICES["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")

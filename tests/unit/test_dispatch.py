@@ -317,3 +317,27 @@ def test_a_poison_message_is_dead_lettered_unless_it_has_an_outcome_or_a_live_cl
     out = dispatcher.poisoned(fresh, task_id="t3", deliveries=11).result               # never claimed
     assert out["status"] == "failed" and dispatcher.records.get(out["message_id"])["maybe_sent"] == 0
     assert len(stub.calls) == 1
+
+
+def test_an_expired_ledger_entry_does_not_resend_a_settled_message(dispatcher, stub, redis_client):
+    """IDEMPOTENCY_TTL ran out after an accepted send; the task comes back (redelivery, sweeper): the
+    record wins, nothing is sent again and the recorded result is returned."""
+    first = send(dispatcher, task_id="same", idempotency_key="order-7")
+    redis_client.delete(dispatcher.keys.idempotency("key:order-7"))
+    again = send(dispatcher, task_id="same", idempotency_key="order-7")
+    other_producer = send(dispatcher, task_id="t-other", idempotency_key="order-7")
+    assert len(stub.calls) == 1
+    assert again.result == first.result == other_producer.result and first.result["status"] == "accepted"
+
+
+
+def test_an_expired_ledger_entry_answers_a_dead_letter_with_its_record(dispatcher, stub, redis_client):
+    """Retries ran out, then the entry expired: the same task again gets the recorded failure, with no
+    call and no second dead letter."""
+    stub.script = [GatewayUnavailable("down")] * 3
+    for _ in range(3):
+        out = send(dispatcher, task_id="t1", idempotency_key="k-9")
+    assert out.result["error"]["code"] == "retries_exhausted"
+    redis_client.delete(dispatcher.keys.idempotency("key:k-9"))
+    assert send(dispatcher, task_id="t1", idempotency_key="k-9").result == out.result
+    assert len(stub.calls) == 3 and redis_client.llen(dispatcher.keys.dead_letters()) == 1
