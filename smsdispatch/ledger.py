@@ -7,7 +7,8 @@ States and what `claim()` answers when it finds them:
 
     (absent)   → claimed, answer CLAIMED
                → DONE, when the message's record is settled (accepted, delivered, failed, unknown,
-                 expired, after an attempt): the entry expired, the record wins, nothing is resent
+                 expired, after an attempt): the entry expired, the record wins, nothing is resent;
+                 but a provably unsent `failed` asked by another submission is claimed (a replay)
     pending    → claimed, answer CLAIMED          a transient error proved nothing was sent
     claimed    → BUSY while the lease runs        another execution is talking to the gateway
                → re-claimed, answer RECONCILE     lease over: its worker died mid-call, maybe after sending
@@ -49,13 +50,18 @@ from .results import ResultSlot
 # owner, now_ms, lease_ms, ttl_s, submission, the message's record key. Returns {answer, message_id,
 # lease_until or first_claimed_at, fresh}: fresh is 1 when the key had no entry at all (a first attempt).
 # No entry but a settled record (`settled`): the entry expired (IDEMPOTENCY_TTL) after an outcome
-# was recorded, and the record wins: DONE, never a second send. Read only when the entry is absent.
+# was recorded, and the record wins: DONE, never a second send; except a provably unsent failure asked
+# again by another submission (a replayed dead letter), which may send. Read only when the entry is absent.
 CLAIM_FUNCTION = """
-local function settled(rec)
-  local r = redis.call('HMGET', rec, 'status', 'attempts')
+local function settled(rec, submission)
+  local r = redis.call('HMGET', rec, 'status', 'attempts', 'maybe_sent', 'task_id')
   local terminal = {accepted = true, delivered = true, failed = true, unknown = true, expired = true}
   -- a refusal before any attempt (validation, balance guard) never held the key: it may be claimed
-  return terminal[r[1]] == true and (tonumber(r[2]) or 0) > 0
+  if not (terminal[r[1]] == true and (tonumber(r[2]) or 0) > 0) then return nil end
+  -- failed and provably unsent, asked again by another submission (a dead letter replayed): reopened,
+  -- as a reopenable entry would be; its own task coming back gets the record
+  if r[1] == 'failed' and r[3] ~= '1' and r[4] ~= submission then return 'reopen' end
+  return 'done'
 end
 local function claim(key, fp, mid, owner, now, lease, ttl, submission, rec)
   local e = redis.call('HMGET', key, 'fp', 'state', 'lease_until', 'message_id', 'first_claimed_at',
@@ -67,7 +73,9 @@ local function claim(key, fp, mid, owner, now, lease, ttl, submission, rec)
     return {answer, mid, first, fresh}
   end
   if not e[2] then
-    if settled(rec) then return {'done', mid, 0, 0} end
+    local after = settled(rec, submission)
+    if after == 'done' then return {'done', mid, 0, 0} end
+    if after == 'reopen' then return take('reopened', now, 0) end
     return take('claimed', now, 1)
   end
   if e[1] ~= fp then return {'conflict', e[4], 0, 0} end

@@ -341,3 +341,22 @@ def test_an_expired_ledger_entry_answers_a_dead_letter_with_its_record(dispatche
     redis_client.delete(dispatcher.keys.idempotency("key:k-9"))
     assert send(dispatcher, task_id="t1", idempotency_key="k-9").result == out.result
     assert len(stub.calls) == 3 and redis_client.llen(dispatcher.keys.dead_letters()) == 1
+
+
+def test_a_dead_letter_replayed_after_its_ledger_entry_expired_is_sent(dispatcher, stub, redis_client):
+    """A provably unsent failure (retries ran out, maybe_sent 0) replayed by an operator after the entry
+    expired: a new submission, so it sends (the CLI had removed it from the dead letters, and a DONE
+    here would have dropped it silently). A possibly sent one is not."""
+    stub.script = [GatewayUnavailable("down")] * 3
+    for _ in range(3):
+        send(dispatcher, task_id="t1", idempotency_key="k-10")
+    redis_client.delete(dispatcher.keys.idempotency("key:k-10"))
+    replay = send(dispatcher, task_id="replay-1", idempotency_key="k-10")
+    assert replay.result["status"] == "accepted" and len(stub.calls) == 4
+    stub.script = [AmbiguousError("read timeout")]
+    stub.can_lookup = False                      # cannot be asked: ends unknown, maybe sent
+    unknown = send(dispatcher, task_id="t2", idempotency_key="k-11").result
+    assert unknown["status"] == "unknown"
+    redis_client.delete(dispatcher.keys.idempotency("key:k-11"))
+    assert send(dispatcher, task_id="replay-2", idempotency_key="k-11").result == unknown
+    assert len(stub.calls) == 5
