@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
+import sys
 import threading
 
 
@@ -59,3 +60,20 @@ class Lines:
             if line is not None:
                 self.seen.append(line)
         return "\n".join(self.seen)
+
+
+class Receiver:
+    """`smsdispatch webhooks` as a user starts it, a subprocess; its output is collected."""
+
+    def __init__(self, settings: dict[str, str], port: int, *args: str) -> None:
+        self.port, self.base = port, f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "webhooks", "--port", str(port), *args],
+                                     env=user_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines = Lines(self.proc)
+        assert "listening on" in self.lines.next(timeout=60)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        self.proc.wait(10)
+        return self.lines.rest()

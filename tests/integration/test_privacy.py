@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -28,7 +26,7 @@ from smsdispatch.fakes.smspm import FakeSmsPm
 from smsdispatch.local import BeatProcess, WorkerProcess
 from smsdispatch.tasks import SEND_SMS
 
-from ..procs import Lines, user_env
+from ..procs import Receiver
 from .conftest import Producer, worker_settings
 
 TIMEOUT = 30
@@ -117,22 +115,6 @@ def test_the_scanner_finds_planted_secrets_and_numbers_and_passes_masked_lines()
 
 
 # ------------------------------------------------------------------ the run
-
-
-class Receiver:
-    """`smsdispatch webhooks` as a subprocess; its output is collected."""
-
-    def __init__(self, settings: dict[str, str], port: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "webhooks", "--port", str(port)],
-                                     env=user_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines = Lines(self.proc)
-        assert "listening on" in self.lines.next(timeout=60)
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        self.proc.wait(10)
-        return self.lines.rest()
 
 
 @pytest.fixture(scope="module")

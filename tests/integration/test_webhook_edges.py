@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import selectors
 import socket
-import subprocess
-import sys
 import time
 
 import psutil
@@ -21,7 +19,7 @@ from smsdispatch.fakes.devsms import FakeDevSms
 from smsdispatch.local import WorkerProcess
 from smsdispatch.records import MessageStatus
 
-from ..procs import Lines, user_env
+from ..procs import Receiver
 from .conftest import Producer, worker_settings
 
 TIMEOUT = 30
@@ -29,23 +27,6 @@ ESKIZ_SECRET = "eskiz-secret-" + "e" * 20
 DEVSMS_SECRET = "devsms_secret_" + "d" * 20
 NEW_ESKIZ_SECRET = "eskiz-rotated-" + "n" * 20
 ESKIZ_TO, DEVSMS_TO = "+998901230001", "+998901230002"
-
-
-class Receiver:
-    """`smsdispatch webhooks` as a user starts it; its output is collected."""
-
-    def __init__(self, settings: dict[str, str], port: int, *args: str) -> None:
-        self.port, self.base = port, f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "smsdispatch.cli", "webhooks", "--port", str(port), *args],
-                                     env=user_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines = Lines(self.proc)
-        assert "listening on" in self.lines.next(timeout=60)
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        self.proc.wait(10)
-        return self.lines.rest()
 
 
 def eskiz_report(**fields) -> dict:
