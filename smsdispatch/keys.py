@@ -27,6 +27,8 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:circuit:<gateway>:calls        hash   calls and failures per tenth of the window (circuit.py)
     sms:deliveries:<task_id>           string how often a task message was redelivered (poison messages)
     sms:rate:<gateway>                 hash   token bucket: tokens, ts, factor, slow_until (ratelimit.py)
+    sms:workers                        zset   consuming worker processes by their last heartbeat (transport.py)
+    sms:worker:<owner>:unacked         set    delivery tags of the messages one worker process holds unacknowledged
 
 Every key expires (RECORD_TTL, IDEMPOTENCY_TTL or a short TTL of its own) except those in
 `WITHOUT_TTL`, each bounded otherwise, as said there (tests/unit/test_keys.py checks it after a run).
@@ -51,6 +53,7 @@ WITHOUT_TTL = {
     "balance:<gateway>": "one small hash per gateway",
     "rem:due": "one member per scheduled reminder, removed when it is released",
     "rem:inflight": "one member per reminder being published, removed once it is",
+    "workers": "one member per consuming worker process, removed when another finds it dead (transport.py)",
 }
 
 
@@ -113,6 +116,12 @@ class Keys:
 
     def reminders_inflight(self) -> str:
         return f"{self.prefix}:rem:inflight"
+
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker_unacked(self, owner: str) -> str:
+        return f"{self.prefix}:worker:{owner}:unacked"
 
     def gateway_token(self, gateway: str, account: str) -> str:
         return f"{self.prefix}:gw:{gateway}:{account}:token"

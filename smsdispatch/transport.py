@@ -20,6 +20,19 @@ ends before Redis comes back is still lost; so a channel whose connection kombu 
 released answers with a connection error (which the worker ignores) instead of kombu's AttributeError
 (which stopped the worker, and with it every message it held in memory).
 
+A dead worker's messages come back in seconds. kombu puts a message that a worker took and never
+acknowledged back on its queue only after the visibility timeout (an hour by default): a worker
+killed by the OOM killer, a lost node or `docker kill` held its running and prefetched messages
+hostage that long (the sweeper republished some after its grace, minutes). Here every consuming
+process beats its heart in Redis (`sms:workers`, Redis's own clock, every WORKER_LOST_AFTER / 5 s)
+and keeps the delivery tags it holds in a set of its own (written in the same pipeline as kombu's
+unacked entry, removed with it: no extra round trip). A process that finds another one silent for
+WORKER_LOST_AFTER puts that one's messages back at the head of their queues, once (kombu's own
+transactional restore), and forgets it. A process only judges others once its own heart has beaten
+for that long without a gap, so after a Redis outage nobody is taken for dead before it could beat
+again. Taking a live but silent process for dead (a partition) hands its messages out twice: the
+ledger makes that safe, as it does for the visibility timeout.
+
 Used by `worker.create_app` as the broker transport (``broker_transport``) for ``redis://`` URLs
 (``rediss://`` and ``unix://`` keep kombu's own, which takes its TLS defaults from the scheme);
 every other kombu behaviour is unchanged.
@@ -28,11 +41,19 @@ every other kombu behaviour is unchanged.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+import uuid
 from contextlib import contextmanager
+from functools import cached_property
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+from .keys import Keys
 
 log = logging.getLogger("smsdispatch.transport")
 
@@ -42,10 +63,112 @@ _taken_not_recorded: list[tuple[dict, str, str]] = []
 _taken_lock = threading.Lock()
 
 
+#: Heartbeat and judgement, one Lua step: stamp this process with Redis's clock, keep its set of
+#: delivery tags alive, and name the processes silent for longer than the limit.
+#: KEYS[1] the workers zset, KEYS[2] this process's tag set; ARGV: owner, lost_after (s), set ttl (s).
+_BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+"""
+
+
+class Liveness:
+    """This process's heartbeat, and the recovery of dead processes' unacknowledged messages (see the
+    module's docstring). One per process, started when it starts consuming; a forked child starts its
+    own."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.channel: Channel | None = None
+        self.steady_since: float | None = None     # monotonic start of the current run of good beats
+        self.started = False
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def attach(self, channel: Channel) -> None:
+        """Called as `channel` starts consuming: the first beat now, before any message is taken (a
+        process killed a moment later is still known, and its messages found), then a beat every
+        interval in a thread."""
+        self.channel = channel
+        if not self.started:
+            with self.lock:
+                if not self.started:
+                    self.started = True
+                    self._beat_once()
+                    threading.Thread(target=self._run, name="smsdispatch-liveness", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval()):
+            self._beat_once()
+
+    def _beat_once(self) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        try:
+            self.beat(channel)
+        except Exception as e:      # Redis away, a channel closing: judge nobody until steady again
+            self.steady_since = None
+            log.debug("heartbeat failed: %s", e)
+
+    def interval(self) -> float:
+        channel = self.channel
+        return max(0.5, float(getattr(channel, "worker_lost_after", None) or 10.0) / 5)
+
+    def beat(self, channel: Channel) -> list[str]:
+        """One heartbeat; puts back the messages of every process found dead. Returns their owners."""
+        keys, lost_after = channel.smsdispatch_keys, float(channel.worker_lost_after)
+        with channel.conn_or_acquire() as client:
+            dead = [d.decode() for d in client.eval(
+                _BEAT, 2, keys.workers(), keys.worker_unacked(self.owner), self.owner, lost_after,
+                int(max(channel.visibility_timeout, lost_after * 10)))]
+            now = time.monotonic()
+            if self.steady_since is None:
+                self.steady_since = now
+            if now - self.steady_since < lost_after:
+                return []
+            for owner in dead:
+                if owner != self.owner:
+                    self.recover(channel, client, owner, lost_after)
+        return dead
+
+    @staticmethod
+    def recover(channel: Channel, client: redis.Redis, owner: str, lost_after: float) -> int:
+        keys = channel.smsdispatch_keys
+        tags = [t.decode() for t in client.smembers(keys.worker_unacked(owner))]
+        for tag in tags:    # kombu's restore: a transaction, a no-op for a tag already acked or restored
+            channel.qos.restore_by_tag(tag, client, leftmost=True)
+        pipe = client.pipeline()
+        pipe.delete(keys.worker_unacked(owner))
+        pipe.zrem(keys.workers(), owner)
+        pipe.execute()
+        if tags:
+            log.warning("worker process %s has been silent for over %gs (WORKER_LOST_AFTER): put back the %d "
+                        "message(s) it held unacknowledged, at the head of their queues", owner, lost_after, len(tags))
+        return len(tags)
+
+
+_liveness: Liveness | None = None
+_liveness_lock = threading.Lock()
+
+
+def liveness() -> Liveness:
+    """This process's Liveness (a new one after a fork)."""
+    global _liveness
+    with _liveness_lock:
+        if _liveness is None or _liveness.pid != os.getpid():
+            _liveness = Liveness()
+        return _liveness
+
+
 class QoS(kombu_redis.QoS):
     def append(self, message, delivery_tag):
         try:
-            super().append(message, delivery_tag)
+            self._append(message, delivery_tag)
         except Exception:
             delivery = message.delivery_info
             with _taken_lock:
@@ -54,10 +177,42 @@ class QoS(kombu_redis.QoS):
                         "a channel reaches Redis again, then put back on its queue")
             raise
 
+    def _append(self, message, delivery_tag) -> None:
+        """kombu's append (the unacked entry and its index, one pipeline), with the tag also in this
+        process's own set, in the same pipeline."""
+        delivery = message.delivery_info
+        owner = liveness()
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+            pipe.sadd(self.channel.smsdispatch_keys.worker_unacked(owner.owner), delivery_tag)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag, pipe=None):
+        """kombu's removal (ack, reject, restore), and the tag out of this process's set."""
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.srem(self.channel.smsdispatch_keys.worker_unacked(liveness().owner), delivery_tag)
+
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client = None
+    #: Ours, from broker_transport_options (worker.create_app): the key prefix and WORKER_LOST_AFTER.
+    smsdispatch_key_prefix = "sms"
+    worker_lost_after = 10.0
+    from_transport_options = kombu_redis.Channel.from_transport_options + (
+        "smsdispatch_key_prefix", "worker_lost_after")
+
+    @cached_property
+    def smsdispatch_keys(self) -> Keys:
+        return Keys(self.smsdispatch_key_prefix)
+
+    def basic_consume(self, *args, **kwargs):
+        """A consumer (a worker, not a producer): its heart starts beating, and it watches the others'."""
+        tag = super().basic_consume(*args, **kwargs)
+        liveness().attach(self)
+        return tag
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)       # it pings Redis: this channel reaches it

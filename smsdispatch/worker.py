@@ -111,7 +111,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         # The visibility timeout in all three places (celery#7651).
-        broker_transport_options=transport, result_backend_transport_options=transport,
+        # The broker's transport also takes our key prefix and WORKER_LOST_AFTER (transport.py: a dead
+        # worker's messages come back in seconds, not after the visibility timeout).
+        broker_transport_options={**transport, "smsdispatch_key_prefix": settings.key_prefix,
+                                  "worker_lost_after": settings.worker_lost_after},
+        result_backend_transport_options=transport,
         visibility_timeout=settings.visibility_timeout,
         task_default_queue=settings.queue,
         # Events for Flower. Workers send them (received, started, succeeded, retried, failed); the

@@ -12,7 +12,6 @@ import uuid
 import pytest
 import redis
 from kombu import Connection
-from kombu.transport import redis as kombu_redis
 
 from smsdispatch import transport
 from smsdispatch.local import WorkerProcess
@@ -58,20 +57,20 @@ def test_a_channel_whose_connection_was_released_raises_a_connection_error(redis
 
 def test_a_message_taken_but_not_recorded_goes_back_on_its_queue(redis_url, monkeypatch):
     name = f"it-taken-{uuid.uuid4().hex[:8]}"
-    real_append = kombu_redis.QoS.append
+    real_append = transport.QoS._append      # the unacked entry's write (kombu's, and our tag set)
 
     def redis_died_after_the_brpop(qos, message, delivery_tag):
         raise redis.ConnectionError("Error 111 connecting")
     with Connection(redis_url, transport=Transport) as conn:
         queue = conn.SimpleQueue(name)
         queue.put({"n": 1})
-        monkeypatch.setattr(kombu_redis.QoS, "append", redis_died_after_the_brpop)
+        monkeypatch.setattr(transport.QoS, "_append", redis_died_after_the_brpop)
         with pytest.raises(redis.ConnectionError):
             queue.get(timeout=5)             # taken off the queue (BRPOP); its unacked entry not written
         assert len(transport._taken_not_recorded) == 1
         assert redis.Redis.from_url(redis_url).llen(name) == 0           # it exists only in this process
         queue.close()
-    monkeypatch.setattr(kombu_redis.QoS, "append", real_append)
+    monkeypatch.setattr(transport.QoS, "_append", real_append)
     with Connection(redis_url, transport=Transport) as conn:
         queue = conn.SimpleQueue(name)       # a channel that reaches Redis puts it back
         message = queue.get(timeout=5)
