@@ -36,7 +36,7 @@ ENV_PREFIX = "SMSDISPATCH_"
 
 #: Every gateway smsdispatch has an adapter for (gateways/__init__.py builds them).
 GATEWAY_NAMES = ("console", "eskiz", "devsms", "smsflow", "smscx", "smspm")
-#: Gateways that post delivery reports to a callback URL (providers.md §1.5, §2.5, §4.4).
+#: Gateways that post delivery reports to a callback URL (docs/gateways/: eskiz, devsms, smscx).
 WEBHOOK_GATEWAYS = ("eskiz", "devsms", "smscx")
 
 
@@ -145,31 +145,31 @@ class Settings(BaseSettings):
     #: loaded; at least HTTP_CONNECT_TIMEOUT.
     http_total_timeout: float | None = Field(None, gt=0, validate_default=True)
 
-    # --- Eskiz.uz (providers.md §1) ---
+    # --- Eskiz.uz (docs/gateways/eskiz.md) ---
     eskiz_email: str | None = None
     eskiz_password: SecretStr | None = None
     eskiz_base_url: str = "https://notify.eskiz.uz/api"
     eskiz_sender: str = "4546"
 
-    # --- DevSMS.uz (providers.md §2) ---
+    # --- DevSMS.uz (docs/gateways/devsms.md) ---
     devsms_token: SecretStr | None = None
     devsms_base_url: str = "https://devsms.uz/api"
     devsms_sender: str = "4546"
 
-    # --- SMSFlow (providers.md §3): no sender field in its API; the campaign name labels submissions ---
+    # --- SMSFlow (docs/gateways/smsflow.md): no sender field in its API; the campaign name labels submissions ---
     smsflow_client_id: str | None = None
     smsflow_client_secret: SecretStr | None = None
     smsflow_base_url: str = "https://portal.smsflow.co.za"
     smsflow_campaign: str = "smsdispatch"
 
-    # --- SMS.CX (providers.md §4): an API key, or OAuth2 client credentials ---
+    # --- SMS.CX (docs/gateways/smscx.md): an API key, or OAuth2 client credentials ---
     smscx_api_key: SecretStr | None = None
     smscx_client_id: str | None = None
     smscx_client_secret: SecretStr | None = None
     smscx_base_url: str = "https://api.sms.cx"
     smscx_sender: str = "InfoText"
 
-    # --- SMSPM (providers.md §5) ---
+    # --- SMSPM (docs/gateways/smspm.md) ---
     smspm_hash: str | None = None
     smspm_token: SecretStr | None = None
     smspm_base_url: str = "https://api.smspm.com"

@@ -1,7 +1,7 @@
 """Beat's periodic work, without Celery: delivery-status polling, balance polling, and the sweeper.
 
 Each run first takes a per-job tick lock in Redis (SET NX with the job's interval as expiry), so two
-beats or two overlapping runs do the work once per interval (hazard 9 of the notes).
+beats or two overlapping runs do the work once per interval (docs/celery-redis.md H9).
 
 Status: `sms:inflight` holds accepted messages scored by when to ask next. A run asks each due
 message's gateway for its status and moves it forward with `Records.advance` (accepted → delivered /

@@ -111,7 +111,7 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
 
     class SendTask(RetryOrRequeue):
         def apply_async(self, args=None, kwargs=None, task_id=None, **options):
-            """Record the message as `queued` before publishing it (hazard 6 of the notes), and
+            """Record the message as `queued` before publishing it (docs/celery-redis.md H6), and
             show Flower a masked number instead of the real one. Raises ValidationError here, at the
             producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
             not valid Unicode (a lone surrogate), or one argument given twice. Everything else is

@@ -2,7 +2,7 @@
 
 Mount `smsdispatch.webhooks:application` under any WSGI server, or run `smsdispatch webhooks` (waitress,
 see `serve`). Routes: ``POST /<gateway>/<secret>`` where gateway is eskiz, devsms or smscx. None of the
-three signs its callbacks (providers.md §1.5, §2.5, §4.4), so the secret in the URL we hand them is what
+three signs its callbacks (docs/gateways/: eskiz, devsms, smscx), so the secret in the URL we hand them is what
 authenticates a report: each gateway has its own (WEBHOOK_SECRETS, else WEBHOOK_SECRET), and during a
 rotation the old ones listed in WEBHOOK_OLD_SECRETS are accepted too. A wrong or missing secret answers
 404, a body we cannot read a 4xx, and neither changes anything.
@@ -15,7 +15,7 @@ report settles only a message of the gateway whose route it came in on: one for 
 message (two gateways may use the same ids; a leaked secret of one must not reach the others) changes
 nothing, and is logged, counted in ``sms:webhook:foreign:<gateway>`` and in the answer (`foreign`).
 
-Payloads: Eskiz §1.5 (JSON or form, one report per request); SMS.CX `dlr_update` with up to 200
+Payloads: Eskiz's report (JSON or form, one report per request); SMS.CX `dlr_update` with up to 200
 reports; DevSMS undocumented — inferred to relay Eskiz's fields (`status`, and `sms_id` /
 `request_id` / `user_sms_id`), each read tolerantly.
 """
@@ -68,7 +68,7 @@ def reports(gateway: str, body: dict[str, Any]) -> list[tuple[list[str], Message
             word = str(row.get("status") or "").upper()[:MAX_WORD]
             status = SMSCX_FINAL.get(word)
             if status is None and row.get("errorCode"):
-                status = MessageStatus.FAILED       # "a non-null errorCode: could not be delivered" (§4.4)
+                status = MessageStatus.FAILED       # "a non-null errorCode: could not be delivered" (SMS.CX)
             out.append(([str(row.get("trackData") or ""), str(row["msgId"])], status, word))
         return out
     word = str(body.get("status") or "")[:MAX_WORD]

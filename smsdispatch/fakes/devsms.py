@@ -1,9 +1,9 @@
 """A fake DevSMS.uz gateway: a real HTTP server on 127.0.0.1 (stdlib only, plus our segment counter).
 
-Speaks the protocol of ../shared/providers.md §2: a static Bearer token fixed at construction (§2.1),
+Speaks the protocol of docs/gateways/devsms.md: a static Bearer token fixed at construction,
 `POST /send_sms.php` with the `eskiz`/`simple`/`universal_otp` types, `GET /get_status.php` by
-`sms_id` or `request_id`, `GET /get_balance.php` (§2.2), the status words of §2.3 and the
-`{"success": false, "error": ...}` envelope of §2.4. Server, request log, accepted-SMS list and failure
+`sms_id` or `request_id`, `GET /get_balance.php`, the documented status words and the
+`{"success": false, "error": ...}` envelope. Server, request log, accepted-SMS list and failure
 injection come from FakeGateway (base.py).
 
 DevSMS documents little beyond the happy path, so these are inferred (tagged "inferred" below): every
@@ -12,7 +12,7 @@ route or id, 405 wrong method), the wording of the error texts (Uzbek, like the 
 `get_status.php` (`data.status`, as third-party code reads it), the text the universal OTP templates
 produce, that a new message is `waiting` until set_status() moves it, and the 429 body (no rate limit is
 documented). `currency="USD"` answers money as "$0.079"-style strings (the en docs), else integers
-in so'm (the uz docs). Not served: `get_history.php` (undocumented response) and callbacks (§2.5).
+in so'm (the uz docs). Not served: `get_history.php` (undocumented response) and callbacks.
 
 Run standalone:  python -m smsdispatch.fakes.devsms --port 8766 --token demo-token
 """
@@ -31,9 +31,9 @@ from .base import Accepted, FakeGateway, Reply, Request, run_cli
 __all__ = ["FakeDevSms", "DevSmsSent", "main"]
 
 TASHKENT = timezone(timedelta(hours=5))
-DEFAULT_SENDER = "4546"  # §2.2: `from` defaults to 4546
-TYPES = ("eskiz", "simple", "universal_otp")  # §2.2
-# inferred: the real template texts are not published; 1 = operation confirmation, 2 = password (§2.2)
+DEFAULT_SENDER = "4546"  # `from` defaults to 4546
+TYPES = ("eskiz", "simple", "universal_otp")  # the documented `type` values
+# inferred: the real template texts are not published; 1 = operation confirmation, 2 = password
 TEMPLATES = {1: "{service}: amaliyotni tasdiqlash kodi {code}", 2: "{service}: parolni tiklash kodi {code}"}
 OTHER_TEMPLATE = "{service}: tasdiqlash kodi {code}"
 BAD_PHONE = "Telefon raqami noto'g'ri"  # inferred wording ("the phone number is wrong")
@@ -65,13 +65,13 @@ class FakeDevSms(FakeGateway):
     prefix = "/api"
     send_path = "/send_sms.php"
     name = "devsms"
-    has_tokens = False  # a static token: nothing expires (§2.1)
+    has_tokens = False  # a static token: nothing expires
 
     def __init__(self, *, token: str = "demo-token", currency: str = "UZS", host: str = "127.0.0.1",
                  port: int = 0, balance: float = 100_000, price: float | None = None):
         if currency not in ("UZS", "USD"):
             raise ValueError("currency must be UZS or USD")
-        if price is None:  # §2.2 examples: 50 so'm (uz), "$0.005" (en) per part
+        if price is None:  # the docs' examples: 50 so'm (uz), "$0.005" (en) per part
             price = 0.005 if currency == "USD" else 50
         super().__init__(host=host, port=port, balance=balance, price=price)
         self.token, self.currency = token, currency
@@ -102,7 +102,7 @@ class FakeDevSms(FakeGateway):
         if req.method != method:
             raise _err(405, "Method not allowed")  # inferred
         if req.bearer != self.token:
-            raise _err(401, "Invalid API token")  # inferred: status and text undocumented (§2.4)
+            raise _err(401, "Invalid API token")  # inferred: status and text undocumented
         if "_json" in req.fields:
             raise _err(400, "JSON body must be an object")
         return handler(req)
@@ -143,7 +143,7 @@ class FakeDevSms(FakeGateway):
         if isinstance(template, bool) or not isinstance(template, int) or template < 1:
             raise _err(400, "template_type noto'g'ri")  # inferred
         if not isinstance(service, str) or not service.strip():
-            raise _err(400, "service_name majburiy")  # inferred; the real one is also AI-moderated (§2.2)
+            raise _err(400, "service_name majburiy")  # inferred; the real one is also AI-moderated
         if not isinstance(code, str) or not code.isdigit():
             raise _err(400, "otp_code noto'g'ri")  # inferred
         return TEMPLATES.get(template, OTHER_TEMPLATE).format(service=service, code=code)
@@ -160,7 +160,7 @@ class FakeDevSms(FakeGateway):
             data = {"sms_id": int(sms.gateway_message_id), "request_id": sms.request_id, "phone": sms.to,
                     "message": sms.text, "status": sms.status, "parts_count": sms.parts_count,
                     "total_cost": self.money(sms.cost), "type": sms.kind, "created_at": sms.created_at}
-        return Reply(200, {"success": True, "data": data})  # inferred shape (§2.2: data.status)
+        return Reply(200, {"success": True, "data": data})  # inferred shape (data.status)
 
     def _balance(self, req: Request) -> Reply:
         today = datetime.now(TASHKENT).strftime("%Y-%m-%d")

@@ -1,18 +1,17 @@
 """A fake Eskiz.uz SMS gateway: a real HTTP server on 127.0.0.1 (stdlib only).
 
-Speaks the protocol written down in ../shared/providers.md §1 (Eskiz.uz): bearer-token auth with
-login/refresh (§1.2), send / send-batch / status_by_id / listings / balance (§1.3), the status
-vocabulary of §1.4 and the error bodies of §1.6. The server, the request log, the accepted-SMS list and
+Speaks the protocol written down in docs/gateways/eskiz.md (Eskiz.uz): bearer-token auth with
+login/refresh, send / send-batch / status_by_id / listings / balance, the status
+vocabulary and the error bodies SDKs expect. The server, the request log, the accepted-SMS list and
 failure injection (5xx, 429, hangs, refused connections) come from FakeGateway (base.py); this file
 adds expired tokens, low balance and rejected recipients on top.
 
 Eskiz documents almost no error behaviour, so several details here are inferred (tagged "inferred"
-below): the 404 body for an unknown id or route, the 429 body (Eskiz has no documented rate limit,
-§1.8), the 400 bodies for invalid input, the 503 body of a hang_next(accept=False), page_size bounds
+below): the 404 body for an unknown id or route, the 429 body (Eskiz has no documented rate limit), the 400 bodies for invalid input, the 503 body of a hang_next(accept=False), page_size bounds
 enforcement, Asia/Tashkent (+05:00) for list date filters, the row order of listings (oldest first),
 the `encoding` values (1 = GSM/IA5, 8 = UCS-2, like SMPP data_coding), that a refresh leaves the old
 token as it was, and that a whole batch is refused (nothing recorded) when one entry is invalid.
-Scripted faults answer before the token is checked. Callbacks (§1.5) are not sent.
+Scripted faults answer before the token is checked. Callbacks are not sent.
 
 Run standalone:  python -m smsdispatch.fakes.eskiz --port 8765
 """
@@ -34,19 +33,19 @@ from .base import Accepted, FakeGateway, Reply, Request, RequestRecord, parse_bo
 __all__ = ["FakeEskiz", "SentSms", "RequestRecord", "parse_body", "TASHKENT", "main"]  # RequestRecord, parse_body: moved to base
 
 TASHKENT = timezone(timedelta(hours=5))  # Asia/Tashkent has no DST: a fixed offset is exact.
-TOKEN_TTL = 30 * 86400  # §1.2: "token lifetime 30 days"
-DEFAULT_SENDER = "4546"  # §1.3: the SDK default nick
+TOKEN_TTL = 30 * 86400  # "token lifetime 30 days"
+DEFAULT_SENDER = "4546"  # the SDK default nick
 DELIVERED = {"DELIVERED", "PARTDELIVERED", "DELIVRD"}  # `status=delivered` filter: partly/fully delivered
 REJECTED = {"REJECTED", "REJECTD", "UNDELIV", "UNDELIVERABLE", "EXPIRED", "DELETED"}
-PART_STATE = {"DELIVERED": "DELIVRD", "PARTDELIVERED": "DELIVRD", "REJECTED": "REJECTD"}  # §1.4
-TOKEN_INVALID = {"status": "token_invalid", "message": "Token is invalid"}  # §1.6
-TOKEN_EXPIRED = {"message": "Expired Token"}  # §1.6
+PART_STATE = {"DELIVERED": "DELIVRD", "PARTDELIVERED": "DELIVRD", "REJECTED": "REJECTD"}  # part-level words
+TOKEN_INVALID = {"status": "token_invalid", "message": "Token is invalid"}  # an SDK fixture
+TOKEN_EXPIRED = {"message": "Expired Token"}  # an SDK fixture
 
 
 @dataclass
 class SentSms(Accepted):
     """One SMS Eskiz accepted: `request_id` is the request's UUID (shared by a batch), `eskiz_id` the
-    per-message integer id; status is the message-level word of §1.4, "ACCEPTED" until set_status()."""
+    per-message integer id; status is the message-level word, "ACCEPTED" until set_status()."""
 
     eskiz_id: int
     callback_url: str | None
@@ -80,7 +79,7 @@ class SentSms(Accepted):
 
 
 def _err(status: int, message: str) -> Reply:
-    return Reply(status, {"status": "error", "message": message})  # §1.6 generic error shape
+    return Reply(status, {"status": "error", "message": message})  # the generic error shape SDKs expect
 
 
 def _parts(text: str) -> tuple[int, int]:
@@ -176,7 +175,7 @@ class FakeEskiz(FakeGateway):
             self.logins = self.refreshes = 0
 
     def error_body(self, status: int, message: str) -> Any:
-        # §1.6: the fixture 5xx body is {"message": ...}; other errors use the generic shape (inferred).
+        # the fixture 5xx body is {"message": ...}; other errors use the generic shape (inferred).
         return {"message": message} if status >= 500 else {"status": "error", "message": message}
 
     # ----------------------------------------------------------------- protocol
@@ -200,7 +199,7 @@ class FakeEskiz(FakeGateway):
         if handler is None and req.method == "GET" and req.path.startswith("/message/sms/status_by_id/"):
             handler = self._status_by_id
         if handler is None:
-            raise _err(404, "Not found")  # inferred: Eskiz answers 404 for unknown routes/methods (§1.3 "check")
+            raise _err(404, "Not found")  # inferred: Eskiz answers 404 for unknown routes/methods (as for "check")
         with self.lock:
             expired = self._tokens.get(req.bearer or "")
         if expired is None:
@@ -212,7 +211,7 @@ class FakeEskiz(FakeGateway):
     def _issue_token(self) -> dict:
         def b64(d: dict) -> str:
             return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
-        now = int(time.time())  # JWT-shaped (§1.2) but opaque: the signature is random
+        now = int(time.time())  # JWT-shaped but opaque: the signature is random
         claims = {"sub": self.email, "iat": now, "exp": now + TOKEN_TTL, "jti": uuid.uuid4().hex}
         token = f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64(claims)}.{secrets.token_urlsafe(32)}"
         self._tokens[token] = False
@@ -299,7 +298,7 @@ class FakeEskiz(FakeGateway):
                            "status": ["waiting"] * len(batch)})
 
     def _row(self, s: SentSms) -> dict[str, Any]:
-        """One message as status_by_id / listing rows show it (§1.3)."""
+        """One message as status_by_id / listing rows show it."""
         dlr = PART_STATE.get(s.status, s.status)
         final = s.status in DELIVERED | REJECTED
         parts = {f"{s.eskiz_id}-{i}": {"group": s.eskiz_id, "accepted": True, "dlr_time": s.updated_at if final else None,
@@ -319,7 +318,7 @@ class FakeEskiz(FakeGateway):
         with self.lock:  # for a batch request_id the first message answers (inferred)
             sms = next((s for s in self.sent if (str(s.eskiz_id) if key.isdigit() else s.request_id) == key), None)
             if sms is None:
-                raise _err(404, "Not found")  # inferred: the not-found answer is undocumented (§1.3)
+                raise _err(404, "Not found")  # inferred: the not-found answer is undocumented
             return Reply(200, {"status": "success", "data": self._row(sms), "id": None})
 
     def _filtered(self, req: Request, keep: Callable[[SentSms], bool]) -> list[SentSms]:

@@ -1,8 +1,8 @@
 """A fake SMS.CX gateway: a real HTTP server on 127.0.0.1 (stdlib only).
 
-Speaks the protocol of ../shared/providers.md §4: `X-API-KEY` or OAuth2 client-credentials bearer
-tokens (§4.1), `POST /sms` with idempotencyId (§4.2), `GET /reports/single/{msgId}` (§4.3),
-`GET /account/balance` (§4.5) and the error envelope and codes of §4.6. Server, request log, accepted
+Speaks the protocol of docs/gateways/smscx.md: `X-API-KEY` or OAuth2 client-credentials bearer
+tokens, `POST /sms` with idempotencyId, `GET /reports/single/{msgId}`,
+`GET /account/balance` and the documented error envelope and codes. Server, request log, accepted
 list and failure injection come from FakeGateway (base.py).
 
 Inferred (not documented, tagged "inferred" below): a repeated idempotencyId answers the original
@@ -27,16 +27,16 @@ from typing import Any
 
 from .base import Accepted, FakeGateway, Reply, Request, run_cli
 
-TOKEN_TTL = 86400  # §4.1: lifetimes are 1 day, 1 week or never
-MAX_NUMBERS = 25_000  # §4.2, error 1103
+TOKEN_TTL = 86400  # lifetimes are 1 day, 1 week or never
+MAX_NUMBERS = 25_000  # documented, error 1103
 URI = "https://sms.cx/sms-api-documentation/"
 TYPES = {400: "invalid_param", 401: "invalid_api_key", 403: "access_denied", 404: "not_found",
-         405: "method_not_allowed", 429: "rate_limit"}  # §4.6; 405's type name is inferred
+         405: "method_not_allowed", 429: "rate_limit"}  # 405's type name is inferred
 
 
 def _err(status: int, code: int | None, message: str, type_: str | None = None,
          invalid: list[str] | None = None) -> Reply:
-    """The envelope of §4.6; an invalid-numbers list goes both next to and inside `error` (its place is
+    """The documented error envelope; an invalid-numbers list goes both next to and inside `error` (its place is
     ambiguous in the docs)."""
     error = {"type": type_ or TYPES.get(status, "server_error"), "code": code, "message": message, "uri": URI}
     if invalid is None:
@@ -82,7 +82,7 @@ class SentSms(Accepted):
         return super().refs() | {self.campaign_id}
 
     def row(self) -> dict[str, Any]:
-        """The message as data[] of POST /sms and of /reports/single shows it (§4.2, §4.3)."""
+        """The message as data[] of POST /sms and of /reports/single shows it."""
         return {"msgId": self.gateway_message_id, "status": self.status, "statusCode": 0,
                 "errorCode": 1 if self.status == "FAILED" else None, "createdAt": self.created_at,
                 "updatedAt": self.created_at, "inQuietHours": False, "cost": self.cost, "to": "+" + self.to,
@@ -128,7 +128,7 @@ class FakeSmsCx(FakeGateway):
         return _err(status, None, message).body
 
     def rate_limit_reply(self, retry_after: float) -> Reply:
-        reset = math.ceil(time.time() + retry_after)  # §4.7: a Unix timestamp; no Retry-After (inferred)
+        reset = math.ceil(time.time() + retry_after)  # a Unix timestamp; no Retry-After (inferred)
         return Reply(429, _err(429, None, "Too many requests").body,
                      {"X-Rate-Limit-Limit": "100", "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": str(reset)})
 
@@ -177,7 +177,7 @@ class FakeSmsCx(FakeGateway):
     def _send(self, req: Request) -> Reply:
         f = req.fields
         to = f.get("to")
-        to = [to] if isinstance(to, str) else to  # §4.2: a string or an array
+        to = [to] if isinstance(to, str) else to  # a string or an array
         if not to or not isinstance(to, list):
             raise _err(400, 1104, "The parameter `to` is empty or not set")
         if len(to) > MAX_NUMBERS:

@@ -1,8 +1,8 @@
 """A fake SMSFlow (South Africa) SMS gateway: a real HTTP server on 127.0.0.1 (stdlib only).
 
-Speaks the protocol of ../shared/providers.md §3: a token from `GET /api/integration/authentication`
-with HTTP Basic (§3.1), `POST /api/integration/BulkMessages` (§3.2), `GET /api/integration/Balance`
-(§3.3) and the error envelope of §3.5. There is no status endpoint and no webhook (§3.4). The server,
+Speaks the protocol of docs/gateways/smsflow.md: a token from `GET /api/integration/authentication`
+with HTTP Basic, `POST /api/integration/BulkMessages`, `GET /api/integration/Balance`
+and the error envelope of the SDK fixtures. There is no status endpoint and no webhook. The server,
 the request log, the accepted-SMS list and failure injection come from FakeGateway (base.py).
 
 SMSFlow documents little beyond its SDK fixtures, so several details here are inferred (tagged
@@ -31,10 +31,10 @@ __all__ = ["FakeSmsFlow", "FlowSms", "main"]
 AUTH_PATH = "/api/integration/authentication"
 SEND_PATH = "/api/integration/BulkMessages"
 BALANCE_PATH = "/api/integration/Balance"
-MAX_MESSAGES = 100  # inferred from SMSPortal's documented limit (§3.2)
-STATUS = "submitted"  # inferred: SMSFlow exposes no status words (§3.4)
+MAX_MESSAGES = 100  # inferred from SMSPortal's documented limit
+STATUS = "submitted"  # inferred: SMSFlow exposes no status words
 CODES = {400: "VALIDATION_ERROR", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 429: "TOO_MANY_REQUESTS",
-         500: "INTERNAL_SERVER_ERROR", 503: "SERVICE_UNAVAILABLE"}  # 503: fixture (§3.5); the rest inferred
+         500: "INTERNAL_SERVER_ERROR", 503: "SERVICE_UNAVAILABLE"}  # 503: fixture; the rest inferred
 
 
 @dataclass
@@ -121,13 +121,13 @@ class FakeSmsFlow(FakeGateway):
 
     def _authenticate(self, req: Request) -> Reply:
         if req.basic != (self.client_id, self.client_secret):
-            # §3.5 fixture, exactly (no statusCode there)
+            # the SDK fixture, exactly (no statusCode there)
             raise Reply(401, {"errors": [{"code": "AUTHENTICATION_FAILED", "message": "Invalid credentials."}]})
         token = secrets.token_urlsafe(32)
         with self.lock:
             self._tokens[token] = time.monotonic() + self.token_minutes * 60
             self.authentications += 1
-        # §3.1: fields token/expiresInMinutes/schema; "Basic" as in the SDK fixture (clients send Bearer)
+        # fields token/expiresInMinutes/schema; "Basic" as in the SDK fixture (clients send Bearer)
         return Reply(200, {"token": token, "expiresInMinutes": self.token_minutes, "schema": "Basic"})
 
     def _send(self, req: Request) -> Reply:

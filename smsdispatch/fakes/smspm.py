@@ -1,10 +1,10 @@
 """A fake SMSPM gateway: a real HTTP server on 127.0.0.1 (stdlib only).
 
-Speaks the protocol written down in ../shared/providers.md §5 (SMSPM): one endpoint at the root, GET
-with query parameters or POST with a JSON (or form) body; `hash` + `token` on every request (§5.1);
-`toNumber` as a string or an array of up to 100 numbers, `text`, `fromNumber`, optional `callbackUrl`
-(§5.2, §5.3); the v2.0 answer `{"messages": [{"id", "toNumber", "status": "Added to queue"}]}` and
-errors as `{"error": "..."}` with the documented texts. Other methods → 405 (§5.1). The server, the
+Speaks the protocol written down in docs/gateways/smspm.md (SMSPM): one endpoint at the root, GET
+with query parameters or POST with a JSON (or form) body; `hash` + `token` on every request;
+`toNumber` as a string or an array of up to 100 numbers, `text`, `fromNumber`, optional `callbackUrl`;
+the v2.0 answer `{"messages": [{"id", "toNumber", "status": "Added to queue"}]}` and
+errors as `{"error": "..."}` with the documented texts. Other methods → 405. The server, the
 request log, the accepted-SMS list and failure injection come from FakeGateway (base.py).
 
 SMSPM documents little beyond that, so several details here are inferred (tagged "inferred" below):
@@ -14,7 +14,7 @@ limit on numbers per request being enforced, a comma-separated `toNumber` string
 a number (7 to 15 digits), and how a refused number shows in the answer: as its own `messages[]`
 element `{"toNumber", "status": "rejected", "error": "Invalid recipient number"}` with no id, while the
 other numbers of the request are accepted and charged. A request is charged for all its accepted
-numbers or refused as a whole. SMSPM has no status or balance endpoint here (§5.3, §6: unreadable or
+numbers or refused as a whole. SMSPM has no status or balance endpoint here (unreadable or
 not found) and no tokens; callbacks are not sent.
 
 Run standalone:  python -m smsdispatch.fakes.smspm --port 8769
@@ -32,9 +32,9 @@ from .base import Accepted, FakeGateway, Reply, Request, run_cli
 
 __all__ = ["FakeSmsPm", "PmSms", "main"]
 
-DEFAULT_SENDER = "SMSPM.com"     # §5.2: the pre-activated default sender
-QUEUED = "Added to queue"        # §5.2: the status of an accepted message
-MAX_RECIPIENTS = 100             # §5.2: "up to 100 per request"
+DEFAULT_SENDER = "SMSPM.com"     # the pre-activated default sender
+QUEUED = "Added to queue"        # the status of an accepted message
+MAX_RECIPIENTS = 100             # "up to 100 per request"
 REFUSED = "rejected"             # inferred: the status of a refused number in messages[]
 
 
@@ -48,7 +48,7 @@ class PmSms(Accepted):
 
 
 def _err(status: int, message: str) -> Reply:
-    return Reply(status, {"error": message})  # §5.2 error shape
+    return Reply(status, {"error": message})  # the documented error shape
 
 
 def _parts(text: str) -> int:
@@ -87,7 +87,7 @@ class FakeSmsPm(FakeGateway):
         if req.path != "/":
             raise _err(404, "Not found")  # inferred: the API has one endpoint
         if req.method not in ("GET", "POST"):
-            raise _err(405, "Method Not Allowed")  # §5.1 (the body is inferred)
+            raise _err(405, "Method Not Allowed")  # documented status (the body is inferred)
         params = req.query if req.method == "GET" else {**req.query, **req.fields}
         if "_json" in params:
             raise _err(400, "JSON body must be an object")  # inferred
@@ -114,7 +114,7 @@ class FakeSmsPm(FakeGateway):
             raise _err(401, "Invalid hash or token")  # inferred status and text
 
     def _check_sender(self, sender: str) -> None:
-        """§5.2: alphanumeric up to 11 characters or numeric up to 15 digits, and approved."""
+        """Alphanumeric up to 11 characters or numeric up to 15 digits, and approved."""
         if len(sender) > (15 if sender.isdigit() else 11):
             raise _err(400, "Sender ID is too long")  # inferred wording
         with self.lock:

@@ -1,14 +1,14 @@
-"""DevSMS.uz (devsms.uz/api), after ../shared/providers.md §2.
+"""DevSMS.uz (devsms.uz/api), after docs/gateways/devsms.md.
 
-A reseller on top of Eskiz with a static Bearer token (no login, no expiry: §2.1) and JSON bodies.
+A reseller on top of Eskiz with a static Bearer token (no login, no expiry) and JSON bodies.
 One message per call (no batch endpoint), no client reference and no idempotency key: a message
-whose answer was lost cannot be found again or deduplicated, so it ends `unknown` (§2.2, §6).
+whose answer was lost cannot be found again or deduplicated, so it ends `unknown`.
 
-Every answer is `{"success": true|false, ...}`; the HTTP status codes are undocumented (§2.4), so a
-4xx *and* a 2xx without `"success": true` are both errors (like the third-party clients of §2.4),
+Every answer is `{"success": true|false, ...}`; the HTTP status codes are undocumented, so a
+4xx *and* a 2xx without `"success": true` are both errors (like third-party clients),
 classified by status and by the wording of `error` (Uzbek, Russian, English: inferred).
 
-Send options (the "universal OTP" templates of §2.2): `{"type": "universal_otp", "template_type",
+Send options (the "universal OTP" templates): `{"type": "universal_otp", "template_type",
 "service_name", "otp_code"}` without a text, or `{"type": "simple" | "eskiz"}` with one.
 """
 
@@ -28,22 +28,22 @@ from .base import Acceptance, Balance, DeliveryReport, HttpGateway, OutboundSms
 
 log = logging.getLogger("smsdispatch.gateways.devsms")
 
-# §2.3 (waiting, ACCEPTED, DELIVERED, REJECTED, UNDELIVERABLE; `sent` in newer send answers) and §6.
-# The Eskiz words are an inferred safety net: DevSMS relays Eskiz (§2), which may leak through.
+# docs/gateways/devsms.md: waiting, ACCEPTED, DELIVERED, REJECTED, UNDELIVERABLE; `sent` in newer send answers.
+# The Eskiz words are an inferred safety net: DevSMS relays Eskiz, which may leak through.
 STATUS_MAP: dict[str, MessageStatus] = {
     **dict.fromkeys(["WAITING", "SENT", "ACCEPTED", "TRANSMTD", "ENROUTE"], MessageStatus.ACCEPTED),
     **dict.fromkeys(["DELIVERED", "DELIVRD"], MessageStatus.DELIVERED),
     **dict.fromkeys(["REJECTED", "UNDELIVERABLE", "REJECTD", "UNDELIV", "EXPIRED"], MessageStatus.FAILED),
 }
 
-# inferred keywords (the error texts are undocumented, §2.4): Uzbek, Russian and English wording.
+# inferred keywords (the error texts are undocumented): Uzbek, Russian and English wording.
 BALANCE_WORDS = ("balance", "balans", "баланс", "insufficient", "недостаточно", "mablag")
 AUTH_WORDS = ("token", "токен", "unauthori", "unauthenticated", "authoriz", "avtoriz", "авториз", "api key")
 PHONE_WORDS = ("phone", "recipient", "telefon", "raqam", "телефон", "номер", "получател")
 
-MESSAGE_TYPES = ("eskiz", "simple", "universal_otp")   # §2.2 `type`
+MESSAGE_TYPES = ("eskiz", "simple", "universal_otp")   # the documented `type` values
 OTP_FIELDS = ("template_type", "service_name", "otp_code")
-# inferred (DevSMS documents no allowed set; a refused company name is still charged, §2.2):
+# inferred (DevSMS documents no allowed set; a refused company name is still charged):
 # 2-50 characters, letters of any script (str.isalpha: Latin, Cyrillic, the Uzbek ʻ), ASCII digits,
 # spaces and - _ . & ' ; at least one letter; no leading or trailing space.
 SERVICE_NAME_EXTRA = frozenset("0123456789 -_.&'")
@@ -77,7 +77,7 @@ def service_name_ok(name: object) -> bool:
 
 
 def parse_money(value: Any) -> tuple[float, str]:
-    """`950` (so'm, uz docs) or `"$0.079"` (en docs): the type is unstable (§2.2). A plain numeric
+    """`950` (so'm, uz docs) or `"$0.079"` (en docs): the type is unstable. A plain numeric
     string is read as so'm and thousands separators are dropped (both inferred)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value), "UZS"
@@ -92,7 +92,7 @@ def parse_money(value: Any) -> tuple[float, str]:
 
 
 def parse_send(body: dict) -> Acceptance:
-    """The `data` of a successful send (§2.2): `sms_id` is our handle for status lookups; without it the
+    """The `data` of a successful send: `sms_id` is our handle for status lookups; without it the
     Eskiz `request_id` serves (get_status takes either, inferred fallback)."""
     data = body.get("data") if isinstance(body.get("data"), dict) else {}
     ref = data.get("sms_id") if data.get("sms_id") not in (None, "") else data.get("request_id")
@@ -105,9 +105,9 @@ def parse_send(body: dict) -> Acceptance:
 
 class DevSmsGateway(HttpGateway):
     name = "devsms"
-    can_lookup = False       # no search by a reference of ours (§2.2)
-    can_dedupe = False       # no idempotency key (§6)
-    max_batch = 1            # no batch endpoint (§2.2)
+    can_lookup = False       # no search by a reference of ours
+    can_dedupe = False       # no idempotency key
+    max_batch = 1            # no batch endpoint
     supports_status = True   # GET /get_status.php
     supports_balance = True  # GET /get_balance.php
 
@@ -166,7 +166,7 @@ class DevSmsGateway(HttpGateway):
         params = {"sms_id": ref} if ref.isdigit() else {"request_id": ref}
         body = self._call("GET", "/get_status.php", params=params)
         data = body.get("data") if isinstance(body.get("data"), dict) else {}
-        word = data.get("status", body.get("status"))   # inferred shape (§2.2): data.status
+        word = data.get("status", body.get("status"))   # inferred shape: data.status
         return DeliveryReport(map_status(word), str(word))
 
     def balance(self) -> Balance:

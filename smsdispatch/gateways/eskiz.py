@@ -1,4 +1,4 @@
-"""Eskiz.uz (notify.eskiz.uz), after ../shared/providers.md §1.
+"""Eskiz.uz (notify.eskiz.uz), after docs/gateways/eskiz.md.
 
 Auth: email + password → a 30-day bearer token, kept in Redis so every worker process shares it.
 On a 401 one `PATCH /auth/refresh` runs (a Redis lock makes it single-flight across workers); if the
@@ -37,7 +37,7 @@ from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.eskiz")
 
-# providers.md §1.4 and §6: message-level and part-level words, current and legacy (TRANSMTD).
+# docs/gateways/eskiz.md: message-level and part-level words, current and legacy (TRANSMTD).
 STATUS_MAP: dict[str, MessageStatus] = {
     **dict.fromkeys(["WAITING", "NEW", "STORED", "ACCEPTED", "TRANSMTD", "ENROUTE", "UNKNOWN",
                      "PARTDELIVERED"], MessageStatus.ACCEPTED),
@@ -47,7 +47,7 @@ STATUS_MAP: dict[str, MessageStatus] = {
 }
 
 TASHKENT = timezone(timedelta(hours=5))
-TOKEN_TTL = 29 * 24 * 3600       # Eskiz tokens live 30 days (§1.2); renew a day early
+TOKEN_TTL = 29 * 24 * 3600       # Eskiz tokens live 30 days; renew a day early
 LOOKUP_PAGE_SIZE = 200           # the documented maximum of get-user-messages
 LOOKUP_MAX_PAGES = 50
 DISPATCH_PAGE_SIZE = 1000        # the documented maximum of get-user-messages-by-dispatch
@@ -60,7 +60,7 @@ def map_status(word: str | None) -> MessageStatus:
 def classify(status: int, body: dict) -> Exception:
     """A non-2xx answer that HttpGateway did not already classify (i.e. a 4xx) → our exception.
 
-    Eskiz documents no error bodies (§1.6); SDKs expect {"message", "status"}. The keywords below
+    Eskiz documents no error bodies; SDKs expect {"message", "status"}. The keywords below
     are inferred from the SDK fixtures and Russian/English wording.
     """
     message = str(body.get("message") or body.get("error") or body)[:300]
@@ -75,7 +75,7 @@ def classify(status: int, body: dict) -> Exception:
 
 
 def dispatch_id_for(call_ref: str) -> int:
-    """Eskiz's dispatch_id is an int the client chooses (§1.3): a stable one per call (a batch call, or a
+    """Eskiz's dispatch_id is an int the client chooses: a stable one per call (a batch call, or a
     single message's call). Two calls may share one now and then (about 2e9 values); harmless, since a
     lookup by dispatch keeps only the rows whose user_sms_id it asked for."""
     return int(hashlib.sha256(call_ref.encode()).hexdigest()[:8], 16) % 2_000_000_000 + 1
@@ -84,7 +84,7 @@ def dispatch_id_for(call_ref: str) -> int:
 class EskizGateway(HttpGateway):
     name = "eskiz"
     can_lookup = True
-    max_batch = 500        # Eskiz documents no maximum (§1.3, §7); 500 is our conservative choice
+    max_batch = 500        # Eskiz documents no maximum; 500 is our conservative choice
 
     def __init__(self, *, email: str, password: SecretStr, sender: str, base_url: str,
                  redis_client: redis.Redis, keys: Keys, connect_timeout: float, read_timeout: float,

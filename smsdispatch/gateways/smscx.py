@@ -1,4 +1,4 @@
-"""SMS.CX (api.sms.cx), after ../shared/providers.md §4.
+"""SMS.CX (api.sms.cx), after docs/gateways/smscx.md.
 
 Auth: an `X-API-KEY` header when an API key is configured; otherwise OAuth2 client credentials
 (`POST /oauth/token`, Basic client_id:secret) → a bearer token kept in Redis for `expires_in` − 60 s,
@@ -15,7 +15,7 @@ dies mid-call"): SMS.CX is the only gateway that dedupes (`can_dedupe`). Every c
 worker simply repeats the call with the same idempotencyId and SMS.CX does not send twice. Eskiz
 cannot dedupe but can look the message up (our id travels as user_sms_id) and reconciles instead;
 DevSMS, SMSFlow and SMSPM can do neither, so a possibly-sent message ends `unknown`, never resent.
-What SMS.CX answers to a repeated idempotencyId is not documented (§4.2): we assume the original
+What SMS.CX answers to a repeated idempotencyId is not documented: we assume the original
 answer (inferred), which is what the fake does.
 
 SMS.CX cannot find a message by our id (`can_lookup` False): only by its own msgId.
@@ -50,14 +50,14 @@ from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.smscx")
 
-# providers.md §4.2/§4.3 and §6: request-time and final words; `sent` = not final yet (inferred).
+# docs/gateways/smscx.md: request-time and final words; `sent` = not final yet (inferred).
 STATUS_MAP: dict[str, MessageStatus] = {
     **dict.fromkeys(["ACCEPTED", "SCHEDULED", "SENT"], MessageStatus.ACCEPTED),
     "DELIVERED": MessageStatus.DELIVERED,
     **dict.fromkeys(["FAILED", "REJECTED", "NO COVERAGE"], MessageStatus.FAILED),
 }
-REFUSED_AT_SEND = frozenset({"REJECTED", "NO COVERAGE"})    # opted out / no coverage; cost 0 (§4.2)
-RECIPIENT_CODES = frozenset({1207, 1210, 1119})              # invalid number(s), no coverage (§4.6)
+REFUSED_AT_SEND = frozenset({"REJECTED", "NO COVERAGE"})    # opted out / no coverage; cost 0
+RECIPIENT_CODES = frozenset({1207, 1210, 1119})              # invalid number(s), no coverage
 BALANCE_CODES = frozenset({1113, 1114})                      # insufficient credit, credit limit reached
 
 #: Namespace of our idempotencyIds (fixed forever: a repeated call must carry the same id).
@@ -75,7 +75,7 @@ def map_status(word: str | None) -> MessageStatus:
 
 
 def retry_after_from_reset(value: str | None, *, now: float) -> float | None:
-    """`X-Rate-Limit-Reset` is a Unix timestamp (§4.7) → seconds to wait, at least 0. A small value
+    """`X-Rate-Limit-Reset` is a Unix timestamp → seconds to wait, at least 0. A small value
     is read as seconds rather than a 1970 timestamp (inferred tolerance)."""
     try:
         reset = float(value or "")
@@ -93,7 +93,7 @@ class DuplicateIdempotencyId(GatewayRejected):
 
 
 def classify(status: int, body: dict) -> PermanentError:
-    """A 4xx answer → our exception, from the envelope {"error": {type, code, message, uri}} (§4.6);
+    """A 4xx answer → our exception, from the envelope {"error": {type, code, message, uri}};
     the invalid-numbers list may sit next to `error` or inside it: both are read."""
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     kind = str(error.get("type") or "")
@@ -144,8 +144,8 @@ def parse_send(body: dict, messages: Sequence[OutboundSms]) -> list[tuple[ItemRe
 class SmsCxGateway(HttpGateway):
     name = "smscx"
     can_lookup = False          # no lookup by our id, only by msgId
-    can_dedupe = True           # idempotencyId (§4.2)
-    max_batch = 25_000          # §4.2, error 1103 above it
+    can_dedupe = True           # idempotencyId
+    max_batch = 25_000          # documented, error 1103 above it
     batch_same_text = True      # one `text` per POST /sms
 
     def __init__(self, *, api_key: SecretStr | None, client_id: str | None, client_secret: SecretStr | None,
@@ -196,7 +196,7 @@ class SmsCxGateway(HttpGateway):
         except DuplicateIdempotencyId:
             # We only repeat an idempotencyId after a call that may have gone through, and SMS.CX
             # says it has it: accepted earlier, though this answer carries no msgId (inferred: what a
-            # repeated id returns is undocumented, §4.2; the original answer is handled above).
+            # repeated id returns is undocumented; the original answer is handled above).
             log.info("smscx: idempotencyId %s already used: the earlier call was accepted", idem)
             return [(ItemResult(m.message_id, None), "DUPLICATE") for m in messages]
 

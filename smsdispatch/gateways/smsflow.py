@@ -1,19 +1,19 @@
-"""SMSFlow, South Africa (portal.smsflow.co.za), after ../shared/providers.md §3.
+"""SMSFlow, South Africa (portal.smsflow.co.za), after docs/gateways/smsflow.md.
 
-Auth: HTTP Basic client_id:client_secret → a token valid `expiresInMinutes` (§3.1). It is kept in
+Auth: HTTP Basic client_id:client_secret → a token valid `expiresInMinutes`. It is kept in
 Redis for expiresInMinutes − 5 minutes (at least one), like the SDKs, so every worker shares it; a
 Redis lock makes re-authentication single-flight. Unlike the SDKs we re-authenticate once on a 401
 from send or balance; a token still refused after that is an AuthError.
 
 Send: single and bulk are the same call, `POST /api/integration/BulkMessages`, each message with its
-own text (§3.2). The answer carries one `eventId` per submission and no per-message id, so every
+own text. The answer carries one `eventId` per submission and no per-message id, so every
 message of a call gets str(eventId) as its gateway_message_id. `errorReport` entries are refusals
-of single messages inside an accepted submission; their semantics are unverified (§3.2, §7.3), so
+of single messages inside an accepted submission; their semantics are unverified, so
 we attribute an entry to a message only by an index (`messages[2].destination`) or a destination it
 names, and keep the rest accepted with a warning.
 
-No idempotency key, no status endpoint, no webhook (§3.4, §3.6): the message stays "accepted"
-(§6: SMSFlow "everything after a 200" is queued/in flight); an ambiguous call is never repeated.
+No idempotency key, no status endpoint, no webhook: the message stays "accepted"
+(SMSFlow "everything after a 200" is queued/in flight); an ambiguous call is never repeated.
 """
 
 from __future__ import annotations
@@ -42,19 +42,19 @@ from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.smsflow")
 
-# providers.md §3.4 and §6: no status API; every message answered 200 is accepted (in flight).
+# docs/gateways/smsflow.md: no status API; every message answered 200 is accepted (in flight).
 STATUS_MAP: dict[str, MessageStatus] = {"submitted": MessageStatus.ACCEPTED}
 
 AUTH_PATH = "/api/integration/authentication"
 SEND_PATH = "/api/integration/BulkMessages"
 BALANCE_PATH = "/api/integration/Balance"
-BALANCE_WORDS = ("BALANCE", "CREDIT", "FUNDS")                   # inferred: the code is undocumented (§3.6)
+BALANCE_WORDS = ("BALANCE", "CREDIT", "FUNDS")                   # inferred: the code is undocumented
 DESTINATION_WORDS = ("DESTINATION", "MSISDN", "NUMBER", "OPTOUT", "OPT_OUT", "OPTED")   # inferred
 INDEXED_FIELD = re.compile(r"messages\[(\d+)\]", re.IGNORECASE)
 
 
 def token_ttl(expires_in_minutes: object) -> int:
-    """Seconds to keep a token: expiresInMinutes − 5 minutes, at least one minute (the SDKs' rule, §3.1)."""
+    """Seconds to keep a token: expiresInMinutes − 5 minutes, at least one minute (the SDKs' rule)."""
     try:
         minutes = float(str(expires_in_minutes))
     except (TypeError, ValueError):
@@ -69,7 +69,7 @@ def _first_error(body: dict, name: str) -> object:
 
 
 def error_code(body: dict) -> str:
-    """errors[0].code, else a top-level code, else SMSFLOW_ERROR (the SDKs' rule, §3.5)."""
+    """errors[0].code, else a top-level code, else SMSFLOW_ERROR (the SDKs' rule)."""
     return str(_first_error(body, "code") or "SMSFLOW_ERROR")
 
 
@@ -88,7 +88,7 @@ def refusal(code: str, message: str, *, status: int | None, destination: bool = 
 
 
 def classify(status: int, body: dict) -> PermanentError:
-    """A 4xx that HttpGateway did not already classify → our exception (§3.5)."""
+    """A 4xx that HttpGateway did not already classify → our exception."""
     return refusal(error_code(body), redact(str(_first_error(body, "message") or ""))[:200], status=status)
 
 
@@ -124,8 +124,8 @@ def parse_send(body: dict, destinations: Sequence[str]) -> tuple[str, dict[int, 
 
 class SmsFlowGateway(HttpGateway):
     name = "smsflow"
-    max_batch = 100          # undocumented (§3.2); inferred from SMSPortal's identical BulkMessages API
-    supports_status = False  # no public status endpoint and no webhook (§3.4)
+    max_batch = 100          # undocumented; inferred from SMSPortal's identical BulkMessages API
+    supports_status = False  # no public status endpoint and no webhook
 
     def __init__(self, *, client_id: str, client_secret: SecretStr, campaign: str, base_url: str,
                  redis_client: redis.Redis, keys: Keys, connect_timeout: float, read_timeout: float,

@@ -1,11 +1,11 @@
-"""SMSPM (api.smspm.com), after ../shared/providers.md §5.
+"""SMSPM (api.smspm.com), after docs/gateways/smspm.md.
 
 One endpoint at the root, `POST /` with a JSON body: `hash` and `token` (the account credentials,
-sent on every call: no header auth, no expiry, §5.1), `toNumber` (an array of international digits,
-up to 100), `text`, `fromNumber`, and `callbackUrl` when a message has one (named in the blog only,
-§5.3: inferred). One text per call, so a batch is one text to up to 100 numbers.
+sent on every call: no header auth, no expiry), `toNumber` (an array of international digits,
+up to 100), `text`, `fromNumber`, and `callbackUrl` when a message has one (named in SMSPM's blog only:
+inferred). One text per call, so a batch is one text to up to 100 numbers.
 
-Answers (§5.2): the official v2.0 shape `{"messages": [{"id", "toNumber", "status"}]}`, mapped back
+Answers: the official v2.0 shape `{"messages": [{"id", "toNumber", "status"}]}`, mapped back
 to our messages by `toNumber`; the older `{"status": "success", "messageId"}` (one message) as a
 fallback; failures as a top-level `error`, or `status` present and not "success" (with `message`).
 HTTP codes of errors are undocumented, so errors are classified by their text.
@@ -14,7 +14,7 @@ Per-message refusals in a bulk answer are undocumented (inferred): a number that
 refusal word ("rejected", "invalid", ...) or is missing from `messages[]` is a RecipientRejected for
 that message only.
 
-SMSPM has no idempotency key and its status and balance APIs could not be read (§5.3, §6): no
+SMSPM has no idempotency key and its status and balance APIs could not be read: no
 lookup, no dedupe, no status, no balance. An answer lost after sending ends `unknown`, never resent.
 The token travels in the body: it is never logged (HttpGateway logs method/path/status only) and is
 scrubbed, with the hash and any phone number, from every error message built from an answer.
@@ -35,8 +35,8 @@ from ..records import MessageStatus
 from ..redact import redact
 from .base import Acceptance, HttpGateway, ItemResult, OutboundSms
 
-# providers.md §6 (SMSPM column); "invalid", "failed", "error" are inferred refusal words of a
-# per-number element in a bulk answer (§5.2 documents only "Added to queue").
+# docs/gateways/smspm.md; "invalid", "failed", "error" are inferred refusal words of a
+# per-number element in a bulk answer (the docs show only "Added to queue").
 STATUS_MAP: dict[str, MessageStatus] = {
     **dict.fromkeys(["added to queue", "pending", "queued", "success"], MessageStatus.ACCEPTED),
     "delivered": MessageStatus.DELIVERED,
@@ -50,7 +50,7 @@ def map_status(word: str | None) -> MessageStatus:
 
 
 def classify(status: int, body: dict) -> Exception:
-    """A failure answer (any HTTP status) → our exception, by its text (§5.2; codes are unverified).
+    """A failure answer (any HTTP status) → our exception, by its text (codes are unverified).
 
     Sender words are checked before recipient words: "fromNumber" also says "number"."""
     message = redact(str(body.get("error") or body.get("message") or body.get("status") or body)[:300])
@@ -82,7 +82,7 @@ def parse_answer(status: int, body: dict, numbers: Sequence[str]) -> list[Accept
         unnamed = by_number.pop("", [])   # inferred: elements without toNumber answer the rest in order
         return [_item(by_number[n].pop(0) if by_number[n] else (unnamed.pop(0) if unnamed else None), n)
                 for n in numbers]
-    if body.get("messageId"):             # the older single-message shape (§5.2, P2)
+    if body.get("messageId"):             # the older single-message shape (marketing pages)
         return [Acceptance(str(body["messageId"]), "success") for _ in numbers]
     raise AmbiguousError("SMSPM answered success without messages[] or messageId; it may have sent",
                          gateway="smspm", status=status)
@@ -105,12 +105,12 @@ def _digits(value: object) -> str:
 
 class SmsPmGateway(HttpGateway):
     name = "smspm"
-    can_lookup = False           # the status section of the docs was unreadable (§5.3)
-    can_dedupe = False           # no idempotency key (§5.4)
-    max_batch = 100              # "up to 100 per request" (§5.2)
+    can_lookup = False           # the status section of the docs was unreadable
+    can_dedupe = False           # no idempotency key
+    max_batch = 100              # "up to 100 per request"
     batch_same_text = True       # one `text` per call
     supports_status = False
-    supports_balance = False     # no balance API found (§6)
+    supports_balance = False     # no balance API found
 
     def __init__(self, *, hash: str, token: SecretStr, sender: str, base_url: str,
                  connect_timeout: float, read_timeout: float, **http) -> None:

@@ -21,6 +21,6 @@ CASE = ContractCase(
     make_gateway=_gateway,
     numbers=("+33612345678", "+33698765432", "+447700900123"),
     delivered_word="DELIVERED", failed_word="FAILED",
-    per_message_rejections=True,            # allowInvalid + per-number data[].status (§4.2)
+    per_message_rejections=True,            # allowInvalid + per-number data[].status
     auth_paths=("/oauth/token",),
 )

@@ -19,7 +19,7 @@ CASE = ContractCase(
     make_fake=lambda: FakeSmsFlow(client_id="contract-client", client_secret="contract-secret"),
     make_gateway=_gateway,
     numbers=("+27821234567", "+27831234567", "+27721234567"),
-    delivered_word=None, failed_word=None,  # no status API, no webhook (providers.md §3.4)
+    delivered_word=None, failed_word=None,  # no status API, no webhook (docs/gateways/smsflow.md)
     per_message_rejections=True,            # errorReport names refused numbers by index (inferred)
     auth_paths=("/api/integration/authentication",),
 )

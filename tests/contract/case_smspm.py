@@ -16,7 +16,7 @@ CASE = ContractCase(
     make_fake=lambda: FakeSmsPm(hash="c-hash", token="c-token"),
     make_gateway=_gateway,                  # no token cache: Redis is not used
     numbers=("+37256789045", "+37251234567", "+37258765432"),
-    delivered_word=None, failed_word=None,  # no status API (providers.md §5.3)
+    delivered_word=None, failed_word=None,  # no status API (docs/gateways/smspm.md)
     per_message_rejections=True,            # a refused number is its own messages[] element (inferred)
     auth_paths=(),                          # hash + token on every request, no token endpoint
 )

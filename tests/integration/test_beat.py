@@ -101,7 +101,7 @@ def test_naive_times_and_bad_numbers_are_refused_at_scheduling(scheduled):
 
 
 def test_an_eta_beyond_the_visibility_timeout_is_redelivered_but_sent_once(redis_url, fake):
-    """Hazard 1 of the notes: kombu redelivers an ETA task held past the visibility timeout; the
+    """docs/celery-redis.md H1: kombu redelivers an ETA task held past the visibility timeout; the
     ledger must turn every extra delivery into a no-op."""
     settings = worker_settings(redis_url, fake, VISIBILITY_TIMEOUT="10", HTTP_CONNECT_TIMEOUT="0.5",
                                HTTP_READ_TIMEOUT="0.5", CLAIM_LEASE="4", BACKOFF_MAX="4", REMINDER_HORIZON="5")
@@ -151,7 +151,7 @@ def test_beat_keeps_balances_and_alerts_below_the_threshold(scheduled, fake):
 def test_the_sweeper_publishes_again_a_message_whose_publish_was_lost(scheduled, fake):
     producer, worker, beats = scheduled
     task_id = str(uuid.uuid4())
-    # The producer recorded the message and died before publishing it (hazard 6 of the notes).
+    # The producer recorded the message and died before publishing it (docs/celery-redis.md H6).
     mid = producer.dispatcher.record_queued({"to": TO, "text": "Lost in the post"}, task_id=task_id)
     assert fake.wait_for(lambda f: len(f.sends_for(mid)) == 1, timeout=30)
     assert worker.wait_for(rf"send_sms\[{task_id}\] succeeded", timeout=30)

@@ -323,7 +323,7 @@ def test_sent_sms_is_an_accepted_in_neutral_terms(fake, http, auth):
 
 def test_default_fault_bodies_use_eskiz_error_shapes(fake, http, auth):
     fake.fail_next(status=503)
-    assert send(fake, http, auth).json() == {"message": "server error"}  # §1.6 fixture body
+    assert send(fake, http, auth).json() == {"message": "server error"}  # the SDK fixture's body
     fake.fail_next(status=400)
     assert send(fake, http, auth).json() == {"status": "error", "message": "server error"}
     fake.rate_limit_next(retry_after=1.5)

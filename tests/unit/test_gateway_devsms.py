@@ -95,7 +95,7 @@ def test_status_of_an_unknown_id_is_rejected(fake):
 
 
 @pytest.mark.parametrize("body, raw", [
-    ({"success": True, "data": {"status": "DELIVERED", "sms_id": 1}}, "DELIVERED"),   # inferred shape (§2.2)
+    ({"success": True, "data": {"status": "DELIVERED", "sms_id": 1}}, "DELIVERED"),   # inferred shape
     ({"success": True, "status": "REJECTED"}, "REJECTED"),                            # tolerated: no envelope
 ])
 def test_status_answer_shapes(fake, body, raw):

@@ -160,7 +160,7 @@ def test_an_unreadable_2xx_is_ambiguous(fake, redis_client):
         gw.send(SMS)
 
 
-# --- parse_send: every shape providers.md §3.2 allows -------------------------------------------
+# --- parse_send: every shape docs/gateways/smsflow.md allows ------------------------------------
 
 DOCUMENTED = {"statusCode": 200, "errors": None, "sendResponse": {
     "cost": 1.25, "remainingBalance": 98.75, "eventId": 123, "sample": "Hello", "messages": 1, "parts": 1,
@@ -205,7 +205,7 @@ def test_parse_send_without_an_event_id_is_ambiguous():
         parse_send({"statusCode": 200, "sendResponse": {"cost": 1}}, NUMBERS)
 
 
-# --- error bodies (§3.5) -----------------------------------------------------------------------
+# --- error bodies -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, code", [
     ({"errors": [{"code": "INVALID_DESTINATION", "message": "m"}], "code": "TOP"}, "INVALID_DESTINATION"),

@@ -1,5 +1,5 @@
 """The SMSPM adapter against the fake SMSPM (a real HTTP server on 127.0.0.1): what the contract suite
-does not cover — the wire format, every answer shape of providers.md §5.2, error texts, the status map."""
+does not cover — the wire format, every answer shape of docs/gateways/smspm.md, error texts, the status map."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_a_full_batch_of_100_goes_out_in_one_call(fake):
     assert all(r.accepted for r in results)
 
 
-# --- answer shapes (§5.2) ------------------------------------------------------------------------
+# --- answer shapes -------------------------------------------------------------------------------
 
 def test_parse_the_v2_messages_shape():
     body = {"messages": [{"id": "a7b3", "toNumber": "37256789045", "status": "Added to queue"}]}
@@ -164,7 +164,7 @@ def test_parse_a_success_without_ids_is_ambiguous():
         parse_answer(200, {"status": "success"}, ["37256789045"])
 
 
-# --- error texts (§5.2; HTTP codes unverified) ---------------------------------------------------
+# --- error texts (HTTP codes unverified) ---------------------------------------------------------
 
 @pytest.mark.parametrize("status, message, exc", [
     (400, "Hash is required", AuthError),
@@ -309,7 +309,7 @@ def test_the_registry_builds_it_from_settings(fake, redis_client):
     assert fake.requests_log[0].fields["fromNumber"] == "Shop" and len(fake.sent) == 1
 
 
-# --- the fake's GET form and method check (§5.1) -------------------------------------------------
+# --- the fake's GET form and method check --------------------------------------------------------
 
 def test_the_fake_also_speaks_get_and_refuses_other_methods(fake):
     params = {"hash": HASH, "token": TOKEN, "toNumber": "37256789045,37251234567", "text": "Hello World",
