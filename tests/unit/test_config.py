@@ -177,10 +177,8 @@ def test_idempotency_ttl_must_outlive_a_redelivery(monkeypatch):
     assert load_settings().idempotency_ttl == 4501
 
 
-def test_worker_lost_after_must_stay_below_the_visibility_timeout(monkeypatch):
-    monkeypatch.setenv("SMSDISPATCH_WORKER_LOST_AFTER", "3600")
-    with pytest.raises(ConfigError, match=r"WORKER_LOST_AFTER \(3600s\) must stay below VISIBILITY_TIMEOUT"):
-        load_settings()
+def test_worker_lost_after_has_a_floor(monkeypatch):
+    """Below 3 s a worker busy for a moment (a GC pause, a slow Redis) would be taken for dead."""
     monkeypatch.setenv("SMSDISPATCH_WORKER_LOST_AFTER", "2")
     with pytest.raises(ConfigError, match="WORKER_LOST_AFTER"):
         load_settings()
