@@ -7,13 +7,17 @@ their repr is ``'**********'``, so logging a Settings object never leaks them. `
 plain string (Celery, kombu, redis-py and the subprocesses we start all need it whole, and only its
 password is secret): it is left out of the repr, dumped with its password masked, and its password is
 registered with redact.py like every SecretStr value, so no log line or error shows it.
+
+The built-in gateways' settings are the flat ``<gateway>_*`` fields below; which of them make a gateway
+configured is declared by that gateway's `GatewaySpec` (gateways/registry.py), which every check here
+asks. A third-party gateway reads its settings through `load_model` with a prefix of its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlparse
 
 import phonenumbers
@@ -33,11 +37,21 @@ from .errors import ConfigError
 from .redact import redact_url, remember_secrets
 
 ENV_PREFIX = "SMSDISPATCH_"
+M = TypeVar("M", bound=BaseSettings)
 
-#: Every gateway smsdispatch has an adapter for (gateways/__init__.py builds them).
-GATEWAY_NAMES = ("console", "eskiz", "devsms", "smsflow", "smscx", "smspm")
-#: Gateways that post delivery reports to a callback URL (docs/gateways/: eskiz, devsms, smscx).
-WEBHOOK_GATEWAYS = ("eskiz", "devsms", "smscx")
+
+
+def gateway_names() -> tuple[str, ...]:
+    """Every gateway smsdispatch has an adapter for: the registry's (gateways/registry.py), built-in
+    and third-party; imported here on use, since gateway modules import this one."""
+    from .gateways import registry
+    return registry.names()
+
+
+def webhook_gateways() -> tuple[str, ...]:
+    """The gateways that post delivery reports to a callback URL (built-ins: eskiz, devsms, smscx)."""
+    from .gateways import registry
+    return registry.webhook_names()
 
 
 class Settings(BaseSettings):
@@ -253,7 +267,7 @@ class Settings(BaseSettings):
             value = {k.strip(): v.strip() for k, v in pairs}
         if isinstance(value, dict):
             for gateway in value:
-                if gateway not in GATEWAY_NAMES:
+                if gateway not in gateway_names():
                     raise ValueError(f"unknown gateway {gateway!r}")
         return value
 
@@ -277,10 +291,11 @@ class Settings(BaseSettings):
         if not isinstance(value, dict):
             return value
         out: dict[str, object] = {}
+        reporting = webhook_gateways()
         for gateway, secrets in value.items():
-            if gateway not in WEBHOOK_GATEWAYS and not (old and gateway == "*"):
+            if gateway not in reporting and not (old and gateway == "*"):
                 raise ValueError(f"{gateway!r} is not a gateway that posts delivery reports "
-                                 f"({', '.join(WEBHOOK_GATEWAYS)}{', or *' if old else ''})")
+                                 f"({', '.join(reporting)}{', or *' if old else ''})")
             if isinstance(secrets, SecretStr):
                 secrets = secrets.get_secret_value()
             if old:
@@ -354,8 +369,8 @@ class Settings(BaseSettings):
         if self.webhook_base_url:
             configured = self.configured_gateways()
             # gateways do not sign callbacks: the secret in the URL is all that authenticates them
-            with_secret = [g for g in WEBHOOK_GATEWAYS if self.webhook_secret_for(g)]
-            missing = [g for g in WEBHOOK_GATEWAYS if g in configured and g not in with_secret]
+            with_secret = [g for g in webhook_gateways() if self.webhook_secret_for(g)]
+            missing = [g for g in webhook_gateways() if g in configured and g not in with_secret]
             if missing or not with_secret:
                 who = f"{', '.join(missing)} (configured) has no webhook secret" if missing \
                     else "no gateway has a webhook secret"
@@ -373,31 +388,22 @@ class Settings(BaseSettings):
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "
                              f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s)")
+        from .gateways import registry
         configured = self.configured_gateways()
         for gateway in _chain(self.default_gateway):
             if gateway not in configured:
-                raise ValueError(f"DEFAULT_GATEWAY is {gateway} but {_NEEDS[gateway]} not set")
+                raise ValueError(f"DEFAULT_GATEWAY is {gateway} but {registry.get(gateway).needs()} not set")
         for prefix, gateways in self.routes.items():
             for gateway in _chain(gateways):
                 if gateway not in configured:
-                    raise ValueError(f"ROUTES sends {prefix} to {gateway} but {_NEEDS[gateway]} not set")
+                    raise ValueError(f"ROUTES sends {prefix} to {gateway} but "
+                                     f"{registry.get(gateway).needs()} not set")
         return self
 
-    @property
-    def eskiz_configured(self) -> bool:
-        return bool(self.eskiz_email and _secret(self.eskiz_password))
-
     def configured_gateways(self) -> list[str]:
-        """The gateways whose credentials are set (console needs none)."""
-        have = {
-            "console": True,
-            "eskiz": self.eskiz_configured,
-            "devsms": bool(_secret(self.devsms_token)),
-            "smsflow": bool(self.smsflow_client_id and _secret(self.smsflow_client_secret)),
-            "smscx": bool(_secret(self.smscx_api_key) or (self.smscx_client_id and _secret(self.smscx_client_secret))),
-            "smspm": bool(self.smspm_hash and _secret(self.smspm_token)),
-        }
-        return [name for name in GATEWAY_NAMES if have[name]]
+        """The gateways whose credentials are set (each spec says which: gateways/registry.py)."""
+        from .gateways import registry
+        return [name for name, spec in registry.specs().items() if registry.configured(spec, self)]
 
     @property
     def active_grace(self) -> float:
@@ -411,7 +417,7 @@ class Settings(BaseSettings):
     def webhook_secret_for(self, gateway: str) -> str:
         """The current webhook secret of a gateway: its WEBHOOK_SECRETS entry, else WEBHOOK_SECRET; ''
         if it has none."""
-        if gateway not in WEBHOOK_GATEWAYS:
+        if gateway not in webhook_gateways():
             return ""
         return _secret(self.webhook_secrets.get(gateway)) or _secret(self.webhook_secret)
 
@@ -446,22 +452,13 @@ class Settings(BaseSettings):
         return self.route_chain(e164)[0]
 
 
-_NEEDS = {
-    "console": "nothing is",
-    "eskiz": "ESKIZ_EMAIL / ESKIZ_PASSWORD are",
-    "devsms": "DEVSMS_TOKEN is",
-    "smsflow": "SMSFLOW_CLIENT_ID / SMSFLOW_CLIENT_SECRET are",
-    "smscx": "SMSCX_API_KEY (or SMSCX_CLIENT_ID / SMSCX_CLIENT_SECRET) is",
-    "smspm": "SMSPM_HASH / SMSPM_TOKEN are",
-}
-
-
 def _chain(value: object) -> list[str]:
     """"eskiz|smscx" → ["eskiz", "smscx"]; raises ValueError naming an unknown or repeated gateway."""
     names = [n.strip() for n in str(value).split("|")]
+    known = gateway_names()
     for name in names:
-        if name not in GATEWAY_NAMES:
-            raise ValueError(f"unknown gateway {name!r}; known: {', '.join(GATEWAY_NAMES)}")
+        if name not in known:
+            raise ValueError(f"unknown gateway {name!r}; known: {', '.join(known)}")
     if len(set(names)) != len(names):
         raise ValueError(f"{value!r} names a gateway twice")
     return names
@@ -499,14 +496,23 @@ def load_settings(**overrides) -> Settings:
     for name, instead in RETIRED.items():
         if f"{ENV_PREFIX}{name}" in os.environ or name.lower() in overrides:
             raise ConfigError(f"invalid configuration: {ENV_PREFIX}{name} is no longer read: {instead}")
+    return load_model(Settings, **overrides)
+
+
+def load_model(model: type[M], **overrides) -> M:
+    """A settings model (Settings, or a third-party gateway's own) from the environment; a bad value
+    raises ConfigError naming its variable. Its SecretStr values are masked by redact.py from then on."""
+    prefix = str(model.model_config.get("env_prefix") or "")
     try:
-        return Settings(**overrides)
+        loaded = model(**overrides)
+        remember_secrets(*(v.get_secret_value() for v in loaded.__dict__.values() if isinstance(v, SecretStr)))
+        return loaded
     except SettingsError as e:
         raise ConfigError(f"invalid configuration: {e}") from None
     except ValidationError as e:
         problems = []
         for err in e.errors():
             field = ".".join(str(p) for p in err["loc"])
-            name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            name = f"{prefix}{field.upper()}" if field else "settings"
             problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -4,6 +4,8 @@
     ├── ConfigError                 a setting is missing or invalid (names the SMSDISPATCH_ variable)
     ├── ValidationError             the task's input is unusable: bad phone, empty text, unknown gateway, ...
     ├── UnknownGatewayError         (also a ValidationError) no gateway of that name is configured
+    ├── BadReport                   (also a ValidationError) a webhook body a gateway's report parser
+    │                               cannot read: answered 400, nothing changes
     └── GatewayError                anything a gateway call can raise; carries `code` and `gateway`
         ├── TransientError          "not sent, try again": retry with backoff
         │   ├── GatewayUnavailable  connection refused, DNS failure, connect timeout (or the total
@@ -40,6 +42,10 @@ class ValidationError(SmsDispatchError):
 
 
 class UnknownGatewayError(ValidationError):
+    code = "validation"
+
+
+class BadReport(ValidationError):
     code = "validation"
 
 

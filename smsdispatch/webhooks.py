@@ -15,9 +15,9 @@ report settles only a message of the gateway whose route it came in on: one for 
 message (two gateways may use the same ids; a leaked secret of one must not reach the others) changes
 nothing, and is logged, counted in ``sms:webhook:foreign:<gateway>`` and in the answer (`foreign`).
 
-Payloads: Eskiz's report (JSON or form, one report per request); SMS.CX `dlr_update` with up to 200
-reports; DevSMS undocumented — inferred to relay Eskiz's fields (`status`, and `sms_id` /
-`request_id` / `user_sms_id`), each read tolerantly.
+Payloads are read by the parser each gateway's spec declares (gateways/registry.py; built-ins: Eskiz's
+report, JSON or form, one per request; SMS.CX `dlr_update` with up to 200 reports; DevSMS undocumented,
+inferred to relay Eskiz's fields), each with that gateway's own status map.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from urllib.parse import parse_qs
 
 import redis
 
-from .config import WEBHOOK_GATEWAYS, WEBHOOK_SECRET_CHARS, Settings
-from .gateways.eskiz import map_status as eskiz_status
+from .config import WEBHOOK_SECRET_CHARS, Settings
+from .errors import BadReport
+from .gateways import registry
 from .records import MessageStatus, Records
 
 log = logging.getLogger("smsdispatch.webhooks")
@@ -43,8 +44,6 @@ MAX_REF = 200           # a reference longer than this is nobody's id: not looke
 MAX_WORD = 64           # the gateway's status word, as stored in the record
 MAX_FORM_FIELDS = 100
 NOT_YET_ACCEPTED = ("queued", "sending", "retrying")
-SMSCX_FINAL = {"DELIVERED": MessageStatus.DELIVERED, "FAILED": MessageStatus.FAILED,
-               "REJECTED": MessageStatus.FAILED, "NO COVERAGE": MessageStatus.FAILED}
 
 
 class BadRequest(Exception):
@@ -53,37 +52,25 @@ class BadRequest(Exception):
         self.status = status
 
 
-def reports(gateway: str, body: dict[str, Any]) -> list[tuple[list[str], MessageStatus | None, str]]:
-    """(references to try, our status or None if not final, the gateway's word) per report in a body."""
-    if gateway == "smscx":
-        if body.get("event") != "dlr_update":
-            return []                               # other SMS.CX events: not ours to handle
-        rows = body.get("data")
-        if not isinstance(rows, list) or len(rows) > 200:
-            raise BadRequest("dlr_update needs a data list of at most 200 reports")
-        out = []
-        for row in rows:
-            if not isinstance(row, dict) or not row.get("msgId"):
-                raise BadRequest("each report needs a msgId")
-            word = str(row.get("status") or "").upper()[:MAX_WORD]
-            status = SMSCX_FINAL.get(word)
-            if status is None and row.get("errorCode"):
-                status = MessageStatus.FAILED       # "a non-null errorCode: could not be delivered" (SMS.CX)
-            out.append(([str(row.get("trackData") or ""), str(row["msgId"])], status, word))
-        return out
-    word = str(body.get("status") or "")[:MAX_WORD]
-    if not word:
-        raise BadRequest("a delivery report needs a status")
-    refs = [str(body.get(k) or "") for k in ("user_sms_id", "request_id", "message_id", "sms_id", "id")]
-    status = eskiz_status(word)   # DevSMS relays Eskiz's vocabulary (inferred)
-    return [(refs, status if status in (MessageStatus.DELIVERED, MessageStatus.FAILED) else None, word)]
+def reports(gateway: str, body: dict[str, Any]) -> list[registry.Report]:
+    """(references to try, our status or None if not final, the gateway's word) per report in a body,
+    read by the gateway's own parser; BadRequest (400) for a body it cannot read."""
+    parse = registry.get(gateway).parse_reports
+    if parse is None:
+        return []
+    try:
+        found = parse(body)
+    except BadReport as e:
+        raise BadRequest(str(e)) from None
+    return [(refs, status, word[:MAX_WORD]) for refs, status, word in found]
 
 
 class Webhooks:
     def __init__(self, settings: Settings, records: Records) -> None:
         self.settings, self.records = settings, records
         # current first, then the old ones still accepted during a rotation
-        self.secrets = {g: [x.encode() for x in settings.accepted_webhook_secrets(g)] for g in WEBHOOK_GATEWAYS}
+        self.secrets = {g: [x.encode() for x in settings.accepted_webhook_secrets(g)]
+                        for g in registry.webhook_names()}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         try:
@@ -101,7 +88,7 @@ class Webhooks:
 
     def handle(self, environ: dict) -> tuple[str, dict]:
         parts = [p for p in environ.get("PATH_INFO", "").split("/") if p]
-        if len(parts) != 2 or parts[0] not in WEBHOOK_GATEWAYS:
+        if len(parts) != 2 or parts[0] not in self.secrets:
             return "404 Not Found", {"error": "not found"}
         gateway, secret = parts
         if not self._authentic(gateway, secret):

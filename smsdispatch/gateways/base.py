@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from ..errors import (
     AmbiguousError,
+    BadReport,
     GatewayError,
     GatewayRejected,
     GatewayUnavailable,
@@ -254,3 +255,17 @@ def _reason(response: requests.Response) -> str:
 
 __all__ = ["Acceptance", "Balance", "DeliveryReport", "Gateway", "GatewayError", "HttpGateway",
            "ItemResult", "Lookup", "OutboundSms"]
+
+
+def single_report(body: Mapping[str, Any], map_status: Callable[[str], MessageStatus],
+                  refs: Sequence[str]) -> list[tuple[list[str], MessageStatus | None, str]]:
+    """The one report of a webhook body that carries a `status` word and references in the `refs`
+    fields (Eskiz, and DevSMS, which relays Eskiz's fields: inferred), read with the gateway's own
+    map; a word that is not final (delivered or failed) gives no status."""
+    word = str(body.get("status") or "")
+    if not word:
+        raise BadReport("a delivery report needs a status")
+    status = map_status(word)
+    final = status if status in (MessageStatus.DELIVERED, MessageStatus.FAILED) else None
+    return [([str(body.get(k) or "") for k in refs], final, word)]
+

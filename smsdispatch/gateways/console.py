@@ -7,6 +7,7 @@ import logging
 from ..phone import mask
 from ..records import MessageStatus
 from .base import Acceptance, Balance, DeliveryReport, Gateway, OutboundSms
+from .registry import BuildContext, GatewaySpec
 
 log = logging.getLogger("smsdispatch.gateways.console")
 
@@ -25,3 +26,12 @@ class ConsoleGateway(Gateway):
 
     def balance(self) -> Balance:
         return Balance(amount=0, unlimited=True)
+
+
+def build(settings: object, context: BuildContext) -> ConsoleGateway:
+    return ConsoleGateway()
+
+
+#: Needs no credentials (always configured), posts no reports; every message it takes is "delivered".
+SPEC = GatewaySpec(name="console", factory=build, status_map={"accepted": MessageStatus.ACCEPTED,
+                                                              "delivered": MessageStatus.DELIVERED})

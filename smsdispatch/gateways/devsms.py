@@ -21,10 +21,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from ..config import Settings
 from ..errors import AuthError, GatewayRejected, InsufficientBalance, RecipientRejected, ValidationError
 from ..records import MessageStatus
 from ..redact import redact
-from .base import Acceptance, Balance, DeliveryReport, HttpGateway, OutboundSms
+from .base import Acceptance, Balance, DeliveryReport, HttpGateway, OutboundSms, single_report
+from .registry import BuildContext, GatewaySpec
 
 log = logging.getLogger("smsdispatch.gateways.devsms")
 
@@ -186,3 +188,21 @@ class DevSmsGateway(HttpGateway):
         if response.status_code >= 400 or body.get("success") is not True:
             raise classify(response.status_code, body)
         return body
+
+
+#: DevSMS documents no report body; inferred to relay Eskiz's fields, our id first where echoed.
+REPORT_REFS = ("user_sms_id", "request_id", "message_id", "sms_id", "id")
+
+
+def parse_reports(body: dict) -> list[tuple[list[str], MessageStatus | None, str]]:
+    """One report per request, read with DevSMS's own map (the one `status` polls with)."""
+    return single_report(body, map_status, REPORT_REFS)
+
+
+def build(settings: Settings, context: BuildContext) -> DevSmsGateway:
+    return DevSmsGateway(token=settings.devsms_token, sender=settings.devsms_sender,
+                         base_url=settings.devsms_base_url, **context.http)
+
+
+SPEC = GatewaySpec(name="devsms", factory=build, credentials=(("devsms_token",),),
+                   status_map=STATUS_MAP, parse_reports=parse_reports)

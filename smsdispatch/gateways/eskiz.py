@@ -29,10 +29,21 @@ from datetime import datetime, timedelta, timezone
 import redis
 from pydantic import SecretStr
 
+from ..config import Settings
 from ..errors import AuthError, GatewayRejected, GatewayUnavailable, InsufficientBalance, RecipientRejected
 from ..keys import Keys
 from ..records import MessageStatus
-from .base import Acceptance, Balance, DeliveryReport, HttpGateway, ItemResult, Lookup, OutboundSms
+from .base import (
+    Acceptance,
+    Balance,
+    DeliveryReport,
+    HttpGateway,
+    ItemResult,
+    Lookup,
+    OutboundSms,
+    single_report,
+)
+from .registry import BuildContext, GatewaySpec
 from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.eskiz")
@@ -304,3 +315,21 @@ class _Asked:
     result: Lookup | None = None
     error: Exception | None = None
 
+
+#: Where a report may name the message: our id first (`user_sms_id`), then Eskiz's ids.
+REPORT_REFS = ("user_sms_id", "request_id", "message_id", "sms_id", "id")
+
+
+def parse_reports(body: dict) -> list[tuple[list[str], MessageStatus | None, str]]:
+    """Eskiz posts one report per request (JSON or form): `status` and the message's ids."""
+    return single_report(body, map_status, REPORT_REFS)
+
+
+def build(settings: Settings, context: BuildContext) -> EskizGateway:
+    return EskizGateway(email=settings.eskiz_email, password=settings.eskiz_password, sender=settings.eskiz_sender,
+                        base_url=settings.eskiz_base_url, redis_client=context.redis, keys=context.keys,
+                        **context.http)
+
+
+SPEC = GatewaySpec(name="eskiz", factory=build, credentials=(("eskiz_email", "eskiz_password"),),
+                   status_map=STATUS_MAP, parse_reports=parse_reports)

@@ -32,8 +32,10 @@ import redis
 import requests
 from pydantic import SecretStr
 
+from ..config import Settings
 from ..errors import (
     AuthError,
+    BadReport,
     ConfigError,
     GatewayRejected,
     InsufficientBalance,
@@ -46,6 +48,7 @@ from ..phone import mask
 from ..records import MessageStatus
 from ..redact import redact
 from .base import Acceptance, Balance, DeliveryReport, HttpGateway, ItemResult, OutboundSms
+from .registry import BuildContext, GatewaySpec
 from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.smscx")
@@ -252,3 +255,41 @@ class SmsCxGateway(HttpGateway):
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+#: The most reports one `dlr_update` carries.
+MAX_REPORTS = 200
+
+
+def parse_reports(body: dict) -> list[tuple[list[str], MessageStatus | None, str]]:
+    """A `dlr_update` event: up to 200 reports, each with our `trackData` and SMS.CX's `msgId`. Other
+    events are not ours to handle: no reports."""
+    if body.get("event") != "dlr_update":
+        return []
+    rows = body.get("data")
+    if not isinstance(rows, list) or len(rows) > MAX_REPORTS:
+        raise BadReport(f"dlr_update needs a data list of at most {MAX_REPORTS} reports")
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or not row.get("msgId"):
+            raise BadReport("each report needs a msgId")
+        word = str(row.get("status") or "").upper()
+        status = STATUS_MAP.get(word)
+        if status is MessageStatus.ACCEPTED:
+            status = None                       # not final yet
+        if status is None and row.get("errorCode"):
+            status = MessageStatus.FAILED       # "a non-null errorCode: could not be delivered" (SMS.CX)
+        out.append(([str(row.get("trackData") or ""), str(row["msgId"])], status, word))
+    return out
+
+
+def build(settings: Settings, context: BuildContext) -> SmsCxGateway:
+    return SmsCxGateway(api_key=settings.smscx_api_key, client_id=settings.smscx_client_id,
+                        client_secret=settings.smscx_client_secret, sender=settings.smscx_sender,
+                        base_url=settings.smscx_base_url, redis_client=context.redis, keys=context.keys,
+                        **context.http)
+
+
+SPEC = GatewaySpec(name="smscx", factory=build,
+                   credentials=(("smscx_api_key",), ("smscx_client_id", "smscx_client_secret")),
+                   status_map=STATUS_MAP, parse_reports=parse_reports)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import redis
 from pydantic import SecretStr
 
+from ..config import Settings
 from ..errors import (
     AmbiguousError,
     AuthError,
@@ -38,6 +39,7 @@ from ..phone import mask
 from ..records import MessageStatus
 from ..redact import redact
 from .base import Acceptance, Balance, HttpGateway, ItemResult, OutboundSms
+from .registry import BuildContext, GatewaySpec
 from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.smsflow")
@@ -198,3 +200,14 @@ class SmsFlowGateway(HttpGateway):
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def build(settings: Settings, context: BuildContext) -> SmsFlowGateway:
+    return SmsFlowGateway(client_id=settings.smsflow_client_id, client_secret=settings.smsflow_client_secret,
+                          campaign=settings.smsflow_campaign, base_url=settings.smsflow_base_url,
+                          redis_client=context.redis, keys=context.keys, **context.http)
+
+
+#: No status API and no webhook.
+SPEC = GatewaySpec(name="smsflow", factory=build, credentials=(("smsflow_client_id", "smsflow_client_secret"),),
+                   status_map=STATUS_MAP)

@@ -29,11 +29,13 @@ from collections.abc import Sequence
 import requests
 from pydantic import SecretStr
 
+from ..config import Settings
 from ..errors import AmbiguousError, AuthError, GatewayRejected, InsufficientBalance, RecipientRejected
 from ..phone import mask
 from ..records import MessageStatus
 from ..redact import redact
 from .base import Acceptance, HttpGateway, ItemResult, OutboundSms
+from .registry import BuildContext, GatewaySpec
 
 # docs/gateways/smspm.md; "invalid", "failed", "error" are inferred refusal words of a
 # per-number element in a bulk answer (the docs show only "Added to queue").
@@ -163,3 +165,13 @@ class SmsPmGateway(HttpGateway):
                                      status=response.status_code) from None
             return {"error": text[:200] or response.reason or "no body"}
         return body if isinstance(body, dict) else {"error": f"unexpected JSON {type(body).__name__}"}
+
+
+def build(settings: Settings, context: BuildContext) -> SmsPmGateway:
+    return SmsPmGateway(hash=settings.smspm_hash, token=settings.smspm_token, sender=settings.smspm_sender,
+                        base_url=settings.smspm_base_url, **context.http)
+
+
+#: No status API and no webhook.
+SPEC = GatewaySpec(name="smspm", factory=build, credentials=(("smspm_hash", "smspm_token"),),
+                   status_map=STATUS_MAP)
