@@ -139,6 +139,7 @@ class StoreRetry(SmsTask, RetryOrRequeue):
     our store failed mid-way nothing was decided for sure: the task runs again later, and the ledger
     makes the rerun safe (a claim left behind is reconciled, never blindly resent)."""
 
+    max_retries = None      # retried as long as it takes: the dispatcher gives up on its own terms
 
     @contextmanager
     def retrying_store_errors(self) -> Iterator[None]:

@@ -79,6 +79,14 @@ def test_a_retry_outcome_runs_the_task_again(app):
     assert len(d.calls) == 2
 
 
+def test_a_send_is_retried_past_celerys_default_of_three_retries(app):
+    d = ScriptedDispatcher(*[Outcome(retry_in=0.01)] * 5, redis.ConnectionError("blip"),
+                           Outcome(result={"status": "accepted"}))
+    use(app, d)
+    assert app.tasks[SEND_SMS].apply(kwargs={"to": "x", "text": "y"}).get() == {"status": "accepted"}
+    assert len(d.calls) == 7
+
+
 def test_the_eta_of_a_publish_is_understood_in_every_form_celery_takes():
     import time
     from datetime import datetime, timedelta, timezone
