@@ -81,8 +81,7 @@ class Runtime:
 
     @property
     def redis(self) -> redis.Redis:
-        return self._part("_redis", lambda: connect(self.settings.redis_url,
-                                                                    health_check_interval=30))
+        return self._part("_redis", lambda: connect(self.settings.redis_url, health_check_interval=30))
 
     @property
     def dispatcher(self) -> Dispatcher:
