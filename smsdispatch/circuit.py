@@ -22,8 +22,8 @@ half-open only the probes' results count. A round of probes whose callers never 
 died) is handed out again after `probe_ttl`.
 
 Every step is one Lua script, lua/circuit_*.lua (the count, lua/lib/circuit_record.lua, is also part
-of the ledger's `finish`, so the success of a single send is counted in the round trip that records it): two workers never both take
-the last probe, and the rate is exact under concurrency.
+of the ledger's `finish`, so the success of a single send is counted in the round trip that records
+it): two workers never both take the last probe, and the rate is exact under concurrency.
 """
 
 from __future__ import annotations
