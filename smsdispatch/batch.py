@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 
+from . import scripts
 from .dispatch import Dispatcher, Route, message_id_for
 from .errors import (
     AmbiguousError,
@@ -51,24 +52,6 @@ MAX_BATCH_MESSAGES = 1_000_000
 ENTRY_FIELDS = ("to", "text", "metadata")       # besides idempotency_key; anything else is refused
 CALL_THREADS = 8
 CALL_REF_NAMESPACE = uuid.UUID("0b7e4c1e-52a4-4c55-8a8b-6f3e2d6a9c11")
-
-# Count each message's outcome once per submission, and close the batch when everything is counted.
-# The seen hash lives as long as its batch (RECORD_TTL; with 0 both stay, one field per message).
-# KEYS[1] batch hash, KEYS[2] seen hash; ARGV[1] now, then message id / outcome field pairs.
-_COUNT = """
-for i = 2, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
-  end
-end
-local ttl = redis.call('TTL', KEYS[1])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-local c = redis.call('HMGET', KEYS[1], 'total', 'accepted', 'failed', 'unknown', 'status')
-if c[5] ~= 'done' and tonumber(c[2]) + tonumber(c[3]) + tonumber(c[4]) >= tonumber(c[1]) then
-  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[1])
-end
-return 1
-"""
 
 _OUTCOME_FIELD = {MessageStatus.ACCEPTED: "accepted", MessageStatus.DELIVERED: "accepted",
                   MessageStatus.FAILED: "failed", MessageStatus.UNKNOWN: "unknown"}
@@ -139,7 +122,7 @@ class Batches:
         self.settings = dispatcher.settings
         self.redis = dispatcher.records.redis
         self.keys = dispatcher.keys
-        self._count = self.redis.register_script(_COUNT)
+        self._count = scripts.register(self.redis, "batch_count")   # each outcome counted once
 
     # --- producer side ------------------------------------------------------------------------
 

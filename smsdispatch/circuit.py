@@ -21,9 +21,9 @@ of calls that were let through before the circuit opened are not counted while i
 half-open only the probes' results count. A round of probes whose callers never report (their worker
 died) is handed out again after `probe_ttl`.
 
-Every step is one Lua script (the functions below are also included in the ledger's `finish`, so the
-success of a single send is counted in the round trip that records it): two workers never both take
-the last probe, and the rate is exact under concurrency.
+Every step is one Lua script, lua/circuit_*.lua (the count, lua/lib/circuit_record.lua, is also part
+of the ledger's `finish`, so the success of a single send is counted in the round trip that records
+it): two workers never both take the last probe, and the rate is exact under concurrency.
 """
 
 from __future__ import annotations
@@ -32,80 +32,8 @@ from dataclasses import dataclass
 
 import redis
 
+from . import scripts
 from .keys import Keys
-
-# Count one call's result. Arguments: circuit hash, calls hash, now, failed (1/0), probe (1/0), window,
-# min_calls, rate (percent), cooloff, probes. Returns {event, failures, calls}: event 'opened' (this
-# result opened or re-opened the circuit), 'closed' (the last probe closed it) or ''.
-RECORD_FUNCTION = """
-local function circuit_open(ckey, skey, now, cooloff)
-  redis.call('HSET', ckey, 'open_until', now + cooloff, 'probes', 0, 'probe_ok', 0, 'probe_until', 0)
-  redis.call('EXPIRE', ckey, math.ceil(cooloff * 4 + 60))
-  redis.call('DEL', skey)
-end
-local function circuit_record(ckey, skey, now, failed, probe, window, min_calls, rate, cooloff, probes)
-  local open_until = tonumber(redis.call('HGET', ckey, 'open_until'))
-  if open_until then
-    if not probe or now < open_until then return {'', 0, 0} end
-    if failed then
-      circuit_open(ckey, skey, now, cooloff)
-      return {'opened', 1, 1}
-    end
-    if redis.call('HINCRBY', ckey, 'probe_ok', 1) >= probes then
-      redis.call('DEL', ckey, skey)
-      return {'closed', 0, 0}
-    end
-    return {'', 0, 0}
-  end
-  local bucket = math.floor(now / (window / 10))
-  redis.call('HINCRBY', skey, 'c' .. bucket, 1)
-  redis.call('EXPIRE', skey, math.ceil(window) + 1)
-  if not failed then return {'', 0, 0} end
-  redis.call('HINCRBY', skey, 'f' .. bucket, 1)
-  local all = redis.call('HGETALL', skey)
-  local calls, fails = 0, 0
-  for i = 1, #all, 2 do
-    local b = tonumber(string.sub(all[i], 2))
-    if b == nil or b <= bucket - 10 then
-      redis.call('HDEL', skey, all[i])
-    elseif string.sub(all[i], 1, 1) == 'c' then
-      calls = calls + tonumber(all[i + 1])
-    else
-      fails = fails + tonumber(all[i + 1])
-    end
-  end
-  if calls >= min_calls and fails * 100 >= rate * calls then
-    circuit_open(ckey, skey, now, cooloff)
-    return {'opened', fails, calls}
-  end
-  return {'', fails, calls}
-end
-"""
-
-# KEYS: circuit hash, calls hash. ARGV: now, failed, probe, window, min_calls, rate, cooloff, probes.
-_RECORD = RECORD_FUNCTION + """
-return circuit_record(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1', tonumber(ARGV[4]),
-                      tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
-"""
-
-# KEYS: circuit hash. ARGV: now, probes, probe_ttl. Returns {verdict, until}: "closed"; "probe" (this
-# caller takes one of the half-open round's probes); "open" (skip; `until` says when to look again).
-_ALLOW = """
-local h = redis.call('HMGET', KEYS[1], 'open_until', 'probes', 'probe_until')
-local open_until = tonumber(h[1])
-if not open_until then return {'closed', '0'} end
-local now = tonumber(ARGV[1])
-if now < open_until then return {'open', tostring(open_until)} end
-local given, round_until = tonumber(h[2]) or 0, tonumber(h[3]) or 0
-if given > 0 and now >= round_until then
-  given = 0                                  -- the last round's probes never reported: a new round
-  redis.call('HSET', KEYS[1], 'probe_ok', 0)
-end
-if given >= tonumber(ARGV[2]) then return {'open', tostring(round_until)} end
-if given == 0 then round_until = now + tonumber(ARGV[3]) end
-redis.call('HSET', KEYS[1], 'probes', given + 1, 'probe_until', round_until)
-return {'probe', tostring(open_until)}
-"""
 
 
 @dataclass(frozen=True)
@@ -132,8 +60,8 @@ class Circuits:
         self.rate, self.min_calls, self.window, self.cooloff = failure_rate, min_calls, window, cooloff
         self.probes = probes
         self.probe_ttl = probe_ttl if probe_ttl is not None else cooloff
-        self._allow = client.register_script(_ALLOW)
-        self._record = client.register_script(_RECORD)
+        self._allow = scripts.register(client, "circuit_allow")
+        self._record = scripts.register(client, "circuit_record")
 
     def allow(self, gateway: str, *, now: float) -> Verdict:
         verdict, until = self._allow(keys=[self.keys.circuit(gateway)], args=[now, self.probes, self.probe_ttl])
@@ -141,7 +69,8 @@ class Circuits:
         return Verdict(verdict != "open", verdict == "probe", float(until))
 
     def record_args(self, gateway: str, *, now: float, failed: bool, probe: bool) -> tuple[list[str], list]:
-        """KEYS and ARGV of one result, for a script that includes RECORD_FUNCTION (the ledger's finish)."""
+        """KEYS and ARGV of one result, for a script that calls circuit_record (lua/lib/circuit_record.lua;
+        the ledger's finish)."""
         return ([self.keys.circuit(gateway), self.keys.circuit_calls(gateway)],
                 [repr(now), int(failed), int(probe), self.window, self.min_calls, self.rate, self.cooloff,
                  self.probes])

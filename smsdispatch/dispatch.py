@@ -228,7 +228,7 @@ class Dispatcher:
             key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id,
             start=self.records.prepared(message_id, MessageStatus.SENDING,
                                         **self._sending(request, first, message_id, key, task_id, 1, list(skipped))),
-            write_start=not self.limiter.limited(first.name), unless_open=self.keys.circuit(first.name),
+            write_start=not self.limiter.limited(first.name),
             circuits=[self.keys.circuit(r.gateway.name) for r in usable], fields=RECORD_FIELDS_READ)
         claim, raw_record = begun.claim, begun.record
         closed = {r.gateway.name for r, open_until in zip(usable, begun.open_until, strict=True) if open_until is None}

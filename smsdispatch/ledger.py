@@ -27,8 +27,11 @@ lease means the holder is gone. RECONCILE tells the caller to ask the gateway wh
 through before sending again (dispatch.py).
 
 A single send costs two round trips here, each one script that carries the record's write with it
-(records.UPDATE_FUNCTION): `begin` (the claim; on a first attempt the `sending` update; the record and
+(lua/lib/update_record.lua): `begin` (the claim; on a first attempt the `sending` update; the record and
 circuits read back) and `finish` (the outcome, `done`, and the task's result for Celery).
+
+Each step is a script in smsdispatch/lua/ (ledger_*.lua; the claim itself is lua/lib/claim.lua), whose
+header lists its KEYS and ARGV.
 """
 
 from __future__ import annotations
@@ -41,170 +44,10 @@ from enum import Enum
 
 import redis
 
-from .circuit import RECORD_FUNCTION
+from . import scripts
 from .keys import Keys
-from .records import INT_FIELDS, JSON_FIELDS, RESULT_FIELDS, UPDATE_FUNCTION, RecordUpdate
+from .records import RecordUpdate
 from .results import ResultSlot
-
-# The claim, as a Lua function (the scripts below include it). Arguments: entry key, fp, message_id,
-# owner, now_ms, lease_ms, ttl_s, submission, the message's record key. Returns {answer, message_id,
-# lease_until or first_claimed_at, fresh}: fresh is 1 when the key had no entry at all (a first attempt).
-# No entry but a settled record (`settled`): the entry expired (IDEMPOTENCY_TTL) after an outcome
-# was recorded, and the record wins: DONE, never a second send; except a provably unsent failure asked
-# again by another submission (a replayed dead letter), which may send. Read only when the entry is absent.
-CLAIM_FUNCTION = """
-local function settled(rec, submission)
-  local r = redis.call('HMGET', rec, 'status', 'attempts', 'maybe_sent', 'task_id')
-  local terminal = {accepted = true, delivered = true, failed = true, unknown = true, expired = true}
-  -- a refusal before any attempt (validation, balance guard) never held the key: it may be claimed
-  if not (terminal[r[1]] == true and (tonumber(r[2]) or 0) > 0) then return nil end
-  -- failed and provably unsent, asked again by another submission (a dead letter replayed): reopened,
-  -- as a reopenable entry would be; its own task coming back gets the record
-  if r[1] == 'failed' and r[3] ~= '1' and r[4] ~= submission then return 'reopen' end
-  return 'done'
-end
-local function claim(key, fp, mid, owner, now, lease, ttl, submission, rec)
-  local e = redis.call('HMGET', key, 'fp', 'state', 'lease_until', 'message_id', 'first_claimed_at',
-                       'reopenable', 'submission')
-  local function take(answer, first, fresh)
-    redis.call('HSET', key, 'fp', fp, 'state', 'claimed', 'owner', owner, 'submission', submission,
-               'lease_until', now + lease, 'message_id', mid, 'first_claimed_at', first, 'reopenable', 0)
-    redis.call('EXPIRE', key, ttl)
-    return {answer, mid, first, fresh}
-  end
-  if not e[2] then
-    local after = settled(rec, submission)
-    if after == 'done' then return {'done', mid, 0, 0} end
-    if after == 'reopen' then return take('reopened', now, 0) end
-    return take('claimed', now, 1)
-  end
-  if e[1] ~= fp then return {'conflict', e[4], 0, 0} end
-  if e[2] == 'done' then
-    if e[6] == '1' and e[7] ~= submission then return take('reopened', now, 0) end
-    return {'done', e[4], 0, 0}
-  end
-  if e[2] == 'pending' then return take('claimed', tonumber(e[5]), 0) end
-  if e[2] == 'claimed' and tonumber(e[3]) > now then return {'busy', e[4], tonumber(e[3]), 0} end
-  return take('reconcile', tonumber(e[5]), 0)
-end
-"""
-
-# KEYS[1] entry, KEYS[2] record; ARGV: fp, message_id, owner, now_ms, lease_ms, ttl_s, submission.
-_CLAIM = CLAIM_FUNCTION + """
-return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], KEYS[2])
-"""
-
-# The send path's first step, one script: the claim; when it is a first attempt (no entry, no
-# attempt on the record) through a gateway whose circuit is closed, the record's `sending` update;
-# then what the caller decides on: the record as it stands after that, and the route's circuits.
-# KEYS: entry, circuit of the first gateway, inflight, pending, record, then the circuits of the
-# route. ARGV: the claim's 7; '1' to write the update (else '0'); the record's ttl, now and the 8
-# values of the update (Records.update_args; the record key first); then the record fields to read.
-# Returns {answer, message_id, lease_until or first_claimed_at, fresh (2 when the update was
-# written), the record fields (false where absent), each circuit's open_until (false if closed)}.
-_BEGIN = CLAIM_FUNCTION + UPDATE_FUNCTION + """
-local r = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], KEYS[5])
-if ARGV[8] == '1' and r[4] == 1 then
-  local attempts = redis.call('HGET', KEYS[5], 'attempts')
-  if (not attempts or attempts == '0' or attempts == '') and redis.call('HEXISTS', KEYS[2], 'open_until') == 0 then
-    update_record(tonumber(ARGV[9]), ARGV[10], KEYS[3], KEYS[4], unpack(ARGV, 11, 18))
-    r[4] = 2
-  end
-end
-local circuits = {}
-for i = 6, #KEYS do circuits[#circuits + 1] = redis.call('HGET', KEYS[i], 'open_until') end
-r[5] = redis.call('HMGET', KEYS[5], unpack(ARGV, 19))
-r[6] = circuits
-return r
-"""
-
-# The outcome, in one step: the record's update, the entry marked done, the dead letter, the task's
-# result where Celery's Redis result backend keeps it, in its format (results.py), built from the
-# updated record, and the gateway call's result counted for its circuit (circuit.py).
-# KEYS: entry, inflight, pending, dead letters, result key ('' = none), then the circuit hash and its
-# calls hash (or none). ARGV: reopenable (0/1), dead letter (0/1), result ttl, task id, date_done, the
-# record's ttl, now, the 8 update values, then the circuit's 8 arguments (Circuits.record_args) if
-# KEYS has them. Returns the record's RESULT_FIELDS, raw (false where absent), then what the call did
-# to its circuit ('opened', 'closed' or '').
-_FINISH = UPDATE_FUNCTION + RECORD_FUNCTION + """
-local circuit = ''
-if #KEYS >= 7 then
-  circuit = circuit_record(KEYS[6], KEYS[7], tonumber(ARGV[16]), ARGV[17] == '1', ARGV[18] == '1',
-                           tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22]),
-                           tonumber(ARGV[23]))[1]
-end
-update_record(tonumber(ARGV[6]), ARGV[7], KEYS[2], KEYS[3], unpack(ARGV, 8, 15))
-redis.call('HSET', KEYS[1], 'state', 'done', 'reopenable', ARGV[1])
-if ARGV[2] == '1' then redis.call('RPUSH', KEYS[4], ARGV[10]) end
-local names = {%(names)s}
-local f = redis.call('HMGET', ARGV[8], unpack(names))
-if KEYS[5] ~= '' then
-  local ints, json = {%(ints)s}, {%(json)s}
-  local result = {}
-  for i, name in ipairs(names) do
-    local v = f[i]
-    if v == false or (v == '' and not ints[name]) then result[name] = cjson.null
-    elseif ints[name] then result[name] = tonumber(v) or 0
-    elseif json[name] then result[name] = cjson.decode(v)
-    else result[name] = v end
-  end
-  local meta = '{"status":"SUCCESS","result":' .. cjson.encode(result) .. ',"traceback":null,"children":[],' ..
-               '"date_done":' .. cjson.encode(ARGV[5]) .. ',"task_id":' .. cjson.encode(ARGV[4]) .. '}'
-  redis.call('SETEX', KEYS[5], ARGV[3], meta)
-  redis.call('PUBLISH', KEYS[5], meta)
-end
-f[#names + 1] = circuit
-return f
-""" % {"names": ", ".join(f"'{n}'" for n in RESULT_FIELDS),
-       "ints": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in INT_FIELDS),
-       "json": ", ".join(f"{n} = true" for n in RESULT_FIELDS if n in JSON_FIELDS)}
-
-# Many claims in one call (a batch chunk), each with some fields of its record read back.
-# KEYS: per message its entry and its record. ARGV: now_ms, lease_ms, ttl_s, submission, the number
-# of fields n, the n field names, then per message fp, message_id, owner. Returns per message the 4
-# values of a claim and the n fields (false where absent), flat.
-_CLAIM_MANY = CLAIM_FUNCTION + """
-local now, lease, ttl, submission, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
-local out = {}
-local m = 0
-for i = 6 + n, #ARGV, 3 do
-  m = m + 1
-  local r = claim(KEYS[2 * m - 1], ARGV[i], ARGV[i + 1], ARGV[i + 2], now, lease, ttl, submission, KEYS[2 * m])
-  for j = 1, 4 do out[#out + 1] = r[j] end
-  if n > 0 then
-    local f = redis.call('HMGET', KEYS[2 * m], unpack(ARGV, 6, 5 + n))
-    for j = 1, n do out[#out + 1] = f[j] end
-  end
-end
-return out
-"""
-
-# Many outcomes in one call (a batch's settled messages): each record's update and its entry done.
-# KEYS: inflight, pending, dead letters. ARGV: reopenable (0/1), dead letter (0/1), the records' ttl,
-# now, then per message its entry key and the 8 update values (Records.update_args).
-_FINISH_MANY = UPDATE_FUNCTION + """
-local ttl, at = tonumber(ARGV[3]), ARGV[4]
-for i = 5, #ARGV, 9 do
-  update_record(ttl, at, KEYS[1], KEYS[2], unpack(ARGV, i + 1, i + 8))
-  redis.call('HSET', ARGV[i], 'state', 'done', 'reopenable', ARGV[1])
-  if ARGV[2] == '1' then redis.call('RPUSH', KEYS[3], ARGV[i + 3]) end
-end
-return (#ARGV - 4) / 9
-"""
-
-# KEYS[1] entry. A done entry becomes reopenable (an operator's forced replay); 0 if it is not done.
-_FORCE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'done' then return 0 end
-redis.call('HSET', KEYS[1], 'reopenable', 1)
-return 1
-"""
-
-# KEYS[1] entry; ARGV: owner, new state. Only the holder may release; returns 1 if it did.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'lease_until', 0)
-return 1
-"""
 
 
 class Claim(str, Enum):
@@ -247,13 +90,13 @@ class Ledger:
         self.keys = keys
         self.lease_ms = int(lease * 1000)
         self.ttl = ttl
-        self._claim = client.register_script(_CLAIM)
-        self._begin = client.register_script(_BEGIN)
-        self._finish = client.register_script(_FINISH)
-        self._claim_many = client.register_script(_CLAIM_MANY)
-        self._finish_many = client.register_script(_FINISH_MANY)
-        self._release = client.register_script(_RELEASE)
-        self._force = client.register_script(_FORCE)
+        self._claim = scripts.register(client, "ledger_claim")
+        self._begin = scripts.register(client, "ledger_begin")
+        self._finish = scripts.register(client, "ledger_finish")
+        self._claim_many = scripts.register(client, "ledger_claim_many")
+        self._finish_many = scripts.register(client, "ledger_finish_many")
+        self._release = scripts.register(client, "ledger_release")
+        self._force = scripts.register(client, "ledger_force_reopenable")
 
     def claim(self, key: str, *, fp: str, message_id: str, now: float, submission: str = "",
               pipe: redis.client.Pipeline | None = None) -> ClaimResult | str:
@@ -268,13 +111,13 @@ class Ledger:
                           owner)
 
     def begin(self, key: str, *, fp: str, message_id: str, now: float, submission: str, start: RecordUpdate,
-              write_start: bool, unless_open: str, circuits: list[str], fields: tuple[str, ...]) -> Begun:
-        """The claim of one send, in one round trip: with `write_start`, a first claim also writes
-        `start` (the record's `sending` update) unless the circuit `unless_open` is open; then the
-        record's `fields` as they stand and the `open_until` of each circuit in `circuits` are read."""
+              write_start: bool, circuits: list[str], fields: tuple[str, ...]) -> Begun:
+        """The claim of one send, in one round trip (lua/ledger_begin.lua): with `write_start`, a first
+        claim also writes `start` (the record's `sending` update, Records.prepared) unless the first
+        circuit of `circuits` (that of the gateway the update names) is open; then the record's
+        `fields` as they stand and the `open_until` of each circuit are read."""
         owner = uuid.uuid4().hex
-        record = self.keys.message(message_id)
-        keys = [self.keys.idempotency(key), unless_open, *start.index_keys, record, *circuits]
+        keys = [self.keys.idempotency(key), *start.keys, *circuits]
         args = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission,
                 "1" if write_start else "0", *start.args, *fields]
         reply = self._begin(keys=keys, args=args)
@@ -299,16 +142,18 @@ class Ledger:
                  dict(zip(fields, flat[i * width + 4:(i + 1) * width], strict=True)))
                 for i, owner in enumerate(owners)]
 
-    def finish_many(self, done: list[tuple[str, list]], update: RecordUpdate, *, reopenable: bool = False,
+    def finish_many(self, done: list[tuple[str, RecordUpdate]], update: RecordUpdate, *, reopenable: bool = False,
                     dead_letter: bool = False, pipe: redis.client.Pipeline | None = None) -> None:
-        """Outcomes of many keys in one call: `done` holds (key, the 8 update values) per message, `update`
-        the records' ttl, time and index keys (Records.prepared_many)."""
+        """Outcomes of many keys in one call (lua/ledger_finish_many.lua): `done` holds (key, that
+        message's update) per message, `update` the part they share (Records.prepared_many)."""
         if not done:
             return
+        keys: list[str] = [*update.keys, self.keys.dead_letters()]
         args: list = [int(reopenable), int(dead_letter), *update.args]
-        for key, values in done:
-            args += [self.keys.idempotency(key), *values]
-        self._finish_many(keys=[*update.index_keys, self.keys.dead_letters()], args=args, client=pipe or self.redis)
+        for key, each in done:
+            keys += [self.keys.idempotency(key), *each.keys]
+            args += each.args
+        self._finish_many(keys=keys, args=args, client=pipe or self.redis)
 
     @staticmethod
     def parse(reply: list, owner: str) -> ClaimResult:
@@ -323,13 +168,13 @@ class Ledger:
     def finish(self, key: str, update: RecordUpdate, *, reopenable: bool = False, dead_letter: bool = False,
                result: ResultSlot | None = None, circuit: tuple[list[str], list] | None = None
                ) -> tuple[list, str]:
-        """The outcome in one atomic step: the record's update (`update`: Records.update_args), the key
-        marked done (`reopenable`: provably not sent, retries exhausted, so a new submission may try
-        again), the id pushed on the dead letters, the task's result stored for Celery's result
-        backend, and (`circuit`: Circuits.record_args) the gateway call counted for its circuit.
-        Returns the record's raw RESULT_FIELDS (for Records.result_from_fields) and the circuit's
-        event ("opened", "closed" or "")."""
-        keys = [self.keys.idempotency(key), *update.index_keys, self.keys.dead_letters(), result.key if result else ""]
+        """The outcome in one atomic step (lua/ledger_finish.lua): the record's update (`update`:
+        Records.prepared), the key marked done (`reopenable`: provably not sent, retries exhausted, so
+        a new submission may try again), the id pushed on the dead letters, the task's result stored
+        for Celery's result backend, and (`circuit`: Circuits.record_args) the gateway call counted for
+        its circuit. Returns the record's raw RESULT_FIELDS (for Records.result_from_fields) and the
+        circuit's event ("opened", "closed" or "")."""
+        keys = [self.keys.idempotency(key), *update.keys, self.keys.dead_letters(), result.key if result else ""]
         args = [int(reopenable), int(dead_letter), result.ttl if result else 0, result.task_id if result else "",
                 result.date_done if result else "", *update.args]
         if circuit is not None:

@@ -12,7 +12,8 @@ max(Retry-After, 30 s) passes without another 429, and, when the gateway said Re
 the bucket for that long so no worker calls before then.
 
 Time comes from the caller (`now`): workers of one deployment share a clock closely enough, and
-tests can drive it. Each operation is one Lua script, so the bucket is exact under concurrency.
+tests can drive it. Each operation is one Lua script (lua/ratelimit_*.lua), so the bucket is exact
+under concurrency.
 """
 
 from __future__ import annotations
@@ -21,50 +22,11 @@ from dataclasses import dataclass
 
 import redis
 
+from . import scripts
 from .keys import Keys
 
 MIN_FACTOR = 0.1
 SLOW_FOR = 30.0
-
-# KEYS: bucket. ARGV: now, rate, burst, n, max_wait.
-# Returns {granted (1/0), wait seconds as a string}: granted means the tokens are reserved and the
-# caller may call after `wait`; 0 means nothing was taken (wait > max_wait).
-_ACQUIRE = """
-local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local n, max_wait = tonumber(ARGV[4]), tonumber(ARGV[5])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'factor', 'slow_until')
-local factor = tonumber(b[3]) or 1
-if now >= (tonumber(b[4]) or 0) then factor = 1 end
-local r = rate * factor
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-if now > ts then tokens = math.min(burst, tokens + (now - ts) * r) else now = ts end
-local wait = 0
-if tokens < n then wait = (n - tokens) / r end
-local granted = 0
-if wait <= max_wait then tokens = tokens - n; granted = 1 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now), 'factor', tostring(factor))
-redis.call('EXPIRE', KEYS[1], 3600)
-return {granted, tostring(wait)}
-"""
-
-# KEYS: bucket. ARGV: now, rate, burst, retry_after (0 if none), slow_for, min_factor.
-_SLOW_DOWN = """
-local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local retry_after = tonumber(ARGV[4])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'factor', 'slow_until')
-local factor = tonumber(b[3]) or 1
-if now >= (tonumber(b[4]) or 0) then factor = 1 end
-factor = math.max(tonumber(ARGV[6]), factor / 2)
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate * factor) else now = ts end
-if retry_after > 0 then tokens = math.min(tokens, -retry_after * rate * factor) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now), 'factor', tostring(factor),
-           'slow_until', tostring(now + math.max(retry_after, tonumber(ARGV[5]))))
-redis.call('EXPIRE', KEYS[1], 3600)
-return tostring(factor)
-"""
 
 
 @dataclass(frozen=True)
@@ -76,8 +38,8 @@ class Permit:
 class RateLimiter:
     def __init__(self, client: redis.Redis, keys: Keys, limits: dict[str, float]) -> None:
         self.redis, self.keys, self.limits = client, keys, dict(limits)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._slow_down = client.register_script(_SLOW_DOWN)
+        self._acquire = scripts.register(client, "ratelimit_acquire")
+        self._slow_down = scripts.register(client, "ratelimit_slow_down")
 
     def limited(self, gateway: str) -> bool:
         return gateway in self.limits

@@ -3,6 +3,8 @@
 A record is the answer to "what happened to message X?": it outlives Celery's result backend
 (which expires results after a day) and is written by the same code path that talks to gateways.
 Every write takes an optional pipeline so a caller can group it with a ledger change atomically.
+The scripts are smsdispatch/lua/records_*.lua; the update the ledger's scripts also carry out is
+lua/lib/update_record.lua, and a record's result read back in a script lua/lib/record_result.lua.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import redis
 
+from . import scripts
 from .keys import Keys
 
 
@@ -35,90 +38,24 @@ class MessageStatus(str, Enum):
 
 
 #: Fields returned to callers as the task result (the public contract of smsdispatch.send_sms).
+#: lua/lib/record_result.lua names them too (with their types: INT_FIELDS, JSON_FIELDS below).
 RESULT_FIELDS = ("message_id", "status", "gateway", "gateway_message_id", "attempts",
                  "idempotency_key", "segments", "error")
-
-# Move an accepted message to its delivery outcome; never backwards, never twice.
-# KEYS: record, history, inflight; ARGV: message id, new status, now, history entry, field/value pairs...
-_ADVANCE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'accepted' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[3], unpack(ARGV, 5))
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
-"""
-
-# Create the record only if it is absent, so a duplicate producer never rewinds a sent message.
-# KEYS[1] record hash, KEYS[2] history list, KEYS[3] pending index; ARGV[1] ttl (0 = keep), ARGV[2]
-# history entry JSON, ARGV[3] sweep deadline ('' = none), ARGV[4] message id, ARGV[5..] field/value
-# pairs. Returns 1 when created, 0 when the record already existed.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('RPUSH', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) end
-local ttl = tonumber(ARGV[1])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-return 1
-"""
 
 
 def now() -> float:
     return round(time.time(), 3)
 
 
-# One `Records.update`, server-side, as a Lua function other scripts include (the ledger's claim and
-# finish, batch chunks). Arguments: ttl (0 = keep), now, inflight key, pending key, then the 8 values
-# of `Records.update_args`: record key, history key, message id, status, history entry, fields (a
-# JSON object of strings), pending ('' = leave, 'rem' = remove, else the sweep deadline), gateway-id
-# key ('' = none).
-UPDATE_FUNCTION = """
-local function update_record(ttl, at, inflight, pending, key, hist, mid, status, entry, fields, pend, gwid)
-  local flat = {'message_id', mid, 'status', status, 'updated_at', at}
-  for k, v in pairs(cjson.decode(fields)) do
-    flat[#flat + 1] = k
-    flat[#flat + 1] = v
-  end
-  redis.call('HSET', key, unpack(flat))
-  redis.call('HSETNX', key, 'created_at', at)
-  redis.call('RPUSH', hist, entry)
-  if status == 'accepted' then
-    redis.call('HSETNX', key, 'accepted_at', at)
-    redis.call('ZADD', inflight, 'NX', at, mid)
-    if gwid ~= '' then
-      if ttl > 0 then redis.call('SET', gwid, mid, 'EX', ttl) else redis.call('SET', gwid, mid) end
-    end
-  elseif status == 'delivered' or status == 'failed' or status == 'unknown' or status == 'expired' then
-    redis.call('ZREM', inflight, mid)
-  end
-  if pend == 'rem' then redis.call('ZREM', pending, mid) elseif pend ~= '' then redis.call('ZADD', pending, pend, mid) end
-  if ttl > 0 then
-    redis.call('EXPIRE', key, ttl)
-    redis.call('EXPIRE', hist, ttl)
-  end
-end
-"""
-
-# Many `update`s in one call (batch chunks and single updates alike).
-# KEYS: inflight, pending. ARGV: ttl (0 = keep), now, then 8 values per message (UPDATE_FUNCTION).
-_UPDATE_MANY = UPDATE_FUNCTION + """
-local ttl, at = tonumber(ARGV[1]), ARGV[2]
-for i = 3, #ARGV, 8 do
-  update_record(ttl, at, KEYS[1], KEYS[2], unpack(ARGV, i, i + 7))
-end
-return (#ARGV - 2) / 8
-"""
-
-
 @dataclass(frozen=True)
 class RecordUpdate:
-    """One update, ready for a script that includes UPDATE_FUNCTION (ledger.py): the record's ttl,
-    the time and the 8 values of `Records.update_args`, and the index keys (inflight, pending)."""
+    """An update's KEYS and ARGV, for a script that calls update_record (lua/lib/update_record.lua).
+    From `prepared`, one whole update: keys (record, history, gateway-id or '', inflight, pending) and
+    args (ttl, now, message id, status, history entry, fields JSON, pending). From `prepared_many`,
+    the part many updates share (keys: inflight, pending; args: ttl, now) and each message's own part
+    (keys: record, history, gateway-id or ''; args: the five from message id on)."""
+    keys: list[str]
     args: list
-    index_keys: tuple[str, str]
 
 
 class Records:
@@ -131,9 +68,9 @@ class Records:
         self.keys = keys
         self.ttl = ttl
         self.queued_grace, self.active_grace = queued_grace, active_grace
-        self._create = client.register_script(_CREATE)
-        self._advance = client.register_script(_ADVANCE)
-        self._update_many = client.register_script(_UPDATE_MANY)
+        self._create = scripts.register(client, "records_create")
+        self._advance = scripts.register(client, "records_advance")
+        self._update_many = scripts.register(client, "records_update_many")
 
     def create(self, message_id: str, fields: dict[str, Any], *, note: str = "", not_before: float | None = None) -> bool:
         """Write a new `queued` record; a no-op (False) when the message already has one. A message
@@ -154,8 +91,9 @@ class Records:
         self.update_many([(message_id, status, note, fields)], pipe=pipe)
 
     def update_args(self, message_id: str, status: MessageStatus, note: str, fields: dict[str, Any],
-                    at: float) -> list[Any]:
-        """The 8 values of one update for UPDATE_FUNCTION (scripts here and in ledger.py)."""
+                    at: float) -> RecordUpdate:
+        """One message's own part of an update: its keys (record, history, gateway-id or '') and its
+        five values (message id, status, history entry, fields JSON, pending)."""
         grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
                  MessageStatus.RETRYING: self.active_grace}.get(status)
         pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
@@ -165,21 +103,23 @@ class Records:
         if gwid and not fields.get("gateway"):
             raise ValueError(f"message {message_id}: an accepted update with a gateway_message_id must name "
                              "the gateway that accepted it")
-        return [self.keys.message(message_id), self.keys.history(message_id), message_id, status.value,
-                _entry(status, at, note, fields.get("error")), json.dumps(_encode(fields), ensure_ascii=False),
-                pending, self.keys.gateway_id(fields["gateway"], gwid) if gwid else ""]
+        return RecordUpdate(
+            [self.keys.message(message_id), self.keys.history(message_id),
+             self.keys.gateway_id(fields["gateway"], gwid) if gwid else ""],
+            [message_id, status.value, _entry(status, at, note, fields.get("error")),
+             json.dumps(_encode(fields), ensure_ascii=False), pending])
 
     def prepared(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> RecordUpdate:
-        """`update`'s write, to be carried out by a ledger step (claim or finish) in the same script."""
-        common, (values,) = self.prepared_many([(message_id, status, note, fields)])
-        return RecordUpdate([*common.args, *values], common.index_keys)
+        """`update`'s write, to be carried out by a ledger step (begin or finish) in the same script."""
+        common, (own,) = self.prepared_many([(message_id, status, note, fields)])
+        return RecordUpdate([*own.keys, *common.keys], [*common.args, *own.args])
 
     def prepared_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]]
-                      ) -> tuple[RecordUpdate, list[list[Any]]]:
-        """Many updates for a ledger step (Ledger.finish_many): their common part (ttl, time, index
-        keys) and the 8 values of each, in order."""
+                      ) -> tuple[RecordUpdate, list[RecordUpdate]]:
+        """Many updates for a ledger step (Ledger.finish_many): the part they share (index keys; ttl,
+        time) and each message's own part, in order."""
         at = now()
-        return (RecordUpdate([self.ttl, at], (self.keys.inflight(), self.keys.pending())),
+        return (RecordUpdate([self.keys.inflight(), self.keys.pending()], [self.ttl, at]),
                 [self.update_args(message_id, status, note, fields, at) for message_id, status, note, fields in updates])
 
     def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
@@ -187,9 +127,9 @@ class Records:
         """`update` for many messages in one script call: (message_id, status, note, fields) each."""
         if not updates:
             return
-        common, values = self.prepared_many(updates)
-        self._update_many(keys=list(common.index_keys), args=[*common.args, *(v for each in values for v in each)],
-                          client=pipe or self.redis)
+        common, own = self.prepared_many(updates)
+        self._update_many(keys=[*common.keys, *(k for each in own for k in each.keys)],
+                          args=[*common.args, *(v for each in own for v in each.args)], client=pipe or self.redis)
 
     def advance(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> bool:
         """accepted → delivered / failed / expired, atomically; False if the message is not (or no

@@ -8,7 +8,7 @@ once for a reminder already inside the horizon). Entries left in `inflight` by a
 move and the publish are moved back by the next release. Publishing twice is harmless: the send goes
 through the idempotency ledger under the reminder's key.
 
-States, each change one Lua script:
+States, each change one Lua script (lua/reminders_*.lua):
 
     scheduled → releasing → queued → sending → done        (`finish`: the message settled; its
         │           │          │                            result, accepted or failed, is kept)
@@ -26,73 +26,12 @@ from typing import Any, Callable
 
 import redis
 
+from . import scripts
 from .errors import ValidationError
 from .keys import Keys
 from .message import parse_send
 
 NAMESPACE = uuid.UUID("3c1f5d0e-8f7a-4d3b-9c55-2a7e4b1d6f90")
-
-# KEYS: hash, due; ARGV: id, send_at, payload json, now. Returns 1 if stored, 0 if it already existed.
-_STORE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'reminder_id', ARGV[1], 'send_at', ARGV[2], 'payload', ARGV[3],
-           'state', 'scheduled', 'created_at', ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return 1
-"""
-
-# KEYS: due, inflight; ARGV: until (send_at <= until), now, limit, key prefix for hashes.
-# Moves due ids to inflight; returns {id, send_at, id, send_at, ...}.
-_CLAIM_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
-for i = 1, #ids, 2 do
-  redis.call('ZREM', KEYS[1], ids[i])
-  redis.call('ZADD', KEYS[2], ARGV[2], ids[i])
-  redis.call('HSET', ARGV[4] .. ids[i], 'state', 'releasing')
-end
-return ids
-"""
-
-# KEYS: inflight, due; ARGV: older_than, key prefix. Puts stuck releases back in due.
-_RECOVER = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  local h = ARGV[2] .. id
-  if redis.call('HGET', h, 'state') == 'releasing' then
-    redis.call('HSET', h, 'state', 'scheduled')
-    redis.call('ZADD', KEYS[2], redis.call('HGET', h, 'send_at'), id)
-  end
-end
-return #ids
-"""
-
-# KEYS: hash, inflight; ARGV: id. After publishing: releasing → queued.
-_PUBLISHED = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[1], 'state') == 'releasing' then redis.call('HSET', KEYS[1], 'state', 'queued') end
-return 1
-"""
-
-# KEYS: hash, due, inflight. Returns 1 cancelled (or already), 0 too late, -1 unknown id.
-_CANCEL = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return -1 end
-if state == 'cancelled' then return 1 end
-if state == 'sending' or state == 'done' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'cancelled')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return 1
-"""
-
-# KEYS: hash. Returns the payload, or nil when cancelled/unknown. Idempotent for task retries.
-_BEGIN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'cancelled' then return false end
-if state ~= 'done' then redis.call('HSET', KEYS[1], 'state', 'sending') end
-return redis.call('HGET', KEYS[1], 'payload')
-"""
 
 
 @dataclass(frozen=True)
@@ -124,12 +63,12 @@ class Reminders:
         message itself is checked."""
         self.redis, self.keys, self.default_region, self.ttl = client, keys, default_region, ttl
         self.validate = validate or (lambda kwargs: parse_send(kwargs, default_region=default_region))
-        self._store = client.register_script(_STORE)
-        self._claim_due = client.register_script(_CLAIM_DUE)
-        self._recover = client.register_script(_RECOVER)
-        self._published = client.register_script(_PUBLISHED)
-        self._cancel = client.register_script(_CANCEL)
-        self._begin = client.register_script(_BEGIN)
+        self._store = scripts.register(client, "reminders_store")
+        self._claim_due = scripts.register(client, "reminders_claim_due")
+        self._recover = scripts.register(client, "reminders_recover")
+        self._published = scripts.register(client, "reminders_published")
+        self._cancel = scripts.register(client, "reminders_cancel")
+        self._begin = scripts.register(client, "reminders_begin_send")
 
     def schedule(self, kwargs: dict[str, Any], send_at: Any, *, now: float) -> tuple[str, float]:
         """Validate (a bad number or text raises here, at the producer) and store a reminder;

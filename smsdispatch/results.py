@@ -1,7 +1,7 @@
 """Task results where Celery's Redis result backend keeps them, for `send_sms`, written by us.
 
 `send_sms` turns Celery's own result storing off (`ignore_result`): the result is written in the
-same script as the record and the ledger (ledger.py, `_FINISH`), so a result never disagrees with
+same script as the record and the ledger (lua/ledger_finish.lua, with lua/lib/store_result.lua), so a result never disagrees with
 its record, and a send costs one round trip less (Celery's backend reads the key, then writes and
 publishes it). Paths that end without that script (a duplicate answered from the record, a refused
 submission) store it with `Results.store`: SETEX and PUBLISH in one round trip, as the backend does

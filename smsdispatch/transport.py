@@ -53,6 +53,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
 
+from . import scripts
 from .keys import Keys
 
 log = logging.getLogger("smsdispatch.transport")
@@ -61,18 +62,6 @@ log = logging.getLogger("smsdispatch.transport")
 #: unacknowledged, waiting for a channel that reaches Redis to put them back.
 _taken_not_recorded: list[tuple[dict, str, str]] = []
 _taken_lock = threading.Lock()
-
-
-#: Heartbeat and judgement, one Lua step: stamp this process with Redis's clock, keep its set of
-#: delivery tags alive, and name the processes silent for longer than the limit.
-#: KEYS[1] the workers zset, KEYS[2] this process's tag set; ARGV: owner, lost_after (s), set ttl (s).
-_BEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-"""
 
 
 class Liveness:
@@ -120,11 +109,13 @@ class Liveness:
         return max(0.5, float(getattr(channel, "worker_lost_after", None) or 10.0) / 5)
 
     def beat(self, channel: Channel) -> list[str]:
-        """One heartbeat; puts back the messages of every process found dead. Returns their owners."""
+        """One heartbeat; puts back the messages of every process found dead. Returns their owners.
+        The heartbeat and the judgement are one Lua step (lua/transport_beat.lua), run with EVAL on
+        kombu's client."""
         keys, lost_after = channel.smsdispatch_keys, float(channel.worker_lost_after)
         with channel.conn_or_acquire() as client:
             dead = [d.decode() for d in client.eval(
-                _BEAT, 2, keys.workers(), keys.worker_unacked(self.owner), self.owner, lost_after,
+                scripts.source("transport_beat"), 2, keys.workers(), keys.worker_unacked(self.owner), self.owner, lost_after,
                 int(max(channel.visibility_timeout, lost_after * 10)))]
             now = time.monotonic()
             if self.steady_since is None:

@@ -84,7 +84,7 @@ def test_a_first_claim_writes_the_sending_update_with_it_unless_the_circuit_is_o
     def begin(key, mid, now, write_start=True):
         start = records.prepared(mid, MessageStatus.SENDING, note="attempt 1 via stub", attempts=1, gateway="stub")
         return ledger.begin(key, fp="a", message_id=mid, now=now, submission="s", start=start,
-                            write_start=write_start, unless_open="t:circuit:stub",
+                            write_start=write_start,
                             circuits=["t:circuit:stub", "t:circuit:other"], fields=("status", "attempts"))
     first = begin("k1", "m1", 100.0)
     assert first.claim.answer is Claim.CLAIMED and first.claim.started
@@ -135,7 +135,7 @@ def test_a_record_with_attempts_is_not_started_by_a_claim_even_without_an_entry(
     records.update("m", MessageStatus.RETRYING, attempts=2)
     start = records.prepared("m", MessageStatus.SENDING, note="attempt 1 via stub", attempts=1)
     begun = make(redis_client).begin("k", fp="a", message_id="m", now=100.0, submission="s", start=start,
-                                     write_start=True, unless_open="t:c", circuits=[], fields=("attempts",))
+                                     write_start=True, circuits=[], fields=("attempts",))
     assert begun.claim.answer is Claim.CLAIMED and not begun.claim.started and records.get("m")["attempts"] == 2
 
 

@@ -1,0 +1,13 @@
+-- ledger_claim: claim one idempotency key (Ledger.claim).
+-- requires: claim
+-- KEYS[1] the ledger entry
+-- KEYS[2] the message's record
+-- ARGV[1] fingerprint
+-- ARGV[2] message id
+-- ARGV[3] owner (this execution)
+-- ARGV[4] now (ms)
+-- ARGV[5] lease (ms)
+-- ARGV[6] the entry's ttl (s)
+-- ARGV[7] submission
+-- returns {answer, message_id, lease_until or first_claimed_at, fresh} (lib/claim.lua)
+return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], KEYS[2])

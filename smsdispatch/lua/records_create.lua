@@ -1,0 +1,21 @@
+-- records_create: write a new `queued` record only if it is absent (Records.create), so a duplicate
+-- producer never rewinds a sent message.
+-- KEYS[1] the record hash
+-- KEYS[2] its history list
+-- KEYS[3] pending index
+-- ARGV[1] ttl (0 = keep)
+-- ARGV[2] history entry (JSON)
+-- ARGV[3] sweep deadline ('' = none)
+-- ARGV[4] message id
+-- ARGV[5..] field/value pairs
+-- returns 1 when created, 0 when the record already existed
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) end
+local ttl = tonumber(ARGV[1])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return 1
