@@ -8,7 +8,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test unit integration lint clean
+.PHONY: demo test unit integration lint typecheck clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
@@ -52,6 +52,10 @@ chaos-ci: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/python -m ruff check smsdispatch tests chaos
+
+# mypy over the package (settings in pyproject.toml [tool.mypy]); .ci/run runs it before the tests.
+typecheck: $(BIN)/.installed
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

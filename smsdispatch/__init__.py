@@ -4,12 +4,21 @@
     result = send_sms.delay("+998901234567", "Your code is 1234", idempotency_key="otp-42")
     get_message(result.get()["message_id"])
 
-Attributes are resolved lazily so that importing a submodule (records, ledger, ...) needs no settings.
+`send_sms`, `send_batch` and `app` stand for the default app's (smsdispatch.worker.default_app), which
+is built from the environment on first use: importing the package or a submodule needs no settings. A
+web app with settings of its own builds its app with `smsdispatch.worker.create_app(settings)` and sends
+with `app.send_sms`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+from celery.local import Proxy
+
+if TYPE_CHECKING:
+    from .tasks import SendBatch, SendSms
+    from .worker import SmsApp
 
 __all__ = ["send_sms", "send_batch", "schedule_reminder", "cancel_reminder", "get_reminder", "get_message",
            "get_history", "get_batch", "get_balances", "app"]
@@ -17,14 +26,12 @@ __all__ = ["send_sms", "send_batch", "schedule_reminder", "cancel_reminder", "ge
 
 def get_message(message_id: str) -> dict[str, Any] | None:
     """The record of one message (the answer to "what happened to message X?"), or None."""
-    from .worker import app
-    return app.smsdispatch.dispatcher.records.get(message_id)
+    return _app().runtime.dispatcher.records.get(message_id)
 
 
 def get_history(message_id: str) -> list[dict[str, Any]]:
     """Every status change of one message, oldest first."""
-    from .worker import app
-    return app.smsdispatch.dispatcher.records.history(message_id)
+    return _app().runtime.dispatcher.records.history(message_id)
 
 
 def schedule_reminder(to: str, text: str | None, send_at: Any, *, idempotency_key: str | None = None,
@@ -32,42 +39,37 @@ def schedule_reminder(to: str, text: str | None, send_at: Any, *, idempotency_ke
                       options: dict | None = None) -> str:
     """Send `text` to `to` at `send_at` (a timezone-aware datetime or ISO 8601 string with an offset;
     a past time sends now). Returns the reminder id. Raises ValidationError for bad input, here."""
-    from .worker import app
     kwargs = {"to": to, "text": text, "idempotency_key": idempotency_key, "gateway": gateway, "sender": sender,
               "metadata": metadata, "options": options}
-    return app.smsdispatch.schedule_reminder({k: v for k, v in kwargs.items() if v is not None}, send_at)
+    return _app().runtime.schedule_reminder({k: v for k, v in kwargs.items() if v is not None}, send_at)
 
 
 def cancel_reminder(reminder_id: str) -> bool:
     """True: it will never be sent. False: too late, it is being sent or was sent."""
-    from .worker import app
-    return app.smsdispatch.reminders.cancel(reminder_id)
+    return _app().runtime.reminders.cancel(reminder_id)
 
 
 def get_reminder(reminder_id: str) -> dict[str, Any] | None:
     """{reminder_id, state, send_at, message_id, result}, or None."""
-    from .worker import app
-    return app.smsdispatch.reminders.get(reminder_id)
+    return _app().runtime.reminders.get(reminder_id)
 
 
 def get_balances() -> dict[str, dict[str, Any]]:
     """The last balance beat read from each gateway: {gateway: {amount, currency, at}}."""
-    from .worker import app
-    return app.smsdispatch.poller.balances()
+    return _app().runtime.poller.balances()
 
 
 def get_batch(batch_id: str) -> dict[str, Any] | None:
     """A batch's progress: {batch_id, status, total, accepted, failed, unknown, pending, ...}, or None."""
-    from .worker import app
-    return app.smsdispatch.batches.get(batch_id)
+    return _app().runtime.batches.get(batch_id)
 
 
-def __getattr__(name: str):
-    if name == "app":
-        from .worker import app
-        return app
-    if name in ("send_sms", "send_batch"):
-        from .tasks import SEND_BATCH, SEND_SMS
-        from .worker import app
-        return app.tasks[SEND_SMS if name == "send_sms" else SEND_BATCH]
-    raise AttributeError(f"module 'smsdispatch' has no attribute {name!r}")
+def _app() -> SmsApp:
+    from .worker import default_app
+    return default_app()
+
+
+#: Celery's own lazy proxies (as `shared_task` returns): the object is the default app's on first use.
+app = cast("SmsApp", Proxy(_app))
+send_sms = cast("SendSms", Proxy(lambda: _app().send_sms))
+send_batch = cast("SendBatch", Proxy(lambda: _app().send_batch))

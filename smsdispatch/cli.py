@@ -83,7 +83,7 @@ def _line_buffered() -> None:
 
 def _runtime():
     from .worker import app
-    return app.smsdispatch
+    return app.runtime
 
 
 def _print(data: Any) -> None:

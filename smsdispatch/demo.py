@@ -47,7 +47,7 @@ def run(out: Callable[[str], None] = print) -> int:
 
         app = create_app(load_settings(**{k.lower(): v for k, v in env.items()}))
         send = app.tasks[SEND_SMS]
-        records = app.smsdispatch.dispatcher.records
+        records = app.runtime.dispatcher.records
 
         key = f"order-{run_id}-confirmation"
         fake.fail_next(1, status=503)                                # the first call fails, transiently
@@ -71,7 +71,7 @@ def run(out: Callable[[str], None] = print) -> int:
         summary = app.tasks[SEND_BATCH].delay(batch, batch_id=f"parcels-{run_id}").get(timeout=TIMEOUT)
         for task_id in summary["chunk_tasks"]:
             app.AsyncResult(task_id).get(timeout=TIMEOUT)
-        final = app.smsdispatch.batches.get(summary["batch_id"])
+        final = app.runtime.batches.get(summary["batch_id"])
         out(f"── a batch of {final['total']} (one bad entry), sent through Eskiz's send-batch")
         out(f"   batch {final['batch_id']}: {final['status'].upper()}  accepted={final['accepted']} "
             f"failed={final['failed']} pending={final['pending']}  (one send-batch call)\n")

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 
 from . import phone, text
 from .errors import ValidationError
@@ -239,7 +240,7 @@ def parse_send(kwargs: dict[str, Any], *, default_region: str | None,
     return request.model_copy(update={"to": phone.normalise(request.to, default_region)})
 
 
-def _describe(err: dict) -> str:
+def _describe(err: ErrorDetails) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "arguments"
     if err["type"] == "extra_forbidden" and where == EXTRA_ARGS:
         return f"arguments: {len(err['input']) if isinstance(err['input'], list) else 'some'} unexpected " \

@@ -30,12 +30,12 @@ def compute_backoff(
 ) -> float:
     if attempts < 1:
         raise ValueError("attempts is 1-based")
-    rng = rng or random
+    uniform = rng.uniform if rng else random.uniform
     ceiling = min(cap, base * 2 ** min(attempts - 1, 62))
     if jitter == "full":
-        delay = rng.uniform(0, ceiling)
+        delay = uniform(0, ceiling)
     elif jitter == "equal":
-        delay = rng.uniform(ceiling / 2, ceiling)
+        delay = uniform(ceiling / 2, ceiling)
     else:
         delay = ceiling
     if retry_after is not None:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from celery import Celery, Task
@@ -37,8 +39,8 @@ from celery.exceptions import Reject
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from .batch import batch_id_for
-from .dispatch import message_id_for
+from .batch import ChunkOutcome, batch_id_for
+from .dispatch import Outcome, message_id_for
 from .errors import ValidationError
 from .message import (
     FIELDS,
@@ -54,7 +56,7 @@ from .polling import QUEUED_AT_HEADER
 from .redact import shown_arguments
 
 if TYPE_CHECKING:
-    from .worker import Runtime
+    from .worker import Runtime, SmsApp
 
 SEND_SMS = "smsdispatch.send_sms"
 SEND_BATCH = "smsdispatch.send_batch"
@@ -107,212 +109,282 @@ class RetryOrRequeue(PrivateTask):
             raise Reject(rejected.reason, requeue=True) from None
 
 
-def register_tasks(app: Celery, runtime: Runtime) -> None:
+class SmsTask(PrivateTask):
+    """A task of an SmsApp: reaches what it needs at run time through `self.runtime` (worker.Runtime)."""
 
-    class SendTask(RetryOrRequeue):
-        def apply_async(self, args=None, kwargs=None, task_id=None, **options):
-            """Record the message as `queued` before publishing it (docs/celery-redis.md H6), and
-            show Flower a masked number instead of the real one. Raises ValidationError here, at the
-            producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
-            not valid Unicode (a lone surrogate), or one argument given twice. Everything else is
-            validated by the worker, which records the refusal."""
-            check_id("task_id", task_id)
-            task_id = task_id or uuid()
-            kwargs = merge_arguments(args, kwargs)
-            check_encodable(kwargs)
-            check_bounds(kwargs, max_text_chars=runtime.settings.max_text_chars)   # before Redis holds any of it
-            runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
-            # when it joined the queue: the sweeper reads it off the queue's oldest message (polling.py)
-            options["headers"] = {**(options.get("headers") or {}), QUEUED_AT_HEADER: time.time()}
-            options.setdefault("kwargsrepr", _masked_repr(kwargs))
-            options.setdefault("argsrepr", "()")
-            if not self.app.conf.task_always_eager:
-                # The worker stores the result itself, with the record (results.py): Celery need not,
-                # nor subscribe to it now (a result is subscribed to when `.get()` asks for it).
-                options.setdefault("ignore_result", True)
-            result = super().apply_async((), kwargs, task_id=task_id, **options)
-            result.ignored = False         # `.get()` waits for the result all the same
-            return result
+    @property
+    def runtime(self) -> Runtime:
+        return cast("SmsApp", self.app).runtime
 
-        def __call__(self, /, *args, **kwargs):
-            """Celery's Task.__call__ names its first parameter `self`, so a keyword argument `self` (bad
-            input, e.g. sent by name) would raise TypeError inside Celery before send_sms could refuse it.
-            Such a call goes straight to the task's function (in the worker the request is already
-            pushed); every other call takes Celery's way."""
-            if "self" in kwargs:
-                return self.run(*args, **kwargs)
-            return super().__call__(*args, **kwargs)
+    def deliveries_past_limit(self) -> int:
+        """A redelivered message (the broker handed it out again: no worker finished it) is counted in
+        Redis; past MAX_DELIVERIES the count is returned, else 0. A first delivery and Celery's own
+        retries (new messages) cost nothing here."""
+        if not (self.request.delivery_info or {}).get("redelivered"):
+            return 0
+        deliveries = self.runtime.dispatcher.redelivered(self.request.id) + 1
+        return deliveries if deliveries > self.runtime.settings.max_deliveries else 0
 
-    # Published with ignore_result (SendTask.apply_async), Celery does not store the result: we do,
-    # with the record (results.py). Retries and errors (an unexpected exception) Celery still stores.
-    @app.task(bind=True, base=SendTask, name=SEND_SMS, max_retries=None, typing=False, shared=False,
-              store_errors_even_if_ignored=True)
-    def send_sms(self, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """send_sms(to, text, *, sender=None, gateway=None, idempotency_key=None, callback_url=None,
-        metadata=None, options=None): send one SMS exactly once; returns {message_id, status, gateway,
-        gateway_message_id, attempts, idempotency_key, segments, error}. Bad input ends `failed` (code
-        `validation`), whatever its shape: the signature takes anything (even a keyword named `self`, or
-        `to` both by position and by name) so that no input can make the task itself raise."""
+    def poisoned(self, kwargs: dict[str, Any], *, store_result: bool = False) -> Outcome | None:
+        """A poison message's outcome instead of a run (Dispatcher.poisoned), or None to run it."""
+        deliveries = self.deliveries_past_limit()
+        if not deliveries:
+            return None
+        return self.runtime.dispatcher.poisoned(kwargs, task_id=self.request.id, deliveries=deliveries,
+                                                store_result=store_result)
+
+
+class StoreRetry(SmsTask, RetryOrRequeue):
+    """A sending task: a Redis error under it, or a dispatcher's answer "later", becomes a retry. When
+    our store failed mid-way nothing was decided for sure: the task runs again later, and the ledger
+    makes the rerun safe (a claim left behind is reconciled, never blindly resent)."""
+
+    max_retries = None      # retried as long as it takes: the dispatcher gives up on its own terms
+
+    @contextmanager
+    def retrying_store_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as e:
+            raise self.retry(exc=e, countdown=self.runtime.settings.backoff_base, max_retries=None) from None
+
+    def retry_if_asked(self, outcome: Outcome | ChunkOutcome) -> None:
+        if outcome.retry_in is not None:
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+
+    def result_or_retry(self, outcome: Outcome) -> dict[str, Any]:
+        self.retry_if_asked(outcome)
+        return final_result(outcome)
+
+
+class SendSms(StoreRetry):
+    """send_sms(to, text, *, sender=None, gateway=None, idempotency_key=None, callback_url=None,
+    metadata=None, options=None): send one SMS exactly once; returns {message_id, status, gateway,
+    gateway_message_id, attempts, idempotency_key, segments, error}. Bad input ends `failed` (code
+    `validation`), whatever its shape: the signature takes anything (even a keyword named `self`, or
+    `to` both by position and by name) so that no input can make the task itself raise.
+
+    Published with ignore_result (apply_async), Celery does not store the result: we do, with the
+    record (results.py). Retries and errors (an unexpected exception) Celery still stores."""
+
+    name = SEND_SMS
+    typing = False
+    store_errors_even_if_ignored = True
+
+    def run(self, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
             check_id("task_id", self.request.id)
         except ValidationError as e:    # sent by name with an id that would reach into other keys: no record
             log.info("task %r rejected: %s", str(self.request.id)[:MAX_ID_CHARS], e)
             return {"message_id": None, "status": "failed", "error": {"code": "validation", "message": str(e)}}
-        try:
+        with self.retrying_store_errors():
             try:
                 kwargs = merge_arguments(args, kwargs)
                 check_encodable(kwargs)     # before the dispatcher derives ids from the key or writes a record
             except ValidationError as e:
-                return stored(self.request.id, refuse(kwargs, self.request.id, str(e)))
+                return self.stored(self.refuse(kwargs, str(e)))
             kwargs = {k: v for k, v in kwargs.items() if not (k in FIELDS and v is None)}
-            outcome = poisoned(self, kwargs, store_result=True) or \
-                runtime.dispatcher.send(kwargs, task_id=self.request.id, store_result=True)
+            outcome = self.poisoned(kwargs, store_result=True) or \
+                self.runtime.dispatcher.send(kwargs, task_id=self.request.id, store_result=True)
             if outcome.retry_in is None and not outcome.stored:
-                stored(self.request.id, outcome.result)
-        except redis.RedisError as e:
-            # Our store failed mid-way: nothing was decided for sure. Run again later; the ledger
-            # makes the rerun safe (a claim left behind is reconciled, never blindly resent).
-            raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
-        if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in, max_retries=None)
-        return outcome.result
+                self.stored(final_result(outcome))
+        return self.result_or_retry(outcome)
 
-    def deliveries_past_limit(task: Task) -> int:
-        """A redelivered message (the broker handed it out again: no worker finished it) is counted in
-        Redis; past MAX_DELIVERIES the count is returned, else 0. A first delivery and Celery's own
-        retries (new messages) cost nothing here."""
-        if not (task.request.delivery_info or {}).get("redelivered"):
-            return 0
-        deliveries = runtime.dispatcher.redelivered(task.request.id) + 1
-        return deliveries if deliveries > runtime.settings.max_deliveries else 0
-
-    def poisoned(task: Task, kwargs: dict[str, Any], *, store_result: bool = False):
-        """A poison message's outcome instead of a run (Dispatcher.poisoned), or None to run it."""
-        deliveries = deliveries_past_limit(task)
-        if not deliveries:
-            return None
-        return runtime.dispatcher.poisoned(kwargs, task_id=task.request.id, deliveries=deliveries,
-                                           store_result=store_result)
-
-    def stored(task_id: str, result: dict[str, Any]) -> dict[str, Any]:
-        """Store a final result of send_sms as its task's Celery result (it ignores Celery's storing)."""
-        runtime.dispatcher.results.store(task_id, result)
+    def stored(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Store a final result as this task's Celery result (send_sms ignores Celery's storing)."""
+        self.runtime.dispatcher.results.store(self.request.id, result)
         return result
 
-
-    def refuse(kwargs: Any, task_id: str, reason: str) -> dict[str, Any]:
+    def refuse(self, kwargs: Any, reason: str) -> dict[str, Any]:
         """Record a submission whose arguments the dispatcher cannot even take as `failed` (validation).
         Its record is keyed like any refused message, by its idempotency key when that one is usable."""
         key = kwargs.get("idempotency_key") if isinstance(kwargs, dict) else None
         if not (isinstance(key, str) and key and len(key) <= MAX_IDEMPOTENCY_KEY_CHARS and valid_unicode(key)):
             key = None
-        message_id = message_id_for(key, task_id)
+        message_id = message_id_for(key, self.request.id)
         log.info("message %s rejected: %s", message_id, reason)
-        return runtime.dispatcher.reject(message_id, task_id, {"idempotency_key": key} if key else {},
-                                         "validation", reason)
+        return self.runtime.dispatcher.reject(message_id, self.request.id, {"idempotency_key": key} if key else {},
+                                              "validation", reason)
 
-    class SendBatchTask(PrivateTask):
-        def apply_async(self, args=None, kwargs=None, task_id=None, **options):
-            """Store the entries in Redis before publishing: the task message carries only the batch id,
-            however large the batch. Raises ValidationError here, at the producer, for a malformed batch."""
-            check_id("task_id", task_id)
-            task_id = task_id or uuid()
-            kwargs = dict(kwargs or {})
-            if args:
-                kwargs.setdefault("messages", args[0])
-            messages = kwargs.pop("messages", None)
-            check_id("batch_id", kwargs.get("batch_id"))
-            kwargs["batch_id"] = batch_id_for(kwargs.get("batch_id"), kwargs.get("idempotency_key"), task_id)
-            if messages is not None:
-                runtime.batches.store(kwargs["batch_id"], messages, gateway=kwargs.get("gateway"),
-                                      sender=kwargs.get("sender"), idempotency_key=kwargs.get("idempotency_key"),
-                                      submission=task_id)
-            return super().apply_async((), kwargs, task_id=task_id, **options)
+    def apply_async(self, args=None, kwargs=None, task_id=None, **options):
+        """Record the message as `queued` before publishing it (docs/celery-redis.md H6), and
+        show Flower a masked number instead of the real one. Raises ValidationError here, at the
+        producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
+        not valid Unicode (a lone surrogate), or one argument given twice. Everything else is
+        validated by the worker, which records the refusal."""
+        check_id("task_id", task_id)
+        task_id = task_id or uuid()
+        kwargs = merge_arguments(args, kwargs)
+        check_encodable(kwargs)
+        check_bounds(kwargs, max_text_chars=self.runtime.settings.max_text_chars)   # before Redis holds any of it
+        self.runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
+        # when it joined the queue: the sweeper reads it off the queue's oldest message (polling.py)
+        options["headers"] = {**(options.get("headers") or {}), QUEUED_AT_HEADER: time.time()}
+        options.setdefault("kwargsrepr", _masked_repr(kwargs))
+        options.setdefault("argsrepr", "()")
+        if not self.app.conf.task_always_eager:
+            # The worker stores the result itself, with the record (results.py): Celery need not,
+            # nor subscribe to it now (a result is subscribed to when `.get()` asks for it).
+            options.setdefault("ignore_result", True)
+        result = super().apply_async((), kwargs, task_id=task_id, **options)
+        result.ignored = False         # `.get()` waits for the result all the same
+        return result
 
-    @app.task(bind=True, base=SendBatchTask, name=SEND_BATCH, max_retries=None, typing=False, shared=False)
-    def send_batch(self, messages=None, *extra, gateway=None, batch_id=None, sender=None, idempotency_key=None,
-                   **unexpected) -> dict[str, Any]:
-        """Send many messages, each its own message with its own key; returns the batch summary.
-        `messages` is a list of {to, text, idempotency_key?, metadata?}; `smsdispatch.get_batch(batch_id)`
-        follows progress. (Inline `messages` only arrive here when a client calls the task by name.)"""
+    def __call__(self, /, *args, **kwargs):
+        """Celery's Task.__call__ names its first parameter `self`, so a keyword argument `self` (bad
+        input, e.g. sent by name) would raise TypeError inside Celery before send_sms could refuse it.
+        Such a call goes straight to run (in the worker the request is already pushed); every other
+        call takes Celery's way."""
+        if "self" in kwargs:
+            return self.run(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class SendBatch(SmsTask):
+    """send_batch(messages, *, gateway=None, batch_id=None, sender=None, idempotency_key=None): send many
+    messages, each its own message with its own key; returns the batch summary. `messages` is a list of
+    {to, text, idempotency_key?, metadata?}; `smsdispatch.get_batch(batch_id)` follows progress. (Inline
+    `messages` only arrive here when a client calls the task by name.)"""
+
+    name = SEND_BATCH
+    typing = False
+    max_retries = None
+
+    def run(self, messages=None, *extra, gateway=None, batch_id=None, sender=None, idempotency_key=None,
+            **unexpected) -> dict[str, Any]:
         try:
             check_id("batch_id", batch_id)
             check_id("task_id", self.request.id)
         except ValidationError as e:
-            return {"batch_id": None, "status": "failed", "error": {"code": "validation", "message": str(e)}}
+            return _refused(None, str(e))
         batch_id = batch_id_for(batch_id, idempotency_key, self.request.id)
         if extra or unexpected:
             names = ", ".join([*(f"#{n + 2}" for n in range(len(extra))), *sorted(unexpected)])
-            return {"batch_id": batch_id, "status": "failed",
-                    "error": {"code": "validation", "message": f"unexpected arguments: {names}"}}
+            return _refused(batch_id, f"unexpected arguments: {names}")
         if messages is not None:
             try:
-                runtime.batches.store(batch_id, messages, gateway=gateway, sender=sender,
-                                      idempotency_key=idempotency_key, submission=self.request.id)
+                self.runtime.batches.store(batch_id, messages, gateway=gateway, sender=sender,
+                                           idempotency_key=idempotency_key, submission=self.request.id)
             except ValidationError as e:
-                return {"batch_id": batch_id, "status": "failed", "error": {"code": "validation", "message": str(e)}}
-        summary = runtime.batches.get(batch_id)
+                return _refused(batch_id, str(e))
+        summary = self.runtime.batches.get(batch_id)
         if summary is None:
-            return {"batch_id": batch_id, "status": "failed",
-                    "error": {"code": "validation", "message": "no such batch in Redis (expired or never stored)"}}
+            return _refused(batch_id, "no such batch in Redis (expired or never stored)")
+        send_chunk = self.app.tasks[SEND_CHUNK]
         chunk_tasks = [send_chunk.apply_async(kwargs={"batch_id": batch_id, "index": index,
                                                       "submission": self.request.id}).id
                        for index in range(summary["chunks"])]
         return summary | {"chunk_tasks": chunk_tasks}
 
-    @app.task(bind=True, base=RetryOrRequeue, name=SEND_CHUNK, max_retries=None, shared=False)
-    def send_chunk(self, batch_id: str, index: int, submission: str) -> dict[str, int]:
-        try:
-            outcome = runtime.batches.run_chunk(batch_id, index, submission=submission,
-                                                poisoned=deliveries_past_limit(self))
-        except redis.RedisError as e:
-            raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
-        if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    def apply_async(self, args=None, kwargs=None, task_id=None, **options):
+        """Store the entries in Redis before publishing: the task message carries only the batch id,
+        however large the batch. Raises ValidationError here, at the producer, for a malformed batch."""
+        check_id("task_id", task_id)
+        task_id = task_id or uuid()
+        kwargs = dict(kwargs or {})
+        if args:
+            kwargs.setdefault("messages", args[0])
+        messages = kwargs.pop("messages", None)
+        check_id("batch_id", kwargs.get("batch_id"))
+        kwargs["batch_id"] = batch_id_for(kwargs.get("batch_id"), kwargs.get("idempotency_key"), task_id)
+        if messages is not None:
+            self.runtime.batches.store(kwargs["batch_id"], messages, gateway=kwargs.get("gateway"),
+                                       sender=kwargs.get("sender"), idempotency_key=kwargs.get("idempotency_key"),
+                                       submission=task_id)
+        return super().apply_async((), kwargs, task_id=task_id, **options)
+
+
+class SendChunk(StoreRetry):
+    """One chunk of a batch (send_batch publishes one per chunk)."""
+
+    name = SEND_CHUNK
+
+    def run(self, batch_id: str, index: int, submission: str) -> dict[str, int]:
+        with self.retrying_store_errors():
+            outcome = self.runtime.batches.run_chunk(batch_id, index, submission=submission,
+                                                     poisoned=self.deliveries_past_limit())
+        self.retry_if_asked(outcome)
         return dict(outcome.counts)
 
 
-    @app.task(bind=True, base=RetryOrRequeue, name=SEND_REMINDER, max_retries=None, shared=False)
-    def send_reminder(self, reminder_id: str) -> dict[str, Any]:
-        """Send a released reminder, unless it was cancelled; its key makes a double release harmless."""
-        try:
-            payload = runtime.reminders.begin_send(reminder_id)
+class SendReminder(StoreRetry):
+    """Send a released reminder, unless it was cancelled; its key makes a double release harmless."""
+
+    name = SEND_REMINDER
+
+    def run(self, reminder_id: str) -> dict[str, Any]:
+        reminders = self.runtime.reminders
+        with self.retrying_store_errors():   # also around begin_send and finish: rerunning both is safe
+            payload = reminders.begin_send(reminder_id)
             if payload is None:
                 return {"reminder_id": reminder_id, "status": "cancelled"}
-            outcome = poisoned(self, payload) or runtime.dispatcher.send(payload, task_id=self.request.id)
+            outcome = self.poisoned(payload) or self.runtime.dispatcher.send(payload, task_id=self.request.id)
             if outcome.retry_in is None:
-                runtime.reminders.finish(reminder_id, outcome.result)
-        except redis.RedisError as e:
-            # Also around begin_send and finish: rerunning both is safe (the key answers a sent one).
-            raise self.retry(exc=e, countdown=runtime.settings.backoff_base, max_retries=None) from None
-        if outcome.retry_in is not None:
-            raise self.retry(countdown=outcome.retry_in, max_retries=None)
-        return outcome.result | {"reminder_id": reminder_id}
-
-    @app.task(name=RELEASE_REMINDERS, shared=False)
-    def release_due_reminders() -> int:
-        """Beat: publish the reminders that came within the horizon. Safe to run twice at once."""
-        return release_due(runtime, send_reminder, now=time.time())
+                reminders.finish(reminder_id, final_result(outcome))
+        return self.result_or_retry(outcome) | {"reminder_id": reminder_id}
 
 
-    @app.task(name=POLL_STATUS, shared=False)
-    def poll_delivery_status() -> dict[str, int]:
-        """Beat: ask gateways what became of accepted messages; expire the ones too old to wait for."""
-        return runtime.poller.poll_status(at=time.time())
+class ReleaseDueReminders(SmsTask):
+    """Beat: publish the reminders that came within the horizon. Safe to run twice at once."""
 
-    @app.task(name=POLL_BALANCE, shared=False)
-    def poll_balance() -> dict[str, Any]:
-        """Beat: store every configured gateway's balance; alert below its threshold."""
-        return runtime.poller.poll_balance(at=time.time())
+    name = RELEASE_REMINDERS
+
+    def run(self) -> int:
+        return release_due(self.runtime, self.app.tasks[SEND_REMINDER], now=time.time())
 
 
-    @app.task(name=SWEEP, shared=False)
-    def sweep_stuck_messages() -> int:
-        """Beat: publish again messages whose publish or task was lost (safe: the ledger decides)."""
-        again = runtime.poller.sweep(at=time.time())
+class PollDeliveryStatus(SmsTask):
+    """Beat: ask gateways what became of accepted messages; expire the ones too old to wait for."""
+
+    name = POLL_STATUS
+
+    def run(self) -> dict[str, int]:
+        return self.runtime.poller.poll_status(at=time.time())
+
+
+class PollBalance(SmsTask):
+    """Beat: store every configured gateway's balance; alert below its threshold."""
+
+    name = POLL_BALANCE
+
+    def run(self) -> dict[str, Any]:
+        return self.runtime.poller.poll_balance(at=time.time())
+
+
+class SweepStuckMessages(SmsTask):
+    """Beat: publish again messages whose publish or task was lost (safe: the ledger decides)."""
+
+    name = SWEEP
+
+    def run(self) -> int:
+        again = self.runtime.poller.sweep(at=time.time())
+        send_sms = self.app.tasks[SEND_SMS]
         for task_id, kwargs in again:       # late already: on the retry queue, not behind the backlog
-            send_sms.apply_async(kwargs=kwargs, task_id=task_id, queue=retry_queue(app))
+            send_sms.apply_async(kwargs=kwargs, task_id=task_id, queue=retry_queue(self.app))
         return len(again)
+
+
+#: Every task an SmsApp registers (worker.create_app), each under its public name.
+TASKS: tuple[type[SmsTask], ...] = (SendSms, SendBatch, SendChunk, SendReminder, ReleaseDueReminders,
+                                    PollDeliveryStatus, PollBalance, SweepStuckMessages)
+
+
+def register_tasks(app: SmsApp) -> None:
+    """Register every task on `app`, each through a subclass of its own: Celery binds a task class to
+    one app (Task.bind sets class attributes), and each app (the worker's, a web app's, a test's) has
+    its own tasks."""
+    for cls in TASKS:
+        app.register_task(type(cls.__name__, (cls,), {"__module__": cls.__module__, "__doc__": cls.__doc__})())
+
+
+def final_result(outcome: Outcome) -> dict[str, Any]:
+    """The result of a final outcome (no retry asked): the dispatcher always gives one."""
+    assert outcome.result is not None, f"a final outcome without a result: {outcome!r}"
+    return outcome.result
+
+
+def _refused(batch_id: str | None, message: str) -> dict[str, Any]:
+    return {"batch_id": batch_id, "status": "failed", "error": {"code": "validation", "message": message}}
 
 
 def queue_names(queue: str) -> tuple[str, str, str]:

@@ -219,7 +219,7 @@ def serve(app: Callable, host: str, port: int, *, threads: int = 8, connection_l
 
 def make_app(settings: Settings | None = None) -> Webhooks:
     from .worker import app
-    runtime = app.smsdispatch
+    runtime = app.runtime
     return Webhooks(settings or runtime.settings, runtime.dispatcher.records)
 
 

@@ -1,7 +1,8 @@
 """The Celery app: ``celery -A smsdispatch.worker worker|beat|flower``.
 
-Importing this module reads settings from the environment (a bad one stops start-up with a
-ConfigError naming it) and builds the app; it opens no connection until a task is sent or run.
+`create_app(settings)` builds an app (`SmsApp`) with every task of tasks.py; `app` here is the default
+one, built on first use from the environment (a bad setting stops start-up with a ConfigError naming
+it); no connection opens until a task is sent or run.
 Recommended worker: ``--pool threads --concurrency 20``: a send is I/O bound (one HTTP call), threads
 share one HTTP connection pool per gateway and one Redis pool, and use far less memory than prefork.
 A worker consumes three queues: SMSDISPATCH_QUEUE (sends, batches, reminders), the same name with
@@ -11,10 +12,10 @@ worker started with ``-Q`` must name all three.
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 from urllib.parse import urlparse
 
 import redis
@@ -35,50 +36,75 @@ from .tasks import (
     POLL_BALANCE,
     POLL_STATUS,
     RELEASE_REMINDERS,
+    SEND_BATCH,
     SEND_REMINDER,
+    SEND_SMS,
     SWEEP,
     PrivateTask,
+    SendBatch,
+    SendSms,
     queue_names,
     register_tasks,
     release_due,
 )
 
 log = logging.getLogger("smsdispatch.worker")
+T = TypeVar("T")
 
 #: Beat's tasks, routed to the periodic queue (SMSDISPATCH_QUEUE + ".periodic").
 PERIODIC_TASKS = (RELEASE_REMINDERS, POLL_STATUS, POLL_BALANCE, SWEEP)
 
 
 class Runtime:
-    """What tasks need at run time, built on first use in each process (never at import)."""
+    """What tasks need at run time (`app.runtime`), each part built on first use in each process (never
+    at import). A part given to the constructor is used instead of building one: tests hand in a
+    dispatcher over fakeredis, or stand-ins for batches and reminders."""
 
-    def __init__(self, settings: Settings, app: Celery) -> None:
+    def __init__(self, settings: Settings, app: Celery, *, redis: redis.Redis | None = None,
+                 dispatcher: Dispatcher | None = None, batches: Batches | None = None,
+                 reminders: Reminders | None = None, poller: Poller | None = None) -> None:
         self.settings = settings
         self.app = app
+        self._redis, self._dispatcher, self._batches = redis, dispatcher, batches
+        self._reminders, self._poller = reminders, poller
+        self._building = threading.RLock()       # a worker's threads build each part once
 
-    @functools.cached_property
+    def _part(self, name: str, build: Callable[[], T]) -> T:
+        part = getattr(self, name)
+        if part is None:
+            with self._building:
+                part = getattr(self, name)
+                if part is None:
+                    part = build()
+                    setattr(self, name, part)
+        return part
+
+    @property
     def redis(self) -> redis.Redis:
-        return connect(self.settings.redis_url, health_check_interval=30)
+        return self._part("_redis", lambda: connect(self.settings.redis_url, health_check_interval=30))
 
-    @functools.cached_property
+    @property
     def dispatcher(self) -> Dispatcher:
+        return self._part("_dispatcher", self._build_dispatcher)
+
+    def _build_dispatcher(self) -> Dispatcher:
         expires = self.app.conf.result_expires
         ttl = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
         return Dispatcher(self.settings, self.redis, result_ttl=int(ttl or 0) or DEFAULT_RESULT_TTL)
 
-    @functools.cached_property
+    @property
     def batches(self) -> Batches:
-        return Batches(self.dispatcher)
+        return self._part("_batches", lambda: Batches(self.dispatcher))
 
-    @functools.cached_property
+    @property
     def reminders(self) -> Reminders:
-        return Reminders(self.redis, self.dispatcher.keys, default_region=self.settings.default_region,
-                         ttl=self.settings.record_ttl,
-                         validate=lambda kwargs: self.dispatcher.prepare(kwargs, "reminder-check"))
+        return self._part("_reminders", lambda: Reminders(
+            self.redis, self.dispatcher.keys, default_region=self.settings.default_region,
+            ttl=self.settings.record_ttl, validate=lambda kwargs: self.dispatcher.prepare(kwargs, "reminder-check")))
 
-    @functools.cached_property
+    @property
     def poller(self) -> Poller:
-        return Poller(self.dispatcher)
+        return self._part("_poller", lambda: Poller(self.dispatcher))
 
     def schedule_reminder(self, kwargs: dict[str, Any], send_at: Any) -> str:
         """Store the reminder first; publish it at once if it is already within the horizon."""
@@ -89,10 +115,41 @@ class Runtime:
         return reminder_id
 
 
-def create_app(settings: Settings | None = None) -> Celery:
+class SmsApp(Celery):
+    """The Celery app of smsdispatch: Celery's, with the run-time context its tasks reach (`runtime`)
+    and its public tasks typed. Build one with `create_app`."""
+
+    runtime: Runtime
+
+    @property
+    def smsdispatch(self) -> Runtime:
+        """The runtime's earlier name, kept for existing callers."""
+        return self.runtime
+
+    @property
+    def send_sms(self) -> SendSms:
+        return cast(SendSms, self.tasks[SEND_SMS])
+
+    @property
+    def send_batch(self) -> SendBatch:
+        return cast(SendBatch, self.tasks[SEND_BATCH])
+
+
+def create_app(settings: Settings | None = None) -> SmsApp:
+    """An app with every smsdispatch task, for `settings` (default: read from the environment). A web
+    app may build its own with its own settings; nothing connects until a task is sent or run."""
     settings = settings or load_settings()
-    app = Celery("smsdispatch", broker=settings.redis_url, backend=settings.redis_url,
+    app = SmsApp("smsdispatch", broker=settings.redis_url, backend=settings.redis_url,
                  set_as_current=False, task_cls=PrivateTask)
+    _configure(app, settings)
+    _route(app, settings)
+    app.runtime = Runtime(settings, app)
+    register_tasks(app)
+    return app
+
+
+def _configure(app: Celery, settings: Settings) -> None:
+    """Celery's and kombu's settings: JSON only, late acks, the visibility timeout, our transport."""
     transport = {
         "visibility_timeout": settings.visibility_timeout,
         # kombu sweeps unacknowledged messages of dead workers back into the queue only every
@@ -132,6 +189,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_consumer="smsdispatch.consumer:Consumer",
         worker_hijack_root_logger=True,
     )
+
+
+def _route(app: Celery, settings: Settings) -> None:
+    """The three queues every worker consumes, what goes where, and beat's schedule."""
     # Beat's periodic work has a queue of its own, which every worker consumes besides the sends (kombu
     # takes turns between a worker's queues). On the send queue a sweep or a reminder release waited
     # behind every send of a backlog and expired unrun: the chaos run under 25% faults saw 93 of 95
@@ -149,16 +210,13 @@ def create_app(settings: Settings | None = None) -> Celery:
                                   ("poll-balance", POLL_BALANCE, settings.balance_poll_interval),
                                   ("sweep-stuck-messages", SWEEP, settings.sweep_interval)]
     }
-    app.smsdispatch = Runtime(settings, app)
-    register_tasks(app, app.smsdispatch)
-    return app
 
 
 @signals.worker_init.connect
 def _check_redis(sender=None, **_) -> None:
     """A worker (not a producer, beat or Flower) refuses an evicting Redis before taking any work
     (redischeck.py). SystemExit: Celery logs and swallows an exception a signal handler raises."""
-    runtime = getattr(getattr(sender, "app", None), "smsdispatch", None)
+    runtime = getattr(getattr(sender, "app", None), "runtime", None)
     if not isinstance(runtime, Runtime):
         return
     try:
@@ -174,4 +232,21 @@ def _redact_worker_logs(logger: logging.Logger, **_) -> None:
     install_redaction(logger)
 
 
-app = create_app()
+_default_lock = threading.Lock()
+_default: SmsApp | None = None
+
+
+def default_app() -> SmsApp:
+    """The app of ``celery -A smsdispatch.worker`` and of `smsdispatch.send_sms`: built from the
+    environment on first use (not at import), once per process."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = create_app()
+        return _default
+
+
+def __getattr__(name: str) -> SmsApp:
+    if name == "app":           # `celery -A smsdispatch.worker` finds it here
+        return default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,7 @@ from smsdispatch.errors import ValidationError
 from smsdispatch.message import check_encodable, merge_arguments, parse_send
 from smsdispatch.reminders import Reminders
 from smsdispatch.tasks import SEND_SMS
-from smsdispatch.worker import create_app
+from smsdispatch.worker import Runtime, create_app
 
 from .bad_inputs import VALID_DIGITS, VALID_TEXT, VALID_TO, BadCall, bad_reminders, bad_send_calls, refusal_problems
 from .conftest import StubGateway, StubGateways
@@ -40,7 +40,7 @@ class Harness:
         self.stub = StubGateway()
         self.redis = fakeredis.FakeRedis()
         self.dispatcher = Dispatcher(self.settings, self.redis, gateways=StubGateways(self.stub))
-        self.app.smsdispatch.__dict__["dispatcher"] = self.dispatcher
+        self.app.runtime = Runtime(self.settings, self.app, dispatcher=self.dispatcher)
         self.task = self.app.tasks[SEND_SMS]
         self.runs = 0
         send = self.dispatcher.send

@@ -7,7 +7,7 @@ import redis
 from smsdispatch.config import load_settings
 from smsdispatch.dispatch import Outcome
 from smsdispatch.tasks import SEND_SMS
-from smsdispatch.worker import create_app
+from smsdispatch.worker import Runtime, create_app
 
 
 class StoredResults:
@@ -39,7 +39,7 @@ def app():
 
 
 def use(app, dispatcher):
-    app.smsdispatch.__dict__["dispatcher"] = dispatcher   # replaces the cached_property
+    app.runtime = Runtime(app.runtime.settings, app, dispatcher=dispatcher)
 
 
 def test_arguments_reach_the_dispatcher_as_given_including_unexpected_ones(app):
@@ -77,6 +77,14 @@ def test_a_retry_outcome_runs_the_task_again(app):
     use(app, d)
     assert app.tasks[SEND_SMS].apply(kwargs={"to": "x", "text": "y"}).get() == {"status": "accepted"}
     assert len(d.calls) == 2
+
+
+def test_a_send_is_retried_past_celerys_default_of_three_retries(app):
+    d = ScriptedDispatcher(*[Outcome(retry_in=0.01)] * 5, redis.ConnectionError("blip"),
+                           Outcome(result={"status": "accepted"}))
+    use(app, d)
+    assert app.tasks[SEND_SMS].apply(kwargs={"to": "x", "text": "y"}).get() == {"status": "accepted"}
+    assert len(d.calls) == 7
 
 
 def test_the_eta_of_a_publish_is_understood_in_every_form_celery_takes():
@@ -196,11 +204,10 @@ class StoreDown(ScriptedDispatcher):
 @pytest.mark.parametrize("name", ["smsdispatch.send_sms", "smsdispatch.send_chunk", "smsdispatch.send_reminder"])
 def test_every_sending_task_requeues_when_redis_fails_under_it_and_under_its_retry(app, paused, monkeypatch, name):
     from celery.exceptions import Reject
-    runtime = app.smsdispatch
     down = redis.ConnectionError("Error 111 connecting")
-    use(app, StoreDown(down))
-    for part in ("batches", "reminders"):
-        runtime.__dict__[part] = type("Down", (), {"__getattr__": lambda self, n: BrokerDown(down)})()
+    parts = {part: type("Down", (), {"__getattr__": lambda self, n: BrokerDown(down)})()
+             for part in ("batches", "reminders")}
+    app.runtime = Runtime(app.runtime.settings, app, dispatcher=StoreDown(down), **parts)
     task = app.tasks[name]
     if name != SEND_SMS:    # send_sms's publish writes the `queued` record first, which fails already
         monkeypatch.setattr(task, "apply_async", BrokerDown(down))
