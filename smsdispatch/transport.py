@@ -148,8 +148,12 @@ _liveness_lock = threading.Lock()
 
 
 def liveness() -> Liveness:
-    """This process's Liveness (a new one after a fork)."""
+    """This process's Liveness (a new one after a fork). Asked on every append and ack: the lock only
+    when there is none yet for this process."""
     global _liveness
+    current = _liveness
+    if current is not None and current.pid == os.getpid():
+        return current
     with _liveness_lock:
         if _liveness is None or _liveness.pid != os.getpid():
             _liveness = Liveness()
