@@ -20,7 +20,7 @@ import os
 import statistics
 import time
 
-from smsdispatch.fakes.base import FakeGateway, Reply, Request
+from smsdispatch.devtools.fakes.base import FakeGateway, Reply, Request
 from smsdispatch.gateways.base import HttpGateway
 
 

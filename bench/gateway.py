@@ -1,6 +1,6 @@
 """The benchmark's gateway: the fake Eskiz (real protocol, send and native send-batch) with a latency.
 
-`SlowEskiz` is smsdispatch.fakes.eskiz.FakeEskiz plus a fixed delay (default 50 ms) before every
+`SlowEskiz` is smsdispatch.devtools.fakes.eskiz.FakeEskiz plus a fixed delay (default 50 ms) before every
 request is routed, slept in the request's own thread: the fake is a ThreadingHTTPServer (a thread per
 keep-alive connection), so concurrent requests overlap their delays and the latency alone never makes
 it the bottleneck. `received_at` (time.monotonic(), stamped when a request arrives, before the delay)
@@ -29,8 +29,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from smsdispatch.fakes.base import Reply, Request, run_cli
-from smsdispatch.fakes.eskiz import FakeEskiz
+from smsdispatch.devtools.fakes.base import Reply, Request, run_cli
+from smsdispatch.devtools.fakes.eskiz import FakeEskiz
 
 EMAIL, PASSWORD = "bench@example.com", "bench-password"
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """The benchmark driver: `python -m bench.run` (or `make bench`). Prints a table, then one JSON line.
 
-Everything runs on 127.0.0.1: a private redis-server (smsdispatch.embedded.EmbeddedRedis, AOF on like
+Everything runs on 127.0.0.1: a private redis-server (smsdispatch.devtools.redis_server.EmbeddedRedis, AOF on like
 compose), the fake Eskiz with a 50 ms latency in this process (bench/gateway.py), and `celery worker`
 subprocesses (bench/workers.py), one at a time, all with `--pool threads --concurrency 20 --loglevel
 INFO` (compose's command) unless told otherwise. "ours" is smsdispatch's default deployment
@@ -46,7 +46,7 @@ from bench.redisstats import ClientRoundTrips, Trace, delta, per_message, ports_
 from bench.spy import Spy, find_py_spy, summarize
 from bench.workers import CeleryWorker
 from smsdispatch.config import load_settings
-from smsdispatch.embedded import EmbeddedRedis
+from smsdispatch.devtools.redis_server import EmbeddedRedis
 from smsdispatch.redisclient import CLIENT_NAME
 from smsdispatch.tasks import SEND_BATCH, SEND_SMS
 
@@ -372,7 +372,7 @@ class Bench:
         messages = [{"to": number(i), "text": f"Batch message {i % 10}"} for i in range(n)]
         self.fake.reset()
         self.settle(1.0)
-        batches = app.smsdispatch.batches
+        batches = app.runtime.batches
         spy = Spy(worker.pid, spy_dir / "c-batch.raw") if spy_dir else None
         u0 = self.usage(worker)
         s0 = snapshot(self.r)

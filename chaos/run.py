@@ -20,7 +20,7 @@ throughput is below 40% of the baseline's (--no-throughput-check skips that).
 
 Everything runs on 127.0.0.1 and is started here, nothing is mocked:
 
-- a private ``redis-server`` with AOF on (smsdispatch.embedded.EmbeddedRedis);
+- a private ``redis-server`` with AOF on (smsdispatch.devtools.redis_server.EmbeddedRedis);
 - two fake gateways that are real HTTP servers: Eskiz (can look messages up by our id) for numbers
   routed by ``SMSDISPATCH_ROUTES=998=eskiz|smscx``, and SMS.CX (dedupes by ``idempotencyId``) as
   ``DEFAULT_GATEWAY=smscx|eskiz``: each the other's fallback, so failover happens under the faults
@@ -73,13 +73,13 @@ from typing import Any
 import redis
 
 from smsdispatch.config import Settings, load_settings
+from smsdispatch.devtools.fakes.base import RequestRecord
+from smsdispatch.devtools.fakes.eskiz import FakeEskiz
+from smsdispatch.devtools.fakes.smscx import FakeSmsCx
+from smsdispatch.devtools.processes import BeatProcess, CeleryProcess, WorkerProcess
+from smsdispatch.devtools.redis_server import EmbeddedRedis, find_redis_server
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.embedded import EmbeddedRedis, find_redis_server
-from smsdispatch.fakes.base import RequestRecord
-from smsdispatch.fakes.eskiz import FakeEskiz
-from smsdispatch.fakes.smscx import FakeSmsCx
 from smsdispatch.gateways.smscx import idempotency_id
-from smsdispatch.local import BeatProcess, CeleryProcess, WorkerProcess
 from smsdispatch.tasks import SEND_SMS, queue_names
 from smsdispatch.worker import create_app
 
@@ -374,7 +374,7 @@ class ChaosRun:
         values = {k.removeprefix("SMSDISPATCH_").lower(): v for k, v in self.settings.items()}
         self.app = create_app(load_settings(**values))
         self.send_sms = self.app.tasks[SEND_SMS]
-        self.dispatcher = self.app.smsdispatch.dispatcher
+        self.dispatcher = self.app.runtime.dispatcher
         self.messages = plan_messages(a.messages, self.run, self.rng, reject_share=a.reject_share,
                                       eta_share=a.eta_share, visibility=a.visibility, scenario=a.scenario)
         workers = [Supervised(f"w{n}", lambda n=n: WorkerProcess(self.settings, concurrency=a.concurrency,

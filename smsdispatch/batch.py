@@ -42,9 +42,9 @@ from .errors import (
 )
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
-from .message import SendRequest, check_bounds, check_id
 from .policy import Action, after_failure
 from .records import MessageStatus, now
+from .sendrequest import SendRequest, check_bounds, check_id
 
 log = logging.getLogger("smsdispatch.batch")
 

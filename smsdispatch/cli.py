@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     install_redaction(logging.getLogger())     # numbers and credentials masked in every line we print
     try:
         if args.command in ("demo", "dev"):
-            from . import demo, dev
-            return (demo if args.command == "demo" else dev).run()
+            from .devtools import demo, stack
+            return (demo if args.command == "demo" else stack).run()
         return COMMANDS[args.command](args)
     except SmsDispatchError as e:
         print(f"smsdispatch: {e}", file=sys.stderr)

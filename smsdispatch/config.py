@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # --- Celery / delivery guarantees (seconds) ---
     visibility_timeout: int = Field(3600, ge=10)
     #: A worker process that has not beaten its heart for this long is taken for dead, and the messages
-    #: it held unacknowledged go back to the head of their queue at once (transport.py), instead of
+    #: it held unacknowledged go back to the head of their queue at once (redis_transport.py), instead of
     #: after VISIBILITY_TIMEOUT (which still applies: at or above it, this changes nothing).
     worker_lost_after: float = Field(10.0, ge=3)
     claim_lease: int = Field(120, ge=1)

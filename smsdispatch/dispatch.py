@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import redis
 
+from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
+from .celery_results import Results, ResultSlot
 from .circuit import Circuits, Verdict, describe
 from .config import Settings
 from .errors import (
@@ -45,14 +47,12 @@ from .gateways import Gateways
 from .gateways.base import Gateway, OutboundSms
 from .keys import Keys
 from .ledger import Claim, ClaimResult, Ledger, fingerprint
-from .message import MAX_IDEMPOTENCY_KEY_CHARS, SendRequest, parse_send
 from .phone import mask
 from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
 from .records import RESULT_FIELDS, MessageStatus, Records
-from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
-from .results import Results, ResultSlot
 from .retry import compute_backoff
+from .sendrequest import MAX_IDEMPOTENCY_KEY_CHARS, SendRequest, parse_send
 from .slots import GatewaySlots
 
 log = logging.getLogger("smsdispatch.dispatch")
@@ -105,7 +105,7 @@ class _Job:
     claim: ClaimResult
     skipped: tuple[str, ...] = ()   # gateways left out before the claim (balance guard), with why
     closed: frozenset[str] = frozenset()   # gateways whose circuit was closed a moment ago: no need to ask
-    result: ResultSlot | None = None      # store the outcome as this task's Celery result (results.py)
+    result: ResultSlot | None = None      # store the outcome as this task's Celery result (celery_results.py)
 
 
 class Dispatcher:
@@ -207,7 +207,7 @@ class Dispatcher:
 
     def send(self, kwargs: dict[str, Any], *, task_id: str, store_result: bool = False) -> Outcome:
         """`store_result`: store a final outcome as the task's Celery result along with its record
-        (results.py); the Outcome says `stored`. Other final outcomes the caller stores itself."""
+        (celery_results.py); the Outcome says `stored`. Other final outcomes the caller stores itself."""
         raw_key = kwargs.get("idempotency_key")
         message_id = message_id_for(raw_key, task_id)
         key = ledger_key_for(raw_key, task_id)

@@ -27,7 +27,7 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:circuit:<gateway>:calls        hash   calls and failures per tenth of the window (circuit.py)
     sms:deliveries:<task_id>           string how often a task message was redelivered (poison messages)
     sms:rate:<gateway>                 hash   token bucket: tokens, ts, factor, slow_until (ratelimit.py)
-    sms:workers                        zset   consuming worker processes by their last heartbeat (transport.py)
+    sms:workers                        zset   consuming worker processes by their last heartbeat (redis_transport.py)
     sms:worker:<owner>:unacked         set    delivery tags of the messages one worker process holds unacknowledged
 
 Every key expires (RECORD_TTL, IDEMPOTENCY_TTL or a short TTL of its own) except those in
@@ -37,7 +37,7 @@ With RECORD_TTL=0 records, their histories, gateway ids, batches and reminders a
 Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
 ``unacked`` / ``unacked_index`` (kombu's late-ack bookkeeping) and ``celery-task-meta-<task id>``
 (results). We never write the first three; the results of `send_sms` we write ourselves, in
-Celery's format and under Celery's key (results.py), with no prefix of ours.
+Celery's format and under Celery's key (celery_results.py), with no prefix of ours.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ WITHOUT_TTL = {
     "balance:<gateway>": "one small hash per gateway",
     "rem:due": "one member per scheduled reminder, removed when it is released",
     "rem:inflight": "one member per reminder being published, removed once it is",
-    "workers": "one member per consuming worker process, removed when another finds it dead (transport.py)",
+    "workers": "one member per consuming worker process, removed when another finds it dead (redis_transport.py)",
 }
 
 
@@ -143,5 +143,5 @@ class Keys:
 
     @staticmethod
     def task_result(task_id: str) -> str:
-        """Celery's Redis result backend key (its task_keyprefix; results.py)."""
+        """Celery's Redis result backend key (its task_keyprefix; celery_results.py)."""
         return f"celery-task-meta-{task_id}"

@@ -45,9 +45,9 @@ from enum import Enum
 import redis
 
 from . import scripts
+from .celery_results import ResultSlot
 from .keys import Keys
 from .records import RecordUpdate
-from .results import ResultSlot
 
 
 class Claim(str, Enum):

@@ -29,7 +29,7 @@ import redis
 from . import scripts
 from .errors import ValidationError
 from .keys import Keys
-from .message import parse_send
+from .sendrequest import parse_send
 
 NAMESPACE = uuid.UUID("3c1f5d0e-8f7a-4d3b-9c55-2a7e4b1d6f90")
 

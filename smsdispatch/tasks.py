@@ -42,7 +42,9 @@ from kombu.exceptions import OperationalError
 from .batch import ChunkOutcome, batch_id_for
 from .dispatch import Outcome, message_id_for
 from .errors import ValidationError
-from .message import (
+from .polling import QUEUED_AT_HEADER
+from .redact import shown_arguments
+from .sendrequest import (
     FIELDS,
     MAX_ID_CHARS,
     MAX_IDEMPOTENCY_KEY_CHARS,
@@ -52,8 +54,6 @@ from .message import (
     merge_arguments,
     valid_unicode,
 )
-from .polling import QUEUED_AT_HEADER
-from .redact import shown_arguments
 
 if TYPE_CHECKING:
     from .worker import Runtime, SmsApp
@@ -78,7 +78,7 @@ PUBLISH_ERRORS = (redis.RedisError, OperationalError, OSError)
 
 #: Every one of our tasks: arguments shown only masked by the worker (consumer.MaskedRequest), whatever
 #: the producer put in the message's `argsrepr`/`kwargsrepr` (a by-name `send_task` puts the raw ones).
-MASKED_REQUEST = "smsdispatch.consumer:MaskedRequest"
+MASKED_REQUEST = "smsdispatch.task_events:MaskedRequest"
 
 
 class PrivateTask(Task):
@@ -165,7 +165,7 @@ class SendSms(StoreRetry):
     `to` both by position and by name) so that no input can make the task itself raise.
 
     Published with ignore_result (apply_async), Celery does not store the result: we do, with the
-    record (results.py). Retries and errors (an unexpected exception) Celery still stores."""
+    record (celery_results.py). Retries and errors (an unexpected exception) Celery still stores."""
 
     name = SEND_SMS
     typing = False
@@ -223,7 +223,7 @@ class SendSms(StoreRetry):
         options.setdefault("kwargsrepr", _masked_repr(kwargs))
         options.setdefault("argsrepr", "()")
         if not self.app.conf.task_always_eager:
-            # The worker stores the result itself, with the record (results.py): Celery need not,
+            # The worker stores the result itself, with the record (celery_results.py): Celery need not,
             # nor subscribe to it now (a result is subscribed to when `.get()` asks for it).
             options.setdefault("ignore_result", True)
         result = super().apply_async((), kwargs, task_id=task_id, **options)

@@ -24,6 +24,7 @@ from kombu import Queue
 
 from . import redischeck
 from .batch import Batches
+from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .config import Settings, load_settings
 from .dispatch import Dispatcher
 from .errors import ConfigError
@@ -31,7 +32,6 @@ from .polling import Poller
 from .redact import install as install_redaction
 from .redisclient import connect
 from .reminders import Reminders
-from .results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .tasks import (
     POLL_BALANCE,
     POLL_STATUS,
@@ -122,11 +122,6 @@ class SmsApp(Celery):
     runtime: Runtime
 
     @property
-    def smsdispatch(self) -> Runtime:
-        """The runtime's earlier name, kept for existing callers."""
-        return self.runtime
-
-    @property
     def send_sms(self) -> SendSms:
         return cast(SendSms, self.tasks[SEND_SMS])
 
@@ -168,7 +163,7 @@ def _configure(app: Celery, settings: Settings) -> None:
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         # The visibility timeout in all three places (celery#7651).
-        # The broker's transport also takes our key prefix and WORKER_LOST_AFTER (transport.py: a dead
+        # The broker's transport also takes our key prefix and WORKER_LOST_AFTER (redis_transport.py: a dead
         # worker's messages come back in seconds, not after the visibility timeout).
         broker_transport_options={**transport, "smsdispatch_key_prefix": settings.key_prefix,
                                   "worker_lost_after": settings.worker_lost_after},
@@ -181,12 +176,12 @@ def _configure(app: Celery, settings: Settings) -> None:
         worker_send_task_events=True, task_send_sent_event=False,
         result_extended=False, result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
-        # kombu's Redis transport, reusing one client per channel (transport.py): a publish, an ack
+        # kombu's Redis transport, reusing one client per channel (redis_transport.py): a publish, an ack
         # or a task event no longer builds a redis-py client first. For redis:// only: kombu picks
         # its TLS defaults for rediss:// from the URL's scheme, which a named transport would hide.
-        broker_transport="smsdispatch.transport:Transport" if urlparse(settings.redis_url).scheme == "redis" else None,
-        # Task events go out in batches, every 0.1 s (consumer.py), not one publish per event.
-        worker_consumer="smsdispatch.consumer:Consumer",
+        broker_transport="smsdispatch.redis_transport:Transport" if urlparse(settings.redis_url).scheme == "redis" else None,
+        # Task events go out in batches, every 0.1 s (task_events.py), not one publish per event.
+        worker_consumer="smsdispatch.task_events:Consumer",
         worker_hijack_root_logger=True,
     )
 

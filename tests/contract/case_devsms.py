@@ -1,6 +1,6 @@
 from pydantic import SecretStr
 
-from smsdispatch.fakes.devsms import FakeDevSms
+from smsdispatch.devtools.fakes.devsms import FakeDevSms
 from smsdispatch.gateways.devsms import DevSmsGateway
 
 from .harness import ContractCase

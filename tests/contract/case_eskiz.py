@@ -1,6 +1,6 @@
 from pydantic import SecretStr
 
-from smsdispatch.fakes.eskiz import FakeEskiz
+from smsdispatch.devtools.fakes.eskiz import FakeEskiz
 from smsdispatch.gateways.eskiz import EskizGateway
 from smsdispatch.keys import Keys
 

@@ -1,6 +1,6 @@
 from pydantic import SecretStr
 
-from smsdispatch.fakes.smscx import FakeSmsCx
+from smsdispatch.devtools.fakes.smscx import FakeSmsCx
 from smsdispatch.gateways.smscx import SmsCxGateway
 from smsdispatch.keys import Keys
 

@@ -1,6 +1,6 @@
 from pydantic import SecretStr
 
-from smsdispatch.fakes.smsflow import FakeSmsFlow
+from smsdispatch.devtools.fakes.smsflow import FakeSmsFlow
 from smsdispatch.gateways.smsflow import SmsFlowGateway
 from smsdispatch.keys import Keys
 

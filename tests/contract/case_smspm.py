@@ -1,6 +1,6 @@
 from pydantic import SecretStr
 
-from smsdispatch.fakes.smspm import FakeSmsPm
+from smsdispatch.devtools.fakes.smspm import FakeSmsPm
 from smsdispatch.gateways.smspm import SmsPmGateway
 
 from .harness import ContractCase

@@ -1,7 +1,7 @@
 """What a gateway case provides to the contract suite (test_contract.py).
 
 Each `case_<gateway>.py` next to this file defines `CASE = ContractCase(...)`: how to start its fake
-(a real HTTP server on 127.0.0.1, see smsdispatch/fakes/base.py) and how to build the adapter
+(a real HTTP server on 127.0.0.1, see smsdispatch/devtools/fakes/base.py) and how to build the adapter
 against it. The suite then checks every gateway the same way.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import redis
 
-from smsdispatch.fakes.base import FakeGateway
+from smsdispatch.devtools.fakes.base import FakeGateway
 from smsdispatch.gateways.base import Gateway
 
 

@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from smsdispatch.config import load_settings
-from smsdispatch.embedded import EmbeddedRedis, RedisUnavailable
-from smsdispatch.fakes.eskiz import FakeEskiz
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.fakes.eskiz import FakeEskiz
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.redis_server import EmbeddedRedis, RedisUnavailable
 from smsdispatch.tasks import SEND_BATCH, SEND_SMS
 from smsdispatch.worker import create_app
 
@@ -82,7 +82,7 @@ class Producer:
         self.app = create_app(self.settings)
         self.send_sms = self.app.tasks[SEND_SMS]
         self.send_batch = self.app.tasks[SEND_BATCH]
-        self.dispatcher = self.app.smsdispatch.dispatcher
+        self.dispatcher = self.app.runtime.dispatcher
 
     def record(self, message_id: str) -> dict | None:
         return self.dispatcher.records.get(message_id)

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from kombu.exceptions import EncodeError
 
+from smsdispatch.devtools.fakes.eskiz import FakeEskiz
 from smsdispatch.errors import ValidationError
-from smsdispatch.fakes.eskiz import FakeEskiz
 from smsdispatch.tasks import SEND_SMS
 
 from ..unit.bad_inputs import (
@@ -93,7 +93,7 @@ def test_over_a_thousand_malformed_calls_fail_cleanly_and_the_worker_keeps_servi
         kwargs, send_at, _defects = case
         n["reminders"] += 1
         with pytest.raises(ValidationError) as e:
-            producer.app.smsdispatch.schedule_reminder(kwargs, send_at)
+            producer.app.runtime.schedule_reminder(kwargs, send_at)
         assert str(e.value)
         n["reminders: refused"] += 1
 

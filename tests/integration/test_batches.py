@@ -23,7 +23,7 @@ def wait_for_batch(producer, summary, timeout=TIMEOUT):
     """Every chunk task's final result (retries included), awaited through the result backend."""
     for task_id in summary["chunk_tasks"]:
         AsyncResult(task_id, app=producer.app).get(timeout=timeout)
-    return producer.app.smsdispatch.batches.get(summary["batch_id"])
+    return producer.app.runtime.batches.get(summary["batch_id"])
 
 
 def numbers(n, start=0):

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from smsdispatch.devtools.processes import BeatProcess, WorkerProcess
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.local import BeatProcess, WorkerProcess
 
 from .conftest import Producer, send_requests_for, worker_settings
 
@@ -41,9 +41,9 @@ def test_a_reminder_beyond_the_horizon_is_sent_once_on_time_despite_two_beats(sc
     producer, worker, beats = scheduled
     key = f"table-ready-{uuid.uuid4().hex[:6]}"
     scheduled_at = time.monotonic()
-    rid = producer.app.smsdispatch.schedule_reminder({"to": TO, "text": "Your table is ready",
+    rid = producer.app.runtime.schedule_reminder({"to": TO, "text": "Your table is ready",
                                                       "idempotency_key": key}, in_seconds(7))
-    assert producer.app.smsdispatch.reminders.get(rid)["state"] == "scheduled"     # waiting in Redis
+    assert producer.app.runtime.reminders.get(rid)["state"] == "scheduled"     # waiting in Redis
     mid = message_id_for(key, "")
     assert fake.wait_for(lambda f: len(f.sends_for(mid)) == 1, timeout=30)
     sent_after = fake.sends_for(mid)[0].received_at - scheduled_at
@@ -54,12 +54,12 @@ def test_a_reminder_beyond_the_horizon_is_sent_once_on_time_despite_two_beats(sc
         r"Sending due task smsdispatch-release-reminders") + 2, timeout=10) for b in beats)
     assert releases_so_far(beats) >= now + 4
     assert len(send_requests_for(fake, mid)) == 1
-    assert producer.app.smsdispatch.reminders.get(rid)["state"] == "done"
+    assert producer.app.runtime.reminders.get(rid)["state"] == "done"
 
 
 def test_a_cancelled_reminder_never_sends(scheduled, fake):
     producer, worker, beats = scheduled
-    runtime = producer.app.smsdispatch
+    runtime = producer.app.runtime
     doomed = runtime.schedule_reminder({"to": TO, "text": "Cancel me", "idempotency_key": f"c-{uuid.uuid4()}"},
                                        in_seconds(6))
     canary_key = f"canary-{uuid.uuid4()}"
@@ -81,9 +81,9 @@ def test_a_reminder_inside_the_horizon_is_published_at_once_with_an_eta(redis_ur
     try:
         key = f"soon-{uuid.uuid4().hex[:6]}"
         scheduled_at = time.monotonic()
-        rid = producer.app.smsdispatch.schedule_reminder({"to": TO, "text": "Soon", "idempotency_key": key},
+        rid = producer.app.runtime.schedule_reminder({"to": TO, "text": "Soon", "idempotency_key": key},
                                                          in_seconds(2))
-        assert producer.app.smsdispatch.reminders.get(rid)["state"] in ("queued", "sending", "done")
+        assert producer.app.runtime.reminders.get(rid)["state"] in ("queued", "sending", "done")
         mid = message_id_for(key, "")
         assert fake.wait_for(lambda f: len(f.sends_for(mid)) == 1, timeout=20)
         assert fake.sends_for(mid)[0].received_at - scheduled_at >= 1.9      # the ETA was honoured
@@ -95,9 +95,9 @@ def test_naive_times_and_bad_numbers_are_refused_at_scheduling(scheduled):
     producer = scheduled[0]
     from smsdispatch.errors import ValidationError
     with pytest.raises(ValidationError, match="timezone-aware"):
-        producer.app.smsdispatch.schedule_reminder({"to": TO, "text": "x"}, datetime(2030, 1, 1, 9))
+        producer.app.runtime.schedule_reminder({"to": TO, "text": "x"}, datetime(2030, 1, 1, 9))
     with pytest.raises(ValidationError, match="not a valid number"):
-        producer.app.smsdispatch.schedule_reminder({"to": "+99890", "text": "x"}, in_seconds(60))
+        producer.app.runtime.schedule_reminder({"to": "+99890", "text": "x"}, in_seconds(60))
 
 
 def test_an_eta_beyond_the_visibility_timeout_is_redelivered_but_sent_once(redis_url, fake):
@@ -142,7 +142,7 @@ def test_beat_keeps_balances_and_alerts_below_the_threshold(scheduled, fake):
         assert worker.wait_for(r"poll_balance\[.*\] succeeded.*'alert': True", count=polls + 1, timeout=30)
     finally:
         fake.balance = funds                                   # the session's fake serves other modules
-    poller = producer.app.smsdispatch.poller
+    poller = producer.app.runtime.poller
     assert poller.balances()["eskiz"]["amount"] == 500
     assert poller.alerts()[-1]["gateway"] == "eskiz" and poller.alerts()[-1]["threshold"] == 1000
     assert "balance of eskiz is 500" in worker.log
@@ -162,7 +162,7 @@ def test_the_sweeper_publishes_again_a_message_whose_publish_was_lost(scheduled,
 def test_a_reminder_survives_a_redis_restart_under_a_running_worker_and_beat(fake, tmp_path):
     """The schedule lives in Redis (AOF on). Redis restarts under a running worker and beat; whichever
     of them exits is started again, as compose's restart policy would; the reminder goes out once."""
-    from smsdispatch.embedded import EmbeddedRedis
+    from smsdispatch.devtools.redis_server import EmbeddedRedis
     server = EmbeddedRedis(appendonly=True).start()
     settings = worker_settings(server.url, fake)
     procs = {"worker": WorkerProcess(settings, name="before"),
@@ -170,10 +170,10 @@ def test_a_reminder_survives_a_redis_restart_under_a_running_worker_and_beat(fak
     try:
         producer = Producer(settings)
         key = f"after-restart-{uuid.uuid4().hex[:6]}"
-        rid = producer.app.smsdispatch.schedule_reminder({"to": TO, "text": "Still here", "idempotency_key": key},
+        rid = producer.app.runtime.schedule_reminder({"to": TO, "text": "Still here", "idempotency_key": key},
                                                          in_seconds(12))
         server.restart()
-        assert producer.app.smsdispatch.reminders.get(rid)["state"] == "scheduled"   # it came back from the AOF
+        assert producer.app.runtime.reminders.get(rid)["state"] == "scheduled"   # it came back from the AOF
         # Any that died with Redis gets replaced (supervisor's job), the others reconnect by themselves.
         for name, proc in procs.items():
             if proc.proc.poll() is not None:
@@ -185,7 +185,7 @@ def test_a_reminder_survives_a_redis_restart_under_a_running_worker_and_beat(fak
         assert beat.wait_for(r"Sending due task smsdispatch-release-reminders",
                              count=beat.count(r"Sending due task smsdispatch-release-reminders") + 3, timeout=20)
         assert len(send_requests_for(fake, mid)) == 1
-        assert producer.app.smsdispatch.reminders.get(rid)["state"] == "done"
+        assert producer.app.runtime.reminders.get(rid)["state"] == "done"
     finally:
         for proc in procs.values():
             proc.stop()
@@ -205,12 +205,12 @@ def test_beats_work_runs_while_a_backlog_of_sends_waits(redis_url, fake, tmp_pat
     try:
         assert worker.wait_for(r"smsdispatch\.sweep_stuck_messages\[.*\] succeeded", count=3, timeout=30)
         assert worker.wait_for(r"smsdispatch\.release_due_reminders\[.*\] succeeded", timeout=5)
-        backlog = producer.app.smsdispatch.redis.llen(queue)
+        backlog = producer.app.runtime.redis.llen(queue)
         assert backlog > 1000, backlog                     # the sends are still waiting
         assert worker.count(r"Discarding revoked task: smsdispatch\.sweep") == 0
     finally:
         beat.stop()
         worker.stop()
         fake.clear_faults()
-        producer.app.smsdispatch.redis.delete(queue)       # the rest of the backlog is not this test's
+        producer.app.runtime.redis.delete(queue)       # the rest of the backlog is not this test's
     assert all(h.id for h in handles)

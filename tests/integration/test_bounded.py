@@ -11,9 +11,9 @@ import uuid
 import pytest
 import redis
 
-from smsdispatch.embedded import EmbeddedRedis
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.redis_server import EmbeddedRedis
 from smsdispatch.errors import ValidationError
-from smsdispatch.local import WorkerProcess
 from smsdispatch.tasks import SEND_SMS
 
 from .conftest import Producer, worker_settings

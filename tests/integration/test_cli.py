@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
+from smsdispatch.devtools.processes import WorkerProcess
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.local import WorkerProcess
 
 from ..procs import Lines, user_env
 from .conftest import worker_settings

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
+from smsdispatch.devtools.fakes.smscx import FakeSmsCx
+from smsdispatch.devtools.processes import WorkerProcess
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.fakes.smscx import FakeSmsCx
-from smsdispatch.local import WorkerProcess
 
 from .conftest import Producer, worker_settings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
-from smsdispatch.embedded import free_port
-from smsdispatch.local import FlowerProcess, WorkerProcess
+from smsdispatch.devtools.processes import FlowerProcess, WorkerProcess
+from smsdispatch.devtools.redis_server import free_port
 
 from .conftest import Producer, wait_until, worker_settings
 

@@ -9,12 +9,12 @@ from contextlib import ExitStack
 import pytest
 from celery.result import AsyncResult
 
+from smsdispatch.devtools.fakes.devsms import FakeDevSms
+from smsdispatch.devtools.fakes.smscx import FakeSmsCx
+from smsdispatch.devtools.fakes.smsflow import FakeSmsFlow
+from smsdispatch.devtools.fakes.smspm import FakeSmsPm
+from smsdispatch.devtools.processes import WorkerProcess
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.fakes.devsms import FakeDevSms
-from smsdispatch.fakes.smscx import FakeSmsCx
-from smsdispatch.fakes.smsflow import FakeSmsFlow
-from smsdispatch.fakes.smspm import FakeSmsPm
-from smsdispatch.local import WorkerProcess
 
 from .conftest import Producer, worker_settings
 
@@ -69,7 +69,7 @@ def test_a_mixed_batch_is_routed_by_prefix_into_each_gateways_native_calls(produ
     summary = producer.send_batch.delay(messages, batch_id=f"mix-{uuid.uuid4().hex[:6]}").get(timeout=TIMEOUT)
     for task_id in summary["chunk_tasks"]:
         AsyncResult(task_id, app=producer.app).get(timeout=TIMEOUT)
-    final = producer.app.smsdispatch.batches.get(summary["batch_id"])
+    final = producer.app.runtime.batches.get(summary["batch_id"])
     assert (final["accepted"], final["failed"], final["status"]) == (13, 1, "done")
     got = {name: sorted("+" + a.to for a in fake.accepted) for name, fake in fakes.items()}
     assert got == {"eskiz": uz, "smscx": sorted(gb[:2] + gb[3:]), "smsflow": za, "smspm": ee, "devsms": []}

@@ -3,7 +3,7 @@ not handed from dying worker to dying worker for ever. Real workers, real Redis,
 
 from __future__ import annotations
 
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.processes import WorkerProcess
 
 from .conftest import Producer, send_requests_for, worker_settings
 

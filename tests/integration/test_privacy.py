@@ -17,13 +17,13 @@ import phonenumbers
 import pytest
 import requests
 
-from smsdispatch.embedded import free_port
-from smsdispatch.fakes.devsms import FakeDevSms
-from smsdispatch.fakes.eskiz import FakeEskiz
-from smsdispatch.fakes.smscx import FakeSmsCx
-from smsdispatch.fakes.smsflow import FakeSmsFlow
-from smsdispatch.fakes.smspm import FakeSmsPm
-from smsdispatch.local import BeatProcess, WorkerProcess
+from smsdispatch.devtools.fakes.devsms import FakeDevSms
+from smsdispatch.devtools.fakes.eskiz import FakeEskiz
+from smsdispatch.devtools.fakes.smscx import FakeSmsCx
+from smsdispatch.devtools.fakes.smsflow import FakeSmsFlow
+from smsdispatch.devtools.fakes.smspm import FakeSmsPm
+from smsdispatch.devtools.processes import BeatProcess, WorkerProcess
+from smsdispatch.devtools.redis_server import free_port
 from smsdispatch.tasks import SEND_SMS
 
 from ..procs import Receiver

@@ -29,10 +29,10 @@ import pytest
 import redis
 from celery import Celery
 
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.redis_server import EmbeddedRedis, RedisUnavailable
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.embedded import EmbeddedRedis, RedisUnavailable
 from smsdispatch.keys import Keys
-from smsdispatch.local import WorkerProcess
 from smsdispatch.tasks import SEND_SMS
 
 from .conftest import wait_until, worker_settings

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from smsdispatch.embedded import EmbeddedRedis, RedisUnavailable
+from smsdispatch.devtools.redis_server import EmbeddedRedis, RedisUnavailable
 from smsdispatch.keys import Keys
 from smsdispatch.ledger import Ledger
 from smsdispatch.redisclient import connect

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
+from smsdispatch.devtools.fakes.devsms import FakeDevSms
+from smsdispatch.devtools.processes import WorkerProcess
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.fakes.devsms import FakeDevSms
-from smsdispatch.local import WorkerProcess
 
 from ..procs import user_env
 from .conftest import Producer, worker_settings

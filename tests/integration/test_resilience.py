@@ -8,8 +8,8 @@ import time
 import uuid
 from collections import Counter
 
+from smsdispatch.devtools.processes import WorkerProcess
 from smsdispatch.dispatch import message_id_for
-from smsdispatch.local import WorkerProcess
 
 from .conftest import Producer, send_requests_for, worker_settings
 
@@ -99,11 +99,11 @@ def test_a_retry_runs_on_time_while_a_backlog_of_sends_waits(redis_url, fake):
     worker = WorkerProcess(settings, name="retry-queue", concurrency=1)    # takes the first message first
     try:
         result = first.get(timeout=60)
-        still_waiting = producer.app.smsdispatch.redis.llen(queue)
+        still_waiting = producer.app.runtime.redis.llen(queue)
     finally:
         worker.stop()
         fake.clear_faults()
-        producer.app.smsdispatch.redis.delete(queue)       # the rest of the backlog is not this test's
+        producer.app.runtime.redis.delete(queue)       # the rest of the backlog is not this test's
     assert result["status"] == "accepted" and result["attempts"] == 2, result
     assert still_waiting > 900, still_waiting               # it did not wait for the backlog
     assert len(send_requests_for(fake, message_id_for(key, ""))) == 2

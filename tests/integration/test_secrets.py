@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import redis
 
-from smsdispatch.embedded import find_redis_server, free_port
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.redis_server import find_redis_server, free_port
 
 from .conftest import ESKIZ_PASSWORD, Producer, wait_until, worker_settings
 

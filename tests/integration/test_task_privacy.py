@@ -9,7 +9,7 @@ import json
 import re
 import threading
 
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.processes import WorkerProcess
 from smsdispatch.tasks import SEND_BATCH, SEND_SMS
 
 from .conftest import Producer, worker_settings

@@ -1,4 +1,4 @@
-"""Our kombu transport (transport.py) and consumer (consumer.py) against the real Redis and a real worker:
+"""Our kombu transport (redis_transport.py) and consumer (task_events.py) against the real Redis and a real worker:
 one redis-py client per channel, a message taken off its queue but not recorded put back, and every task
 event still published, in batches."""
 
@@ -13,9 +13,9 @@ import pytest
 import redis
 from kombu import Connection
 
-from smsdispatch import transport
-from smsdispatch.local import WorkerProcess
-from smsdispatch.transport import Transport
+from smsdispatch import redis_transport as transport
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.redis_transport import Transport
 
 from .conftest import Producer, worker_settings
 

@@ -14,9 +14,9 @@ import psutil
 import pytest
 import requests
 
-from smsdispatch.embedded import free_port
-from smsdispatch.fakes.devsms import FakeDevSms
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.fakes.devsms import FakeDevSms
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.redis_server import free_port
 from smsdispatch.records import MessageStatus
 
 from ..procs import Receiver

@@ -8,8 +8,8 @@ import sys
 
 import requests
 
-from smsdispatch.embedded import free_port
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.redis_server import free_port
 
 from ..procs import Lines, user_env
 from .conftest import Producer, worker_settings

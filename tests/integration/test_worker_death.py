@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from smsdispatch.local import WorkerProcess
+from smsdispatch.devtools.processes import WorkerProcess
 
 from .conftest import Producer, send_requests_for, worker_settings
 

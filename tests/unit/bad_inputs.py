@@ -25,7 +25,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from smsdispatch.errors import ValidationError
-from smsdispatch.message import FIELDS, MAX_METADATA_BYTES, MAX_TEXT_CHARS, check_bounds, merge_arguments
+from smsdispatch.sendrequest import FIELDS, MAX_METADATA_BYTES, MAX_TEXT_CHARS, check_bounds, merge_arguments
 
 VALID_TO = "+998901234567"
 VALID_TEXT = "Salom, dunyo"

@@ -18,8 +18,8 @@ from kombu.utils.json import loads as kombu_loads
 from smsdispatch.config import load_settings
 from smsdispatch.dispatch import Dispatcher
 from smsdispatch.errors import ValidationError
-from smsdispatch.message import check_encodable, merge_arguments, parse_send
 from smsdispatch.reminders import Reminders
+from smsdispatch.sendrequest import check_encodable, merge_arguments, parse_send
 from smsdispatch.tasks import SEND_SMS
 from smsdispatch.worker import Runtime, create_app
 

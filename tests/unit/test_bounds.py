@@ -9,7 +9,7 @@ import redis
 
 from smsdispatch import redischeck
 from smsdispatch.errors import ConfigError, ValidationError
-from smsdispatch.message import check_bounds, check_id
+from smsdispatch.sendrequest import check_bounds, check_id
 
 
 @pytest.mark.parametrize("kwargs, words", [

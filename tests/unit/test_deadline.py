@@ -1,6 +1,6 @@
 """HTTP_TOTAL_TIMEOUT: every gateway call is cut at its deadline, wherever it is (gateways/deadline.py).
 
-Real HTTP on 127.0.0.1: a small fake (smsdispatch/fakes/base.py) for answers that trickle or never
+Real HTTP on 127.0.0.1: a small fake (smsdispatch/devtools/fakes/base.py) for answers that trickle or never
 come, raw sockets for a request the other side never reads and for a connect nobody answers. The
 elapsed times are bounds (never before the deadline, not long after it), not speed tests.
 """
@@ -19,8 +19,8 @@ import pytest
 from urllib3.exceptions import ConnectTimeoutError
 
 from smsdispatch.config import load_settings
+from smsdispatch.devtools.fakes.base import Accepted, FakeGateway, Reply, Request
 from smsdispatch.errors import AmbiguousError, GatewayUnavailable
-from smsdispatch.fakes.base import Accepted, FakeGateway, Reply, Request
 from smsdispatch.gateways import build_gateway
 from smsdispatch.gateways.base import HttpGateway
 from smsdispatch.gateways.deadline import Watchdog

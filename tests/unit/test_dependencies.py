@@ -31,7 +31,7 @@ def test_floors_are_the_first_versions_that_have_what_the_code_uses():
     assert floor("pydantic") >= Version("2.7")               # what pydantic-settings 2.7 requires
     assert floor("redis") >= Version("6.4")                  # kombu 5.7's redis extra: redis>=6.4,<9
     assert floor("celery") >= Version("5.7") and floor("kombu") >= Version("5.7")
-    assert not REQUIRES["kombu"].specifier.contains("5.8.0")  # transport.py builds on kombu 5.7's internals
+    assert not REQUIRES["kombu"].specifier.contains("5.8.0")  # redis_transport.py builds on kombu 5.7's internals
 
 
 def test_flower_is_an_extra_that_dev_includes():
@@ -72,7 +72,7 @@ for m in pkgutil.walk_packages(smsdispatch.__path__, "smsdispatch."):
     importlib.import_module(m.name)             # smsdispatch.worker too: it builds its app on use
 from smsdispatch.config import load_settings
 from smsdispatch.worker import create_app
-from smsdispatch import dev
+from smsdispatch.devtools import stack as dev
 app = create_app(load_settings(redis_url="redis://127.0.0.1:1/0"))
 assert "smsdispatch.send_sms" in app.tasks
 lines = []

@@ -62,11 +62,11 @@ def test_our_kombu_transport_and_consumer_are_configured_and_rediss_keeps_kombus
     from kombu import Connection
 
     from smsdispatch.config import load_settings
-    from smsdispatch.transport import Transport
+    from smsdispatch.redis_transport import Transport
     from smsdispatch.worker import create_app
     plain = create_app(load_settings(redis_url="redis://127.0.0.1:1/0"))
-    assert plain.conf.worker_consumer == "smsdispatch.consumer:Consumer"
-    assert plain.connection_for_write().transport_cls == "smsdispatch.transport:Transport"
+    assert plain.conf.worker_consumer == "smsdispatch.task_events:Consumer"
+    assert plain.connection_for_write().transport_cls == "smsdispatch.redis_transport:Transport"
     assert Connection("redis://127.0.0.1:1/0", transport=plain.conf.broker_transport).transport.__class__ is Transport
     tls = create_app(load_settings(redis_url="rediss://127.0.0.1:1/0?ssl_cert_reqs=required"))
     assert tls.conf.broker_transport is None

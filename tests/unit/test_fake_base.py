@@ -1,4 +1,4 @@
-"""FakeGateway (smsdispatch/fakes/base.py) through a tiny echo protocol defined here, against a real HTTP client."""
+"""FakeGateway (smsdispatch/devtools/fakes/base.py) through a tiny echo protocol defined here, against a real HTTP client."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 import pytest
 import requests
 
-from smsdispatch.fakes.base import Accepted, FakeGateway, Reply, Request, parse_body
+from smsdispatch.devtools.fakes.base import Accepted, FakeGateway, Reply, Request, parse_body
 
 SEND = "/send"
 
@@ -295,7 +295,7 @@ def test_expire_token_without_tokens(fake):
 
 # ----------------------------------------------------------------- chaos: seeded random faults
 
-from smsdispatch.fakes.base import CHAOS_KINDS, DEFAULT_CHAOS_KINDS  # noqa: E402 - appended section
+from smsdispatch.devtools.fakes.base import CHAOS_KINDS, DEFAULT_CHAOS_KINDS  # noqa: E402 - appended section
 
 
 def drive(fake, n: int, *, timeout: float = 20.0) -> list[str]:

@@ -1,4 +1,4 @@
-"""The fake Eskiz gateway (smsdispatch/fakes/eskiz.py) against a real HTTP client."""
+"""The fake Eskiz gateway (smsdispatch/devtools/fakes/eskiz.py) against a real HTTP client."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 import requests
 
-from smsdispatch.fakes.base import Accepted
-from smsdispatch.fakes.eskiz import TASHKENT, FakeEskiz, SentSms
+from smsdispatch.devtools.fakes.base import Accepted
+from smsdispatch.devtools.fakes.eskiz import TASHKENT, FakeEskiz, SentSms
 
 SEND = "/message/sms/send"
 PHONE = "998901234567"

@@ -8,6 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from smsdispatch.config import load_settings
+from smsdispatch.devtools.fakes.devsms import FakeDevSms
 from smsdispatch.errors import (
     AuthError,
     GatewayRejected,
@@ -15,7 +16,6 @@ from smsdispatch.errors import (
     RecipientRejected,
     ValidationError,
 )
-from smsdispatch.fakes.devsms import FakeDevSms
 from smsdispatch.gateways import build_gateway
 from smsdispatch.gateways.base import OutboundSms
 from smsdispatch.gateways.devsms import DevSmsGateway, classify, map_status, parse_money, parse_send

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from pydantic import SecretStr
 
+from smsdispatch.devtools.fakes.eskiz import TASHKENT, FakeEskiz
 from smsdispatch.errors import (
     AmbiguousError,
     AuthError,
@@ -18,7 +19,6 @@ from smsdispatch.errors import (
     RateLimited,
     RecipientRejected,
 )
-from smsdispatch.fakes.eskiz import TASHKENT, FakeEskiz
 from smsdispatch.gateways.base import OutboundSms
 from smsdispatch.gateways.eskiz import EskizGateway, dispatch_id_for, map_status
 from smsdispatch.keys import Keys

@@ -14,6 +14,7 @@ import pytest
 import requests
 from pydantic import SecretStr
 
+from smsdispatch.devtools.fakes.smscx import FakeSmsCx
 from smsdispatch.errors import (
     AuthError,
     ConfigError,
@@ -22,7 +23,6 @@ from smsdispatch.errors import (
     RateLimited,
     RecipientRejected,
 )
-from smsdispatch.fakes.smscx import FakeSmsCx
 from smsdispatch.gateways.base import OutboundSms
 from smsdispatch.gateways.smscx import (
     DEFAULT_TOKEN_TTL,
@@ -368,7 +368,7 @@ def test_balance_reads_amount_and_currency(fake):
 
 
 def test_the_fake_runs_from_the_command_line():
-    out = subprocess.run([sys.executable, "-m", "smsdispatch.fakes.smscx", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "smsdispatch.devtools.fakes.smscx", "--help"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0 and "--client-id" in out.stdout and "--api-key" in out.stdout
 

@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 from pydantic import SecretStr
 
+from smsdispatch.devtools.fakes.smsflow import FakeSmsFlow
 from smsdispatch.errors import (
     AmbiguousError,
     AuthError,
@@ -19,7 +20,6 @@ from smsdispatch.errors import (
     RecipientRejected,
     ValidationError,
 )
-from smsdispatch.fakes.smsflow import FakeSmsFlow
 from smsdispatch.gateways.base import OutboundSms
 from smsdispatch.gateways.smsflow import (
     STATUS_MAP,

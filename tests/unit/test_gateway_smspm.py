@@ -10,6 +10,7 @@ import requests
 from pydantic import SecretStr
 
 from smsdispatch.config import load_settings
+from smsdispatch.devtools.fakes.smspm import FakeSmsPm
 from smsdispatch.errors import (
     AmbiguousError,
     AuthError,
@@ -18,7 +19,6 @@ from smsdispatch.errors import (
     RecipientRejected,
     ValidationError,
 )
-from smsdispatch.fakes.smspm import FakeSmsPm
 from smsdispatch.gateways import build_gateway
 from smsdispatch.gateways.base import Acceptance, OutboundSms
 from smsdispatch.gateways.smspm import SmsPmGateway, classify, map_status, parse_answer

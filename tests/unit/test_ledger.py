@@ -106,8 +106,8 @@ def test_a_first_claim_writes_the_sending_update_with_it_unless_the_circuit_is_o
 def test_finish_records_completes_and_stores_the_result_in_celerys_format(redis_client):
     from celery import Celery
 
+    from smsdispatch.celery_results import Results, encode
     from smsdispatch.records import MessageStatus, Records
-    from smsdispatch.results import Results, encode
     records, results = Records(redis_client, Keys("t")), Results(redis_client, Keys("t"), ttl=600)
     ledger = make(redis_client)
     c = ledger.claim("k", fp="a", message_id="m", now=100.0)

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import fakeredis
 
-from smsdispatch import transport
+from smsdispatch import redis_transport as transport
 from smsdispatch.keys import Keys
 
 

@@ -17,7 +17,7 @@ other numbers of the request are accepted and charged. A request is charged for 
 numbers or refused as a whole. SMSPM has no status or balance endpoint here (unreadable or
 not found) and no tokens; callbacks are not sent.
 
-Run standalone:  python -m smsdispatch.fakes.smspm --port 8769
+Run standalone:  python -m smsdispatch.devtools.fakes.smspm --port 8769
 """
 
 from __future__ import annotations

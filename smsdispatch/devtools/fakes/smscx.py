@@ -12,7 +12,7 @@ no Retry-After; `rejected` numbers answer as data[] rows with status REJECTED (o
 numbers that are not "+" and 8-15 digits are invalid; a call without any valid number is a 400 even
 with allowInvalid; countryIso/phoneNumbersByCountry stay empty; unknown routes answer 404 not_found.
 
-Run standalone:  python -m smsdispatch.fakes.smscx --port 8765
+Run standalone:  python -m smsdispatch.devtools.fakes.smscx --port 8765
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ from kombu.utils.json import dumps
 from . import scripts
 from .keys import Keys
 
-log = logging.getLogger("smsdispatch.transport")
+log = logging.getLogger("smsdispatch.redis_transport")
 
 #: (payload, exchange, routing key) of messages this process took off a queue and could not record as
 #: unacknowledged, waiting for a channel that reaches Redis to put them back.

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from .embedded import EmbeddedRedis, free_port
-from .local import BeatProcess, FlowerProcess, WorkerProcess
+from .processes import BeatProcess, FlowerProcess, WorkerProcess
+from .redis_server import EmbeddedRedis, free_port
 
 
 def run(out: Callable[[str], None] = print, *, flower_port: int | None = None) -> int:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
 
-from . import phone, text
+from . import phone, segments
 from .errors import ValidationError
 
 #: The default of SMSDISPATCH_MAX_TEXT_CHARS: ten concatenated GSM-7 segments of 153 characters, about
@@ -225,7 +225,7 @@ class SendRequest(BaseModel):
 
     @property
     def segments(self) -> int | None:
-        return text.count_segments(self.text) if self.text is not None else None
+        return segments.count_segments(self.text) if self.text is not None else None
 
 
 def parse_send(kwargs: dict[str, Any], *, default_region: str | None,

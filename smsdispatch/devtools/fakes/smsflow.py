@@ -13,7 +13,7 @@ refused is answered 400 INVALID_DESTINATION, the limit of 100 messages per call 
 routes and JSON keys are case-insensitive (ASP.NET defaults), the price per part and the segment
 arithmetic. Scripted faults answer before the token is checked.
 
-Run standalone:  python -m smsdispatch.fakes.smsflow --port 8767
+Run standalone:  python -m smsdispatch.devtools.fakes.smsflow --port 8767
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from smsdispatch.text import Encoding, SegmentInfo, analyse, count_segments, is_gsm7
+from smsdispatch.segments import Encoding, SegmentInfo, analyse, count_segments, is_gsm7
 
 # The basic set written out independently of the module (3GPP TS 23.038, 127 printable + ESC).
 BASIC = (

@@ -747,7 +747,7 @@ def _number(text: str) -> int | float:
 
 
 def run_cli(cls: type[FakeGateway], description: str, *, argv: list[str] | None = None, **defaults: Any) -> None:
-    """The shared `python -m smsdispatch.fakes.<name>` entry: --host, --port, --balance and one option per
+    """The shared `python -m smsdispatch.devtools.fakes.<name>` entry: --host, --port, --balance and one option per
     keyword default (typed like it; options named like password/secret/token are not printed)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=defaults.pop("host", "127.0.0.1"))

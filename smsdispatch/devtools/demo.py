@@ -12,13 +12,13 @@ import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 
-from .config import load_settings
-from .embedded import EmbeddedRedis
+from ..config import load_settings
+from ..redact import redact_url
+from ..tasks import SEND_BATCH, SEND_SMS
+from ..worker import create_app
 from .fakes.eskiz import FakeEskiz
-from .local import WorkerProcess
-from .redact import redact_url
-from .tasks import SEND_BATCH, SEND_SMS
-from .worker import create_app
+from .processes import WorkerProcess
+from .redis_server import EmbeddedRedis
 
 EMAIL, PASSWORD = "demo@example.com", "demo-password"
 TIMEOUT = 60

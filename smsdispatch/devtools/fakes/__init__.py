@@ -2,7 +2,7 @@
 
 Every fake subclasses `FakeGateway` (base.py), which owns the server, the request log, the accepted-SMS
 list and failure injection; a fake module (eskiz.py, ...) holds only its protocol. Import a fake from
-its module: `from smsdispatch.fakes.eskiz import FakeEskiz`.
+its module: `from smsdispatch.devtools.fakes.eskiz import FakeEskiz`.
 """
 
 from .base import Accepted, BodyError, FakeGateway, Reply, Request, RequestRecord, parse_body, run_cli
