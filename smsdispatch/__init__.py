@@ -6,22 +6,35 @@
 
 `send_sms`, `send_batch` and `app` stand for the default app's (smsdispatch.worker.default_app), which
 is built from the environment on first use: importing the package or a submodule needs no settings. A
-web app with settings of its own builds its app with `smsdispatch.worker.create_app(settings)` and sends
-with `app.send_sms`.
+web app with settings of its own hands them over once, where it starts:
+
+    smsdispatch.configure({"REDIS_URL": "redis://cache:6379/2", "DEFAULT_GATEWAY": "eskiz", ...})
+
+(or a `Settings`; what the mapping does not name still comes from SMSDISPATCH_* variables). Several
+apps in one process: `smsdispatch.worker.create_app(settings)` each, sending with `app.send_sms`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from celery.local import Proxy
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .tasks import SendBatch, SendSms
     from .worker import SmsApp
 
-__all__ = ["send_sms", "send_batch", "schedule_reminder", "cancel_reminder", "get_reminder", "get_message",
+__all__ = ["configure", "Settings", "send_sms", "send_batch", "schedule_reminder", "cancel_reminder", "get_reminder", "get_message",
            "get_history", "get_batch", "get_balances", "app"]
+
+
+def configure(settings: Settings | Mapping[str, Any] | None = None, /, **overrides: Any) -> SmsApp:
+    """Build the default app from the host app's settings (a mapping like Django's ``SMSDISPATCH``, or a
+    `Settings`), validated as the environment is; returns it. Raises ConfigError naming a bad value."""
+    from .worker import configure as configure_default
+    return configure_default(settings, **overrides)
 
 
 def get_message(message_id: str) -> dict[str, Any] | None:
@@ -73,3 +86,10 @@ def _app() -> SmsApp:
 app = cast("SmsApp", Proxy(_app))
 send_sms = cast("SendSms", Proxy(lambda: _app().send_sms))
 send_batch = cast("SendBatch", Proxy(lambda: _app().send_batch))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Settings":      # imported on use: `import smsdispatch` stays light (no pydantic, no phonenumbers)
+        from .config import Settings
+        return Settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """Settings, read from the environment with the prefix ``SMSDISPATCH_``.
 
-`load_settings()` is the only way the rest of the code gets settings; it turns pydantic's
+`load_settings()` is the only way the rest of the code gets settings from the environment, and
+`settings_from()` the way a host app gives them in code (a mapping or a `Settings`); both turn pydantic's
 validation errors into one `ConfigError` whose message names each bad variable, e.g.
 ``SMSDISPATCH_VISIBILITY_TIMEOUT: Input should be a valid integer``. Secrets are `SecretStr`:
 their repr is ``'**********'``, so logging a Settings object never leaks them. `redis_url` stays a
@@ -15,9 +16,11 @@ asks. A third-party gateway reads its settings through `load_model` with a prefi
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import phonenumbers
@@ -497,6 +500,35 @@ def load_settings(**overrides) -> Settings:
         if f"{ENV_PREFIX}{name}" in os.environ or name.lower() in overrides:
             raise ConfigError(f"invalid configuration: {ENV_PREFIX}{name} is no longer read: {instead}")
     return load_model(Settings, **overrides)
+
+
+def settings_from(source: Settings | Mapping[str, Any] | None = None, /, **overrides: Any) -> Settings:
+    """Settings a host app gives in code, validated like the environment's: a `Settings` object, or a
+    mapping such as Django's ``SMSDISPATCH = {...}`` or Flask's ``app.config.get_namespace("SMSDISPATCH_")``.
+
+    Names are the environment's without the prefix, in either case (``"REDIS_URL"``, ``"redis_url"``;
+    ``"SMSDISPATCH_REDIS_URL"`` is accepted too); values may be the environment's strings or Python
+    values (a dict for ROUTES, a number for VISIBILITY_TIMEOUT). What the mapping does not name comes
+    from the environment, as with `load_settings`. A name that is no setting raises ConfigError (in
+    code, unlike in the environment, a name is ours alone, so an unknown one is a typo)."""
+    if isinstance(source, Settings):
+        if overrides:
+            return settings_from({name: getattr(source, name) for name in source.model_fields_set} | overrides)
+        return source
+    given: dict[str, Any] = {}
+    for key, value in {**(source or {}), **overrides}.items():
+        name = str(key).lower().removeprefix(ENV_PREFIX.lower())
+        if name in given:
+            raise ConfigError(f"invalid configuration: {key!r} is given twice (with and without its prefix)")
+        given[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    unknown = sorted(n for n in given if n not in Settings.model_fields and n.upper() not in RETIRED)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(Settings.model_fields), n=1)
+            hints.append(f"{name.upper()}" + (f" (did you mean {close[0].upper()}?)" if close else ""))
+        raise ConfigError("invalid configuration: no such setting: " + ", ".join(hints))
+    return load_settings(**given)
 
 
 def load_model(model: type[M], **overrides) -> M:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Callable, TypeVar, cast
 from urllib.parse import urlparse
 
@@ -25,7 +26,7 @@ from kombu import Queue
 from . import redischeck
 from .batch import Batches
 from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
-from .config import Settings, load_settings
+from .config import Settings, load_settings, settings_from
 from .dispatch import Dispatcher
 from .errors import ConfigError
 from .polling import Poller
@@ -232,12 +233,26 @@ _default: SmsApp | None = None
 
 
 def default_app() -> SmsApp:
-    """The app of ``celery -A smsdispatch.worker`` and of `smsdispatch.send_sms`: built from the
-    environment on first use (not at import), once per process."""
+    """The app of ``celery -A smsdispatch.worker`` and of `smsdispatch.send_sms`: the one `configure`
+    built, else built from the environment on first use (not at import), once per process."""
     global _default
     with _default_lock:
         if _default is None:
             _default = create_app()
+        return _default
+
+
+def configure(settings: Settings | Mapping[str, Any] | None = None, /, **overrides: Any) -> SmsApp:
+    """Make the default app (`smsdispatch.send_sms`, ``celery -A smsdispatch.worker``) one built from
+    a host app's settings (config.settings_from: a Settings, or a mapping such as Django's
+    ``SMSDISPATCH``), and return it. Call it where the host app starts (Django's AppConfig.ready,
+    Flask's create_app), in the web process and in the module its worker is started from. A second
+    call with other settings replaces the app; one with the same settings keeps it."""
+    global _default
+    built = settings_from(settings, **overrides)
+    with _default_lock:
+        if _default is None or _default.runtime.settings != built:
+            _default = create_app(built)
         return _default
 
 
