@@ -76,21 +76,28 @@ def test_two_relays_at_once_publish_each_row_once(django_app, worker, fake, monk
         assert len(fake.accepted_for(to=phone)) == 1
 
 
-def test_a_row_published_twice_is_sent_once(django_app, worker, fake):
-    """A relay that published a row and died before its commit leaves the row unpublished: the next
-    relay publishes it again. Same key, same message id: the worker answers the copy from the record."""
+def test_a_relay_killed_after_publishing_before_its_commit_leaves_a_row_that_is_sent_once(project_env, django_app,
+                                                                                          worker, fake):
+    """A real relay process publishes a row and is killed -9 before its commit: the row is still
+    unpublished (its lock went with the connection), so the next relay publishes it again. Same key,
+    same message id: the worker answers the copy from the record, and the gateway sees one send."""
     from django.db import transaction
 
     from smsdispatch import outbox
     from smsdispatch.contrib.django import outbox as django_outbox
-    phone = next(PHONES)
-    key = f"published-twice-{uuid.uuid4().hex}"
+    phone, key = next(PHONES), f"published-twice-{uuid.uuid4().hex}"
     with transaction.atomic():
         message_id = outbox.send_sms(phone, "Published twice", idempotency_key=key, relay_on_commit=False)
     row = rows(message_id=message_id).get()
-    django_outbox.publish(django_app, row)      # what the relay did before it died: published, not marked
+    relay = subprocess.run([sys.executable, "-m", "tests.djangoproject.relay_and_die", str(row.id)], cwd=ROOT,
+                           env={**os.environ, **project_env}, capture_output=True, text=True, timeout=60)
+    assert relay.returncode == -signal.SIGKILL and f"published {row.id}" in relay.stdout, relay.stderr[-3000:]
+    row.refresh_from_db()
+    assert row.published_at is None and row.attempts == 0       # its transaction never committed
     accepted(message_id)
     assert django_outbox.relay(django_app, ids=[row.id]) == 1
+    row.refresh_from_db()
+    assert row.published_at is not None
     assert worker.wait_for(rf"send_sms\[.*\] succeeded.*'{key}'", count=2, timeout=20), worker.log[-3000:]
     assert len(fake.accepted_for(to=phone)) == 1 and len(fake.calls_carrying(message_id)) == 1
 
