@@ -240,6 +240,7 @@ class SendSms(StoreRetry):
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> str:
         """`delay`, once the caller's Django database transaction commits: `apply_async_on_commit`."""
+        _no_using(kwargs)
         return self.apply_async_on_commit(args, kwargs)
 
     def apply_async_on_commit(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, *,
@@ -336,6 +337,7 @@ class SendBatch(SmsTask):
 
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> str:
         """`delay`, once the caller's Django database transaction commits: `apply_async_on_commit`."""
+        _no_using(kwargs)
         return self.apply_async_on_commit(args, kwargs)
 
     def apply_async_on_commit(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, *,
@@ -463,6 +465,13 @@ def release_due(runtime: Runtime, send_reminder: Task, *, now: float) -> int:
         send_reminder.apply_async(kwargs={"reminder_id": d.reminder_id}, eta=eta)
         reminders.published(d.reminder_id)
     return len(due)
+
+
+def _no_using(kwargs: dict[str, Any]) -> None:
+    """`using` is no task argument: the worker would refuse it long after the call meant a database."""
+    if "using" in kwargs:
+        raise TypeError("delay_on_commit passes its keyword arguments to the task; for another database "
+                        "call apply_async_on_commit(args, kwargs, using=...)")
 
 
 def _not_before(options: dict[str, Any]) -> float | None:

@@ -109,6 +109,10 @@ def test_the_database_is_handed_to_on_commit(app, deferred):
     app.send_sms.apply_async_on_commit((TO, "Hi"), using="orders")
     app.send_batch.apply_async_on_commit(([{"to": TO, "text": "Hi"}],), using="orders")
     assert [using for _, using, _ in deferred] == ["orders", "orders"]
+    for task in (app.send_sms, app.send_batch):     # not a task argument the worker would refuse later
+        with pytest.raises(TypeError, match="apply_async_on_commit"):
+            task.delay_on_commit(TO, "Hi", using="orders")
+    assert len(deferred) == 2
 
 
 @pytest.mark.parametrize("messages, words", [
