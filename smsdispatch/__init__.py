@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from .tasks import SendBatch, SendSms
     from .worker import SmsApp
 
-__all__ = ["configure", "Settings", "send_sms", "send_batch", "schedule_reminder", "cancel_reminder", "get_reminder", "get_message",
+__all__ = ["configure", "Settings", "send_sms", "send_batch", "schedule_reminder", "schedule_reminder_on_commit",
+           "cancel_reminder", "get_reminder", "get_message",
            "get_history", "get_batch", "get_balances", "app"]
 
 
@@ -55,6 +56,23 @@ def schedule_reminder(to: str, text: str | None, send_at: Any, *, idempotency_ke
     kwargs = {"to": to, "text": text, "idempotency_key": idempotency_key, "gateway": gateway, "sender": sender,
               "metadata": metadata, "options": options}
     return _app().runtime.schedule_reminder({k: v for k, v in kwargs.items() if v is not None}, send_at)
+
+
+def schedule_reminder_on_commit(to: str, text: str | None, send_at: Any, *, idempotency_key: str | None = None,
+                                gateway: str | None = None, sender: str | None = None,
+                                metadata: dict | None = None, options: dict | None = None,
+                                using: str | None = None) -> str:
+    """`schedule_reminder`, stored once the caller's Django database transaction (of database `using`)
+    commits, and never if it rolls back. Bad input raises ValidationError here, at the call; returns
+    the reminder id it will have. Without Django: ConfigError."""
+    from .contrib.django import commit
+    commit.check()
+    kwargs = {"to": to, "text": text, "idempotency_key": idempotency_key, "gateway": gateway, "sender": sender,
+              "metadata": metadata, "options": options}
+    runtime = _app().runtime
+    reminder = runtime.reminders.check({k: v for k, v in kwargs.items() if v is not None}, send_at)
+    commit.on_commit(lambda: runtime.store_reminder(reminder), using=using)
+    return reminder.reminder_id
 
 
 def cancel_reminder(reminder_id: str) -> bool:

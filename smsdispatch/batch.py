@@ -110,6 +110,19 @@ class _Call:
     slow: bool = False
 
 
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A batch that passed the producer's checks (`Batches.check`): its entries as JSON chunks."""
+    batch_id: str
+    chunks: tuple[str, ...]
+    total: int
+    chunk_size: int
+    gateway: str | None
+    sender: str | None
+    idempotency_key: str | None
+    submission: str
+
+
 @dataclass
 class ChunkOutcome:
     retry_in: float | None = None                   # some messages need another run
@@ -130,6 +143,13 @@ class Batches:
               idempotency_key: str | None, submission: str) -> int:
         """Put a batch in Redis; returns its number of chunks. Raises ValidationError for a batch that
         is not a list of 1..MAX_BATCH_MESSAGES entries (entries themselves are checked one by one later)."""
+        return self.write(self.check(batch_id, messages, gateway=gateway, sender=sender,
+                                     idempotency_key=idempotency_key, submission=submission))
+
+    def check(self, batch_id: str, messages: Any, *, gateway: str | None, sender: str | None,
+              idempotency_key: str | None, submission: str) -> CheckedBatch:
+        """`store`'s checks without the write: raises ValidationError as `store` does, and returns the
+        batch cut into chunks, for `write` (now, or once a database transaction commits)."""
         if not isinstance(messages, list) or not messages:
             raise ValidationError("messages: must be a non-empty list of {to, text, idempotency_key?, metadata?}")
         check_id("batch_id", batch_id)
@@ -154,23 +174,29 @@ class Batches:
                     check_bounds(entry, max_text_chars=self.settings.max_text_chars)
                 except ValidationError as e:
                     raise ValidationError(f"messages[{n}].{e}") from None
+        return CheckedBatch(batch_id, tuple(blobs), len(messages), size, gateway, sender, idempotency_key,
+                            submission)
+
+    def write(self, batch: CheckedBatch) -> int:
+        """Write a checked batch to Redis (its chunks and a batch hash with zeroed counts); returns its
+        number of chunks."""
         at = now()
-        batch, chunks = self.keys.batch(batch_id), self.keys.batch_chunks(batch_id)
+        key, chunks = self.keys.batch(batch.batch_id), self.keys.batch_chunks(batch.batch_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(chunks)
-        for i in range(0, len(blobs), 50):
-            pipe.rpush(chunks, *blobs[i:i + 50])
-        pipe.delete(batch)
-        pipe.hset(batch, mapping={
-            "batch_id": batch_id, "total": len(messages), "chunks": len(blobs), "chunk_size": size,
-            "gateway": gateway or "", "sender": sender or "", "idempotency_key": idempotency_key or "",
-            "submission": submission, "status": "queued", "accepted": 0, "failed": 0, "unknown": 0,
-            "created_at": at})
+        for i in range(0, len(batch.chunks), 50):
+            pipe.rpush(chunks, *batch.chunks[i:i + 50])
+        pipe.delete(key)
+        pipe.hset(key, mapping={
+            "batch_id": batch.batch_id, "total": batch.total, "chunks": len(batch.chunks),
+            "chunk_size": batch.chunk_size, "gateway": batch.gateway or "", "sender": batch.sender or "",
+            "idempotency_key": batch.idempotency_key or "", "submission": batch.submission, "status": "queued",
+            "accepted": 0, "failed": 0, "unknown": 0, "created_at": at})
         if self.settings.record_ttl:
-            pipe.expire(batch, self.settings.record_ttl)
+            pipe.expire(key, self.settings.record_ttl)
             pipe.expire(chunks, self.settings.record_ttl)
         pipe.execute()
-        return len(blobs)
+        return len(batch.chunks)
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(self.keys.batch(batch_id))

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     balance_poll_interval: float = Field(600.0, gt=0)
     sweep_interval: float = Field(60.0, gt=0)
     queued_grace: int = Field(900, ge=1)     # queued this long (publish lost?) → the sweeper republishes
+    #: The transactional outbox (smsdispatch.contrib.django): seconds between beat's relay runs, which
+    #: publish committed outbox rows that no on-commit publish took (its process died, Redis was away),
+    #: and the rows one relay transaction locks and publishes.
+    outbox_relay_interval: float = Field(5.0, gt=0)
+    outbox_relay_limit: int = Field(100, ge=1, le=10_000)
     #: "eskiz=1000,smscx=5": a balance below the threshold logs a warning and records an alert.
     balance_thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     #: Refuse sends (insufficient_balance, no gateway call) while a gateway's last polled balance is

@@ -55,6 +55,14 @@ def parse_send_at(value: Any) -> float:
     return value.astimezone(timezone.utc).timestamp()
 
 
+@dataclass(frozen=True)
+class NewReminder:
+    """A reminder that passed validation (`Reminders.check`), not yet stored."""
+    reminder_id: str
+    send_at: float
+    payload: str        # the send_sms arguments as JSON, its idempotency key included
+
+
 class Reminders:
     def __init__(self, client: redis.Redis, keys: Keys, *, default_region: str | None, ttl: int,
                  validate: Callable[[dict[str, Any]], Any] | None = None) -> None:
@@ -73,6 +81,13 @@ class Reminders:
     def schedule(self, kwargs: dict[str, Any], send_at: Any, *, now: float) -> tuple[str, float]:
         """Validate (a bad number or text raises here, at the producer) and store a reminder;
         returns (reminder_id, send_at). The same idempotency key gives the same reminder, once."""
+        reminder = self.check(kwargs, send_at)
+        self.store(reminder, now=now)
+        return reminder.reminder_id, reminder.send_at
+
+    def check(self, kwargs: dict[str, Any], send_at: Any) -> NewReminder:
+        """`schedule`'s validation without the write: raises ValidationError as `schedule` does, and
+        returns the reminder with its id, for `store` (now, or once a database transaction commits)."""
         when = parse_send_at(send_at)
         if not isinstance(kwargs, dict):
             raise ValidationError(f"reminder: the message must be a dict of send_sms arguments, "
@@ -81,11 +96,14 @@ class Reminders:
         key = kwargs.get("idempotency_key")
         reminder_id = str(uuid.uuid5(NAMESPACE, key)) if isinstance(key, str) and key else str(uuid.uuid4())
         payload = dict(kwargs, idempotency_key=key or f"reminder:{reminder_id}")
-        self._store(keys=[self.keys.reminder(reminder_id), self.keys.reminders_due()],
-                    args=[reminder_id, max(when, now), json.dumps(payload, ensure_ascii=False), now])
+        return NewReminder(reminder_id, when, json.dumps(payload, ensure_ascii=False))
+
+    def store(self, reminder: NewReminder, *, now: float) -> None:
+        """Write a checked reminder: its hash and its entry in the `due` set (a past time: due now)."""
+        self._store(keys=[self.keys.reminder(reminder.reminder_id), self.keys.reminders_due()],
+                    args=[reminder.reminder_id, max(reminder.send_at, now), reminder.payload, now])
         if self.ttl:
-            self.redis.expire(self.keys.reminder(reminder_id), self.ttl + max(0, int(when - now)))
-        return reminder_id, when
+            self.redis.expire(self.keys.reminder(reminder.reminder_id), self.ttl + max(0, int(reminder.send_at - now)))
 
     def claim_due(self, *, until: float, now: float, limit: int = 1000) -> list[Due]:
         """Atomically take the reminders due by `until` (two beats never take the same one)."""

@@ -26,6 +26,8 @@ Any other publish failure (a bug) stays Celery's Reject(requeue=False).
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -39,7 +41,8 @@ from celery.exceptions import Reject
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from .batch import ChunkOutcome, batch_id_for
+from .batch import CheckedBatch, ChunkOutcome, batch_id_for
+from .contrib.django import commit as django_commit
 from .dispatch import Outcome, message_id_for
 from .errors import ValidationError
 from .polling import QUEUED_AT_HEADER
@@ -212,11 +215,7 @@ class SendSms(StoreRetry):
         producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
         not valid Unicode (a lone surrogate), or one argument given twice. Everything else is
         validated by the worker, which records the refusal."""
-        check_id("task_id", task_id)
-        task_id = task_id or uuid()
-        kwargs = merge_arguments(args, kwargs)
-        check_encodable(kwargs)
-        check_bounds(kwargs, max_text_chars=self.runtime.settings.max_text_chars)   # before Redis holds any of it
+        task_id, kwargs = self.checked(args, kwargs, task_id)      # before Redis holds any of it
         self.runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
         # when it joined the queue: the sweeper reads it off the queue's oldest message (polling.py)
         options["headers"] = {**(options.get("headers") or {}), QUEUED_AT_HEADER: time.time()}
@@ -229,6 +228,36 @@ class SendSms(StoreRetry):
         result = super().apply_async((), kwargs, task_id=task_id, **options)
         result.ignored = False         # `.get()` waits for the result all the same
         return result
+
+    def checked(self, args: Any, kwargs: Any, task_id: str | None) -> tuple[str, dict[str, Any]]:
+        """What apply_async refuses at the producer, raised as ValidationError: a bad task id, arguments
+        given twice, not JSON, not valid Unicode, or too large. Returns (task id, merged kwargs)."""
+        check_id("task_id", task_id)
+        kwargs = merge_arguments(args, kwargs)
+        check_encodable(kwargs)
+        check_bounds(kwargs, max_text_chars=self.runtime.settings.max_text_chars)
+        return task_id or uuid(), kwargs
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> str:
+        """`delay`, once the caller's Django database transaction commits: `apply_async_on_commit`."""
+        _no_using(kwargs)
+        return self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, *,
+                              using: str | None = None, **options: Any) -> str:
+        """`apply_async`, once the transaction of Django database `using` commits; nothing is recorded
+        or published if it rolls back. Returns the message id the message will have. What apply_async
+        refuses (ValidationError) is raised here, at the call, inside the transaction: only the record
+        and the publish wait for the commit. Without Django: ConfigError, first (contrib/django/commit.py).
+        A message lost between the commit and the publish (the process dies, Redis is away) is not
+        sent: smsdispatch.outbox.send_sms closes that gap."""
+        django_commit.check()
+        task_id, kwargs = self.checked(args, kwargs, task_id)
+        _not_before(options)      # a malformed eta raises now, not after the commit
+        kwargs = copy.deepcopy(kwargs)      # sent as checked, whatever the caller changes before the commit
+        django_commit.on_commit(functools.partial(self.apply_async, (), kwargs, task_id=task_id, **options),
+                                using=using)
+        return message_id_for(kwargs.get("idempotency_key"), task_id)
 
     def __call__(self, /, *args, **kwargs):
         """Celery's Task.__call__ names its first parameter `self`, so a keyword argument `self` (bad
@@ -279,6 +308,12 @@ class SendBatch(SmsTask):
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):
         """Store the entries in Redis before publishing: the task message carries only the batch id,
         however large the batch. Raises ValidationError here, at the producer, for a malformed batch."""
+        task_id, kwargs, batch = self.checked(args, kwargs, task_id)
+        return self._store_and_publish(task_id, kwargs, batch, options)
+
+    def checked(self, args: Any, kwargs: Any, task_id: str | None) -> tuple[str, dict[str, Any], CheckedBatch | None]:
+        """What apply_async refuses at the producer, raised as ValidationError. Returns (task id, the
+        task's kwargs with its batch id and without the entries, the checked entries or None)."""
         check_id("task_id", task_id)
         task_id = task_id or uuid()
         kwargs = dict(kwargs or {})
@@ -287,11 +322,34 @@ class SendBatch(SmsTask):
         messages = kwargs.pop("messages", None)
         check_id("batch_id", kwargs.get("batch_id"))
         kwargs["batch_id"] = batch_id_for(kwargs.get("batch_id"), kwargs.get("idempotency_key"), task_id)
+        batch = None
         if messages is not None:
-            self.runtime.batches.store(kwargs["batch_id"], messages, gateway=kwargs.get("gateway"),
-                                       sender=kwargs.get("sender"), idempotency_key=kwargs.get("idempotency_key"),
-                                       submission=task_id)
+            batch = self.runtime.batches.check(kwargs["batch_id"], messages, gateway=kwargs.get("gateway"),
+                                               sender=kwargs.get("sender"),
+                                               idempotency_key=kwargs.get("idempotency_key"), submission=task_id)
+        return task_id, kwargs, batch
+
+    def _store_and_publish(self, task_id: str, kwargs: dict[str, Any], batch: CheckedBatch | None,
+                           options: dict[str, Any]):
+        if batch is not None:
+            self.runtime.batches.write(batch)
         return super().apply_async((), kwargs, task_id=task_id, **options)
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> str:
+        """`delay`, once the caller's Django database transaction commits: `apply_async_on_commit`."""
+        _no_using(kwargs)
+        return self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, *,
+                              using: str | None = None, **options: Any) -> str:
+        """`apply_async`, once the transaction of Django database `using` commits: the entries are
+        checked (ValidationError) now, at the call, and stored and published only after the commit;
+        nothing if it rolls back. Returns the batch id."""
+        django_commit.check()
+        task_id, kwargs, batch = self.checked(args, kwargs, task_id)
+        django_commit.on_commit(functools.partial(self._store_and_publish, task_id, kwargs, batch, dict(options)),
+                                using=using)
+        return str(kwargs["batch_id"])
 
 
 class SendChunk(StoreRetry):
@@ -407,6 +465,13 @@ def release_due(runtime: Runtime, send_reminder: Task, *, now: float) -> int:
         send_reminder.apply_async(kwargs={"reminder_id": d.reminder_id}, eta=eta)
         reminders.published(d.reminder_id)
     return len(due)
+
+
+def _no_using(kwargs: dict[str, Any]) -> None:
+    """`using` is no task argument: the worker would refuse it long after the call meant a database."""
+    if "using" in kwargs:
+        raise TypeError("delay_on_commit passes its keyword arguments to the task; for another database "
+                        "call apply_async_on_commit(args, kwargs, using=...)")
 
 
 def _not_before(options: dict[str, Any]) -> float | None:

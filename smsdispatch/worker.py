@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .polling import Poller
 from .redact import install as install_redaction
 from .redisclient import connect
-from .reminders import Reminders
+from .reminders import NewReminder, Reminders
 from .tasks import (
     POLL_BALANCE,
     POLL_STATUS,
@@ -108,12 +108,17 @@ class Runtime:
         return self._part("_poller", lambda: Poller(self.dispatcher))
 
     def schedule_reminder(self, kwargs: dict[str, Any], send_at: Any) -> str:
-        """Store the reminder first; publish it at once if it is already within the horizon."""
+        """Validate and store the reminder; publish it at once if it is already within the horizon."""
+        reminder = self.reminders.check(kwargs, send_at)
+        self.store_reminder(reminder)
+        return reminder.reminder_id
+
+    def store_reminder(self, reminder: NewReminder) -> None:
+        """Store a checked reminder first; publish it at once if it is already within the horizon."""
         now = time.time()
-        reminder_id, when = self.reminders.schedule(kwargs, send_at, now=now)
-        if when <= now + self.settings.reminder_horizon:
+        self.reminders.store(reminder, now=now)
+        if reminder.send_at <= now + self.settings.reminder_horizon:
             release_due(self, self.app.tasks[SEND_REMINDER], now=now)
-        return reminder_id
 
 
 class SmsApp(Celery):

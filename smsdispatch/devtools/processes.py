@@ -11,18 +11,21 @@ import threading
 
 
 class CeleryProcess:
-    """A `celery -A smsdispatch.worker <command>` subprocess with the given SMSDISPATCH_* settings.
+    """A `celery -A smsdispatch.worker <command>` subprocess (another `app_module` in a subclass) with
+    the given SMSDISPATCH_* settings.
 
     Its output is kept in memory; `wait_for` blocks on a condition variable until a log line matches,
     so callers wait for events ("ready.", "succeeded") instead of sleeping.
     """
 
     ready_pattern = r"."
+    #: The module given to ``celery -A`` (a Django project's: smsdispatch.contrib.django.worker).
+    app_module = "smsdispatch.worker"
 
     def __init__(self, args: list[str], settings: dict[str, str], *, start_timeout: float = 60.0,
                  env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SMSDISPATCH_")} | settings | (env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "smsdispatch.worker", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", self.app_module, *args],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._cond = threading.Condition()
