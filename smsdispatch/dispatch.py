@@ -28,8 +28,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -51,6 +52,7 @@ from .phone import mask
 from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
 from .records import RESULT_FIELDS, MessageStatus, Records
+from .redisclient import text_fields
 from .retry import compute_backoff
 from .sendrequest import MAX_IDEMPOTENCY_KEY_CHARS, SendRequest, parse_send
 from .slots import GatewaySlots
@@ -150,7 +152,7 @@ class Dispatcher:
         `not_before`: the ETA it is published with (the sweeper must not send it earlier)."""
         key = kwargs.get("idempotency_key")
         message_id = message_id_for(key, task_id)
-        fields = {"task_id": task_id, "payload": kwargs,
+        fields: dict[str, Any] = {"task_id": task_id, "payload": kwargs,
                   "idempotency_key": key if isinstance(key, str) and key else task_id}
         if not_before:
             fields["not_before"] = not_before
@@ -181,7 +183,7 @@ class Dispatcher:
         return request, routes, fp
 
     def _outbound(self, request: SendRequest, gateway: Gateway, message_id: str,
-                  options: dict[str, Any] | None) -> OutboundSms:
+                  options: Mapping[str, Any] | None) -> OutboundSms:
         callback = request.callback_url or self.settings.callback_url(gateway.name)
         return OutboundSms(message_id, request.to, request.text or "", request.sender, callback, options or None)
 
@@ -207,8 +209,8 @@ class Dispatcher:
             return None
         cached = self._balances.get(gateway)
         if cached is None or time.monotonic() - cached[1] > BALANCE_CACHE_SECONDS:
-            amount = self.records.redis.hget(self.keys.balance(gateway), "amount")
-            cached = self._balances[gateway] = (float(amount) if amount is not None else None, time.monotonic())
+            polled = self.records.redis.hget(self.keys.balance(gateway), "amount")
+            cached = self._balances[gateway] = (float(polled) if polled is not None else None, time.monotonic())
         amount = cached[0]
         if amount is not None and amount < threshold:
             return (f"{gateway}'s last known balance {amount:g} is below its threshold {threshold:g} "
@@ -301,7 +303,7 @@ class Dispatcher:
         live execution holds its claim (that one decides)."""
         raw_key = kwargs.get("idempotency_key") if isinstance(kwargs, dict) else None
         message_id, key = message_id_for(raw_key, task_id), ledger_key_for(raw_key, task_id)
-        entry = {k.decode(): v.decode() for k, v in self.records.redis.hgetall(self.keys.idempotency(key)).items()}
+        entry = text_fields(self.records.redis.hgetall(self.keys.idempotency(key)))
         state = entry.get("state")
         if state == "done" or (state == "claimed" and float(entry.get("lease_until") or 0) / 1000 > self.clock()):
             return None
@@ -577,7 +579,8 @@ class Dispatcher:
                             maybe_sent=int(maybe_sent), note=_with_skips("", skipped or []), error=_error(
                                 "retries_exhausted", f"{self.settings.max_attempts} attempts failed{detail}"))
 
-    def backoff(self, attempt: int, e: GatewayError) -> float:
+    def backoff(self, attempt: int, e: BaseException) -> float:
+        """The delay before retry `attempt` + 1 after the error `e` (its Retry-After, if it has one)."""
         s = self.settings
         return compute_backoff(attempt, base=s.backoff_base, cap=s.backoff_max, jitter=s.backoff_jitter,
                                retry_after=getattr(e, "retry_after", None), rng=self.rng)
@@ -601,9 +604,9 @@ class Dispatcher:
             circuit = self.circuits.record_args(call[0], now=self.clock(), failed=call[1], probe=call[2])
         values, event = self.ledger.finish(key, update, reopenable=reopenable, dead_letter=dead_letter,
                                            result=result, circuit=circuit)
-        if event == "closed":
+        if call is not None and event == "closed":
             log.warning("circuit of %s closed: %d probes went through", call[0], self.settings.circuit_probes)
-        elif event == "opened":
+        elif call is not None and event == "opened":
             log.warning("circuit of %s opened: a slow call", call[0])
         return Outcome(self.records.result_from_fields(values), stored=result is not None)
 
