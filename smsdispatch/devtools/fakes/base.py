@@ -155,7 +155,8 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if name:
-                out[str(name)] = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+                payload = part.get_payload(decode=True)     # bytes for a part that is not multipart itself
+                out[str(name)] = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
         return out
     return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
@@ -226,7 +227,7 @@ class _Server(ThreadingHTTPServer):
 
     def server_bind(self) -> None:  # skip HTTPServer's getfqdn(): a reverse DNS lookup we do not need
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = self.socket.getsockname()[:2]   # what server_address holds now
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (a killed worker's connections are reset) is not an error worth a
@@ -270,8 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = "text/plain; charset=utf-8" if is_text else "application/json"
         out = self.wfile
-        if byte_interval > 0:
-            self.wfile = io.BytesIO()  # the whole answer, written below
+        buffered = io.BytesIO() if byte_interval > 0 else None
+        if buffered is not None:
+            self.wfile = buffered  # the whole answer, written below
         try:
             self.send_response(reply.status)
             self.send_header("Content-Length", str(len(data)))
@@ -281,8 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             self.wfile.flush()
         finally:
-            buffered, self.wfile = self.wfile, out
-        if byte_interval > 0:
+            self.wfile = out
+        if buffered is not None:
             raw, pause = buffered.getvalue(), wake or threading.Event()
             for i in range(len(raw)):
                 if i:
