@@ -76,12 +76,13 @@ class BuildContext:
 T = TypeVar("T")
 
 
-def credential(value: T | None, field_name: str) -> T:
-    """A credential a factory reads from its settings. Set whenever the gateway is configured (only
-    configured gateways are built: gateways.Gateways.get); if not, a ConfigError naming its variable."""
+def credential(value: T | None, name: str) -> T:
+    """A credential a factory reads from its settings, typed as set: it is whenever the gateway is
+    configured (only configured gateways are built: gateways.Gateways.get). If not, a ConfigError
+    naming it; `name` is its variable without the SMSDISPATCH_ prefix (a built-in's Settings field)."""
     if value is None:
         from ..config import ENV_PREFIX
-        raise ConfigError(f"{ENV_PREFIX}{field_name.upper()} is not set")
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} is not set")
     return value
 
 
