@@ -44,6 +44,7 @@ from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .policy import Action, after_failure
 from .records import MessageStatus, now
+from .redisclient import text, text_fields
 from .sendrequest import SendRequest, check_bounds, check_id
 
 log = logging.getLogger("smsdispatch.batch")
@@ -88,6 +89,13 @@ class _Item:
     pinned: str | None = None           # possibly sent there: it must not move to another gateway
     maybe_sent: bool = False            # an earlier call may have reached a gateway (policy.py)
 
+    @property
+    def claimed(self) -> ClaimResult:
+        """The claim `Batches._claim` made (every item past it has one)."""
+        if self.claim is None:
+            raise RuntimeError(f"message {self.message_id} used before it was claimed")
+        return self.claim
+
     def use(self, route: Route) -> None:
         self.gateway, self.sms = route.gateway, route.sms
 
@@ -102,9 +110,11 @@ class _Item:
 
 @dataclass
 class _Call:
-    """One native call of a chunk: its messages, its rate-limit wait, whether it probes a half-open
-    circuit, and (after it went through) whether it was slow enough to count as a failure."""
+    """One native call of a chunk: its messages and its reference (`call_ref`, every message's), its
+    rate-limit wait, whether it probes a half-open circuit, and (after it went through) whether it was
+    slow enough to count as a failure."""
     items: list[_Item]
+    ref: str
     wait: float = 0.0
     probe: bool = False
     slow: bool = False
@@ -202,7 +212,7 @@ class Batches:
         raw = self.redis.hgetall(self.keys.batch(batch_id))
         if not raw:
             return None
-        b = {k.decode(): v.decode() for k, v in raw.items()}
+        b = text_fields(raw)
         out: dict[str, Any] = {k: b.get(k) or None for k in ("batch_id", "status", "gateway", "idempotency_key")}
         for k in ("total", "accepted", "failed", "unknown", "chunks"):
             out[k] = int(b.get(k) or 0)
@@ -217,7 +227,7 @@ class Batches:
         """Work off one chunk. `poisoned`: its task was handed out this many times without finishing
         (MAX_DELIVERIES passed): every message of it not yet settled ends `failed` (poison_message) and
         is dead-lettered, without a gateway call."""
-        meta = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.batch(batch_id)).items()}
+        meta = text_fields(self.redis.hgetall(self.keys.batch(batch_id)))
         blob = self.redis.lindex(self.keys.batch_chunks(batch_id), index)
         if not meta or blob is None:
             log.warning("batch %s chunk %s: not in Redis (expired?); nothing to do", batch_id, index)
@@ -299,30 +309,30 @@ class Batches:
         for item, (claim, state) in zip(items, claimed, strict=True):
             item.claim = claim
             item.attempts, item.lookups = int(state["attempts"] or 0), int(state["lookups"] or 0)
-            item.call_ref = state["call_ref"].decode() if state["call_ref"] else None
-            item.last_gateway = state["gateway"].decode() if state["gateway"] else None
-            item.pinned = state["pinned_gateway"].decode() if state["pinned_gateway"] else None
+            item.call_ref = text(state["call_ref"]) if state["call_ref"] else None
+            item.last_gateway = text(state["gateway"]) if state["gateway"] else None
+            item.pinned = text(state["pinned_gateway"]) if state["pinned_gateway"] else None
             item.maybe_sent = bool(int(state["maybe_sent"] or 0)) or claim.answer is Claim.RECONCILE
-        done = [i for i in items if i.claim.answer is Claim.DONE]
+        done = [i for i in items if i.claimed.answer is Claim.DONE]
         if done:
             pipe = self.redis.pipeline(transaction=False)
             for i in done:
                 pipe.hget(self.keys.message(i.message_id), "status")
             for i, status in zip(done, pipe.execute(), strict=True):
                 self._count_one(batch_id, submission, i.message_id,
-                                MessageStatus(status.decode()) if status else MessageStatus.UNKNOWN, out)
+                                MessageStatus(text(status)) if status else MessageStatus.UNKNOWN, out)
         for i in items:
-            if i.claim.answer is Claim.CONFLICT:
+            if i.claimed.answer is Claim.CONFLICT:
                 reason = (f"batch {batch_id} entry {i.index}: idempotency key already used by message "
-                          f"{i.claim.message_id} with a different payload; nothing sent")
+                          f"{i.claimed.message_id} with a different payload; nothing sent")
                 result = self.d.reject(f"{batch_id}-{i.index}", submission, {}, "idempotency_conflict", reason)
                 self._count_one(batch_id, submission, result["message_id"], MessageStatus.FAILED, out)
-            elif i.claim.answer is Claim.BUSY:
+            elif i.claimed.answer is Claim.BUSY:
                 out.retry_in = min(out.retry_in or 2.0, 2.0)       # someone else is sending it now
-            elif i.claim.answer is Claim.REOPENED:
+            elif i.claimed.answer is Claim.REOPENED:
                 self.d.records.reopen(i.message_id, note="batch resubmitted after retries_exhausted")
                 i.attempts = i.lookups = 0
-        return [i for i in items if i.claim.answer in (Claim.CLAIMED, Claim.REOPENED)]
+        return [i for i in items if i.claimed.answer in (Claim.CLAIMED, Claim.REOPENED)]
 
     def _stick(self, items: list[_Item], name_of, batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
         """Move each item to the gateway `name_of(item)` names (None: keep its choice); an item whose
@@ -363,7 +373,7 @@ class Batches:
             gw = group[0].gateway
             try:
                 found = gw.lookup_batch([i.sms for i in group], call_ref=call_ref,
-                                        since=min(i.claim.first_claimed_at for i in group))
+                                        since=min(i.claimed.first_claimed_at for i in group))
             except GatewayError as e:
                 self._lookup_failed(group, e, batch_id, submission, out)
                 continue
@@ -434,7 +444,7 @@ class Batches:
                     "task_id": submission, "batch_id": batch_id, "metadata": r.metadata}))
         self.d.records.update_many(updates)
 
-    def _plan_calls(self, items: list[_Item]) -> list[list[_Item]]:
+    def _plan_calls(self, items: list[_Item]) -> list[_Call]:
         """Group into native calls; a replayed call (same call_ref) keeps exactly its members."""
         calls: list[list[_Item]] = []
         by_gateway: dict[str, list[_Item]] = defaultdict(list)
@@ -459,20 +469,22 @@ class Batches:
             for members in fresh.values():
                 calls += _split(sorted(members, key=lambda i: i.message_id), limit,
                                 unique_numbers=gw.batch_same_text)
+        planned = []
         for call in calls:
             ref = call[0].call_ref if (call[0].call_ref and call[0].gateway.can_dedupe) else str(
                 uuid.uuid5(CALL_REF_NAMESPACE, "|".join(i.message_id for i in call)))
             for i in call:
                 i.call_ref = ref
-        return calls
+            planned.append(_Call(call, ref))
+        return planned
 
-    def _admit(self, calls: list[list[_Item]], out: ChunkOutcome) -> list[_Call]:
+    def _admit(self, calls: list[_Call], out: ChunkOutcome) -> list[_Call]:
         """The calls that may go now, each with its rate-limit wait. A call to a gateway whose circuit is
         open, or whose rate limit is used up for longer than a short wait, gives its claims back
         (nothing sent, no attempt counted) and the chunk runs again later."""
         admitted, deferred = [], []
         for call in calls:
-            gw, t = call[0].gateway, self.d.clock()
+            gw, t = call.items[0].gateway, self.d.clock()
             verdict = self.d.circuits.allow(gw.name, now=t)
             if not verdict.allowed:
                 deferred.append((call, f"{gw.name}: circuit open",
@@ -483,15 +495,16 @@ class Batches:
                 deferred.append((call, f"{gw.name}: {self.d.slots.limit(gw.name)} calls in flight here "
                                        f"(GATEWAY_CONCURRENCY)", 0.5 + self.d.rng.uniform(0, 1)))
                 continue
-            permit = self.d.limiter.acquire(gw.name, len(call), now=t, max_wait=self.d.max_rate_wait)
+            permit = self.d.limiter.acquire(gw.name, len(call.items), now=t, max_wait=self.d.max_rate_wait)
             if not permit.granted:
                 self.d.slots.release(gw.name)
                 deferred.append((call, f"{gw.name}'s rate limit is used up",
                                  min(permit.wait, self.settings.backoff_max) + self.d.rng.uniform(0, 0.5)))
                 continue
-            admitted.append(_Call(call, permit.wait, verdict.probe))
+            call.wait, call.probe = permit.wait, verdict.probe
+            admitted.append(call)
         for call, why, delay in deferred:
-            self._release(call, ambiguous=False, note=f"{why}; again in {delay:.1f}s")
+            self._release(call.items, ambiguous=False, note=f"{why}; again in {delay:.1f}s")
             out.retry_in = _sooner(out.retry_in, delay)
         return admitted
 
@@ -505,7 +518,7 @@ class Batches:
                 accepted = gw.send(call.items[0].sms)
                 results = [ItemResult(call.items[0].message_id, accepted.gateway_message_id)]
             else:
-                results = gw.send_batch([i.sms for i in call.items], call_ref=call.items[0].call_ref)
+                results = gw.send_batch([i.sms for i in call.items], call_ref=call.ref)
         except (GatewayError, redis.RedisError) as e:   # a Redis error: our token store failed, nothing sent
             return e
         except Exception as e:  # a bug or an unexpected library error: the call may have gone out
@@ -525,7 +538,7 @@ class Batches:
             self._finish(batch_id, submission, out, [
                 (i, MessageStatus.ACCEPTED, {"gateway_message_id": r.gateway_message_id, "gateway": gw.name,
                                              "error": None})
-                if r.accepted else (i, MessageStatus.FAILED, {"error": _error(r.error.code, str(r.error))})
+                if r.error is None else (i, MessageStatus.FAILED, {"error": _error(r.error.code, str(r.error))})
                 for i, r in zip(call.items, result, strict=True)])
             return []
         e = result
@@ -561,7 +574,9 @@ class Batches:
         for i, _ in by_action[Action.FAILOVER]:
             log.info("batch %s message %s: %s did not send it (%s); failing over", batch_id, i.message_id, gw.name,
                      code)
-            i.use(i.next_route())
+            following = i.next_route()
+            assert following is not None, "the policy fails over only where a next gateway exists"
+            i.use(following)
             i.call_ref = None
             moved.append(i)
         return moved
@@ -579,7 +594,7 @@ class Batches:
             fields["pinned_gateway"] = pin
         note += "; will check the gateway first" if ambiguous else f"; stays on {pin}" if pin else ""
         for i in items:
-            self.d.ledger.release(i.key, i.claim.owner, ambiguous=ambiguous, pipe=pipe)
+            self.d.ledger.release(i.key, i.claimed.owner, ambiguous=ambiguous, pipe=pipe)
         self.d.records.update_many([(i.message_id, MessageStatus.RETRYING, note,
                                      {**fields, "maybe_sent": int(i.maybe_sent)}) for i in items], pipe=pipe)
         pipe.execute()

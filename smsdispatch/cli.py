@@ -166,7 +166,8 @@ def _batch_status(args) -> int:
 def _balance(args) -> int:
     rt = _runtime()
     names = [args.gateway] if args.gateway else rt.settings.configured_gateways()
-    out, failed = {}, False
+    out: dict[str, Any] = {}
+    failed = False
     for name in names:
         gateway = rt.dispatcher.gateways.get(name)
         if not gateway.supports_balance:

@@ -351,6 +351,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        """The settings that depend on each other: the guarantees hold only if these hold."""
+        self._check_timing()
+        self._check_webhooks()
+        self._check_retention()
+        self._check_routes()
+        return self
+
+    def _check_timing(self) -> None:
+        """A claim outlives a call; a retry or a reminder ends before Redis hands its message out again."""
         one_call = self.http_total_timeout or 0.0
         if self.claim_lease < 4 * one_call:
             # A claim must outlive the longest in-flight send: login + refresh + send + resend, each cut
@@ -370,6 +379,10 @@ class Settings(BaseSettings):
             # finish before the visibility timeout, or Redis hands it out again.
             raise ValueError(f"REMINDER_HORIZON ({self.reminder_horizon}s) + CLAIM_LEASE ({self.claim_lease}s) "
                              f"must stay below VISIBILITY_TIMEOUT ({self.visibility_timeout}s)")
+
+    def _check_webhooks(self) -> None:
+        """Every old webhook secret replaces a current one; with WEBHOOK_BASE_URL, every configured
+        gateway that sends reports has a secret."""
         for gateway in self.webhook_old_secrets:
             if gateway != "*" and not self.webhook_secret_for(gateway):
                 raise ValueError(f"WEBHOOK_OLD_SECRETS lists {gateway}, which has no current secret (set "
@@ -384,6 +397,9 @@ class Settings(BaseSettings):
                     else "no gateway has a webhook secret"
                 raise ValueError(f"WEBHOOK_BASE_URL is set but {who}: set WEBHOOK_SECRET (every gateway) or "
                                  f"WEBHOOK_SECRETS ({(missing or ['eskiz'])[0]}=...)")
+
+    def _check_retention(self) -> None:
+        """A ledger entry outlives every copy of its task message; a record outlives its ledger entry."""
         redelivery = self.visibility_timeout + max(self.active_grace, self.queued_grace)
         if self.idempotency_ttl <= redelivery:
             # A task message can come back (redelivery, the sweeper's republish) until then: its ledger
@@ -396,6 +412,9 @@ class Settings(BaseSettings):
             # A key that is "done" must still find its record, or duplicates could not be answered.
             raise ValueError(f"RECORD_TTL ({self.record_ttl}s) must be 0 (keep) or at least "
                              f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s)")
+
+    def _check_routes(self) -> None:
+        """DEFAULT_GATEWAY and every gateway ROUTES names have their credentials."""
         from .gateways import registry
         configured = self.configured_gateways()
         for gateway in _chain(self.default_gateway):
@@ -406,7 +425,6 @@ class Settings(BaseSettings):
                 if gateway not in configured:
                     raise ValueError(f"ROUTES sends {prefix} to {gateway} but "
                                      f"{registry.get(gateway).needs()} not set")
-        return self
 
     def configured_gateways(self) -> list[str]:
         """The gateways whose credentials are set (each spec says which: gateways/registry.py)."""

@@ -28,8 +28,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -46,11 +47,12 @@ from .errors import (
 from .gateways import Gateways
 from .gateways.base import Gateway, OutboundSms
 from .keys import Keys
-from .ledger import Claim, ClaimResult, Ledger, fingerprint
+from .ledger import Begun, Claim, ClaimResult, Ledger, fingerprint
 from .phone import mask
 from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
 from .records import RESULT_FIELDS, MessageStatus, Records
+from .redisclient import text_fields
 from .retry import compute_backoff
 from .sendrequest import MAX_IDEMPOTENCY_KEY_CHARS, SendRequest, parse_send
 from .slots import GatewaySlots
@@ -108,6 +110,16 @@ class _Job:
     result: ResultSlot | None = None      # store the outcome as this task's Celery result (celery_results.py)
 
 
+@dataclass
+class _Walk:
+    """What `_attempt` carries from one gateway of the route to the next."""
+    attempts: int                 # calls counted on the record so far
+    skipped: list[str]            # gateways passed over since the last `sending` update, with why
+    maybe_sent: bool              # an earlier call may have reached a gateway
+    last_error: dict[str, str] | None = None   # the error of the last gateway failed over from
+    reopen_at: float | None = None             # the soonest an open circuit of the route lets a probe through
+
+
 class Dispatcher:
     def __init__(self, settings: Settings, client: redis.Redis, *, gateways: Gateways | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
@@ -140,7 +152,7 @@ class Dispatcher:
         `not_before`: the ETA it is published with (the sweeper must not send it earlier)."""
         key = kwargs.get("idempotency_key")
         message_id = message_id_for(key, task_id)
-        fields = {"task_id": task_id, "payload": kwargs,
+        fields: dict[str, Any] = {"task_id": task_id, "payload": kwargs,
                   "idempotency_key": key if isinstance(key, str) and key else task_id}
         if not_before:
             fields["not_before"] = not_before
@@ -171,7 +183,7 @@ class Dispatcher:
         return request, routes, fp
 
     def _outbound(self, request: SendRequest, gateway: Gateway, message_id: str,
-                  options: dict[str, Any] | None) -> OutboundSms:
+                  options: Mapping[str, Any] | None) -> OutboundSms:
         callback = request.callback_url or self.settings.callback_url(gateway.name)
         return OutboundSms(message_id, request.to, request.text or "", request.sender, callback, options or None)
 
@@ -197,8 +209,8 @@ class Dispatcher:
             return None
         cached = self._balances.get(gateway)
         if cached is None or time.monotonic() - cached[1] > BALANCE_CACHE_SECONDS:
-            amount = self.records.redis.hget(self.keys.balance(gateway), "amount")
-            cached = self._balances[gateway] = (float(amount) if amount is not None else None, time.monotonic())
+            polled = self.records.redis.hget(self.keys.balance(gateway), "amount")
+            cached = self._balances[gateway] = (float(polled) if polled is not None else None, time.monotonic())
         amount = cached[0]
         if amount is not None and amount < threshold:
             return (f"{gateway}'s last known balance {amount:g} is below its threshold {threshold:g} "
@@ -220,39 +232,19 @@ class Dispatcher:
         usable, skipped = self.available(routes)
         if not usable:
             return Outcome(self.reject(message_id, task_id, kwargs, "insufficient_balance", "; ".join(skipped)))
-        # One round trip: the claim, the record as it stands after it, and the circuits of the route.
-        # A first attempt through a gateway without a rate limit also writes its `sending` update
-        # there, unless that gateway's circuit is open (then the attempt below writes it).
-        first = usable[0].gateway
-        begun = self.ledger.begin(
-            key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id,
-            start=self.records.prepared(message_id, MessageStatus.SENDING,
-                                        **self._sending(request, first, message_id, key, task_id, 1, list(skipped))),
-            write_start=not self.limiter.limited(first.name),
-            circuits=[self.keys.circuit(r.gateway.name) for r in usable], fields=RECORD_FIELDS_READ)
-        claim, raw_record = begun.claim, begun.record
+        begun = self._begin(request, usable, skipped, message_id=message_id, key=key, fp=fp, task_id=task_id)
+        answered = self._answered_by_claim(begun, message_id, task_id, kwargs)
+        if answered is not None:
+            return answered
         closed = {r.gateway.name for r, open_until in zip(usable, begun.open_until, strict=True) if open_until is None}
-        if claim.answer is Claim.CONFLICT:
-            reason = (f"idempotency key already used by message {claim.message_id} with a different "
-                      f"payload; nothing sent")
-            return Outcome(self.reject(task_id, task_id, kwargs, "idempotency_conflict", reason))
-        if claim.answer is Claim.DONE:
-            if claim.message_id == message_id and raw_record:
-                return Outcome(self.records.result_from(raw_record))
-            return Outcome(self._recorded_result(claim.message_id))
-        if claim.answer is Claim.BUSY:
-            # Another execution holds the claim (a duplicate delivery): look again soon; by the end
-            # of its lease it has either recorded an outcome or died (then we reconcile).
-            return Outcome(retry_in=min(BUSY_POLL, max(0.0, claim.lease_until - self.clock()) + 0.1))
-
-        job = _Job(message_id, key, request, usable, claim, tuple(skipped), frozenset(closed),
+        job = _Job(message_id, key, request, usable, begun.claim, tuple(skipped), frozenset(closed),
                    self.results.slot(task_id) if store_result else None)
-        record = self.records.decode(raw_record) or {}
-        if claim.answer is Claim.REOPENED:
+        record = self.records.decode(begun.record) or {}
+        if begun.claim.answer is Claim.REOPENED:
             self.records.reopen(message_id, note="resubmitted after retries_exhausted: trying again")
             record = dict(record, attempts=0, lookups=0)
         pinned = record.get("pinned_gateway")
-        if claim.answer is Claim.RECONCILE:     # an earlier call may have gone out: ask before sending
+        if begun.claim.answer is Claim.RECONCILE:     # an earlier call may have gone out: ask before sending
             record["maybe_sent"] = 1
             outcome, pinned = self._reconcile(job, record.get("gateway") or usable[0].gateway.name,
                                               record.get("call_ref"))
@@ -261,6 +253,37 @@ class Dispatcher:
             if pinned is None:          # the gateway does not have it: provably unsent again
                 record["maybe_sent"] = 0
         return self._attempt(job, task_id, record, pinned)
+
+    def _begin(self, request: SendRequest, usable: list[Route], skipped: list[str], *, message_id: str, key: str,
+               fp: str, task_id: str) -> Begun:
+        """One round trip: the claim, the record as it stands after it, and the circuits of the route.
+        A first attempt through a gateway without a rate limit also writes its `sending` update there,
+        unless that gateway's circuit is open (then `_attempt` writes it)."""
+        first = usable[0].gateway
+        return self.ledger.begin(
+            key, fp=fp, message_id=message_id, now=self.clock(), submission=task_id,
+            start=self.records.prepared(message_id, MessageStatus.SENDING,
+                                        **self._sending(request, first, message_id, key, task_id, 1, list(skipped))),
+            write_start=not self.limiter.limited(first.name),
+            circuits=[self.keys.circuit(r.gateway.name) for r in usable], fields=RECORD_FIELDS_READ)
+
+    def _answered_by_claim(self, begun: Begun, message_id: str, task_id: str, kwargs: dict[str, Any]) -> Outcome | None:
+        """The outcome when the claim alone settles this execution (another payload holds the key, the
+        key is done, another execution holds it); None when this execution goes on."""
+        claim = begun.claim
+        if claim.answer is Claim.CONFLICT:
+            reason = (f"idempotency key already used by message {claim.message_id} with a different "
+                      f"payload; nothing sent")
+            return Outcome(self.reject(task_id, task_id, kwargs, "idempotency_conflict", reason))
+        if claim.answer is Claim.DONE:
+            if claim.message_id == message_id and begun.record:
+                return Outcome(self.records.result_from(begun.record))
+            return Outcome(self._recorded_result(claim.message_id))
+        if claim.answer is Claim.BUSY:
+            # Another execution holds the claim (a duplicate delivery): look again soon; by the end
+            # of its lease it has either recorded an outcome or died (then we reconcile).
+            return Outcome(retry_in=min(BUSY_POLL, max(0.0, claim.lease_until - self.clock()) + 0.1))
+        return None
 
     # --- poison messages ----------------------------------------------------------------------
 
@@ -280,7 +303,7 @@ class Dispatcher:
         live execution holds its claim (that one decides)."""
         raw_key = kwargs.get("idempotency_key") if isinstance(kwargs, dict) else None
         message_id, key = message_id_for(raw_key, task_id), ledger_key_for(raw_key, task_id)
-        entry = {k.decode(): v.decode() for k, v in self.records.redis.hgetall(self.keys.idempotency(key)).items()}
+        entry = text_fields(self.records.redis.hgetall(self.keys.idempotency(key)))
         state = entry.get("state")
         if state == "done" or (state == "claimed" and float(entry.get("lease_until") or 0) / 1000 > self.clock()):
             return None
@@ -362,79 +385,102 @@ class Dispatcher:
 
     def _attempt(self, job: _Job, task_id: str, record: dict[str, Any], pinned: str | None) -> Outcome:
         """Call the gateways of the route in order until one takes the message or the policy says stop."""
-        mid = job.message_id
-        route = self._route_named(job, pinned) if pinned else None
-        if pinned and route is None:
+        kept = self._route_named(job, pinned) if pinned else None
+        if pinned and kept is None:
             return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                 "unknown", f"may have been accepted by {pinned}, which is not configured any more; not resent"))
-        candidates = [route] if route else job.routes
-        skipped = list(job.skipped)
-        attempts = int(record.get("attempts") or 0)
-        maybe_sent = bool(record.get("maybe_sent"))
-        last: tuple[Route, GatewayError] | None = None
-        reopen_at = None
+        candidates = [kept] if kept else job.routes
+        walk = _Walk(attempts=int(record.get("attempts") or 0), skipped=list(job.skipped),
+                     maybe_sent=bool(record.get("maybe_sent")))
         for n, route in enumerate(candidates):
-            gw, has_next = route.gateway, n + 1 < len(candidates)
-            probe = False
-            if n == 0 and job.claim.started:    # the claim wrote this attempt's `sending` update
-                attempts, skipped = 1, []
-            else:
-                if attempts >= self.settings.max_attempts:
-                    return self._exhausted(job, _error(last[1].code, str(last[1])) if last else record.get("error"),
-                                           skipped, maybe_sent=maybe_sent)
-                verdict = Verdict(True) if gw.name in job.closed else self.circuits.allow(gw.name, now=self.clock())
-                if not verdict.allowed:
-                    skipped.append(f"{gw.name}: circuit open")
-                    reopen_at = min(reopen_at or verdict.open_until, verdict.open_until)
-                    continue
-                probe = verdict.probe
-                waiting = self._rate_limit(job, gw, record)
-                if waiting is not None:
-                    return waiting
-                attempts += 1      # we hold the claim: nobody else writes this record's attempts now
-                self.records.update(mid, MessageStatus.SENDING,
-                                    **self._sending(job.request, gw, mid, job.key, task_id, attempts, skipped))
-                skipped = []
-            if not self.slots.try_acquire(gw.name):      # its calls in flight are at GATEWAY_CONCURRENCY
-                busy = f"{gw.name}: {self.slots.limit(gw.name)} calls in flight here (GATEWAY_CONCURRENCY)"
-                attempts -= 1                             # no call was made
-                if has_next and not pinned:
-                    skipped.append(busy)
-                    continue
-                return self._wait(job, 0.5 + self.rng.uniform(0, 1), busy, attempts=attempts)
-            started = time.monotonic()
-            try:
-                accepted = gw.send(route.sms)
-            except (GatewayError, redis.RedisError) as e:
-                error: GatewayError | redis.RedisError = e
-            except Exception as e:  # a bug or an unexpected library error: it may have been sent
-                log.exception("message %s: unexpected error from %s", mid, gw.name)
-                error = AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
-            else:
-                slow = time.monotonic() - started > self.settings.circuit_slow_call
-                log.info("message %s to %s accepted by %s as %s", mid, mask(job.request.to), gw.name,
-                         accepted.gateway_message_id)
-                return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
-                                    gateway=gw.name, error=None, pinned_gateway=None, call=(gw.name, slow, probe))
-            finally:
-                self.slots.release(gw.name)
-            decision = after_failure(error, gw, attempts=attempts, max_attempts=self.settings.max_attempts,
-                                     has_next=has_next, pinned=bool(pinned))
-            if decision.action is Action.FAILOVER:
-                self.count_call(gw, error, decision, probe)
-                skipped.append(f"{gw.name}: {_code(error)}: {error}" + ("" if decision.health is Health.ANSWERED
-                                                                         else "; not sent"))
-                log.info("message %s: %s did not send it (%s); failing over to %s", mid, gw.name, _code(error),
-                         candidates[n + 1].gateway.name)
-                last = (route, error)
-                continue
-            return self._after(job, route, attempts, error, decision, skipped, probe=probe,
-                               maybe_sent=maybe_sent or decision.maybe_sent)
+            following = candidates[n + 1].gateway.name if n + 1 < len(candidates) else None
+            outcome = self._try_gateway(job, task_id, record, route, walk, first=n == 0, following=following,
+                                        pinned=bool(pinned))
+            if outcome is not None:
+                return outcome
         # every gateway left is open (or busy): wait for the probes, without using an attempt
-        delay = self.circuits.wait(reopen_at, now=self.clock(), cap=self.settings.backoff_max, rng=self.rng) \
-            if reopen_at is not None else 0.5 + self.rng.uniform(0, 1)
-        return self._wait(job, delay, "no gateway available (" + "; ".join(skipped) + ")",
-                          **({"error": _error(_code(last[1]), str(last[1]))} if last else {}))
+        delay = self.circuits.wait(walk.reopen_at, now=self.clock(), cap=self.settings.backoff_max, rng=self.rng) \
+            if walk.reopen_at is not None else 0.5 + self.rng.uniform(0, 1)
+        return self._wait(job, delay, "no gateway available (" + "; ".join(walk.skipped) + ")",
+                          **({"error": walk.last_error} if walk.last_error else {}))
+
+    def _try_gateway(self, job: _Job, task_id: str, record: dict[str, Any], route: Route, walk: _Walk, *,
+                     first: bool, following: str | None, pinned: bool) -> Outcome | None:
+        """One gateway of the route: its circuit, its rate limit, a slot, the call. An Outcome when that
+        settles this execution; None to go on to `following`, the next gateway of the route."""
+        gw = route.gateway
+        probe = False
+        if first and job.claim.started:    # the claim wrote this attempt's `sending` update
+            walk.attempts, walk.skipped = 1, []
+        else:
+            if walk.attempts >= self.settings.max_attempts:
+                return self._exhausted(job, walk.last_error or record.get("error"), walk.skipped,
+                                       maybe_sent=walk.maybe_sent)
+            verdict = Verdict(True) if gw.name in job.closed else self.circuits.allow(gw.name, now=self.clock())
+            if not verdict.allowed:
+                walk.skipped.append(f"{gw.name}: circuit open")
+                walk.reopen_at = min(walk.reopen_at or verdict.open_until, verdict.open_until)
+                return None
+            probe = verdict.probe
+            waiting = self._rate_limit(job, gw, record)
+            if waiting is not None:
+                return waiting
+            walk.attempts += 1      # we hold the claim: nobody else writes this record's attempts now
+            self.records.update(job.message_id, MessageStatus.SENDING,
+                                **self._sending(job.request, gw, job.message_id, job.key, task_id, walk.attempts,
+                                                walk.skipped))
+            walk.skipped = []
+        if not self.slots.try_acquire(gw.name):      # its calls in flight are at GATEWAY_CONCURRENCY
+            busy = f"{gw.name}: {self.slots.limit(gw.name)} calls in flight here (GATEWAY_CONCURRENCY)"
+            walk.attempts -= 1                            # no call was made
+            if following is not None and not pinned:
+                walk.skipped.append(busy)
+                return None
+            return self._wait(job, 0.5 + self.rng.uniform(0, 1), busy, attempts=walk.attempts)
+        called = self._call(job, route, probe)
+        if isinstance(called, Outcome):
+            return called
+        return self._call_failed(job, route, called, walk, probe=probe, following=following, pinned=pinned)
+
+    def _call(self, job: _Job, route: Route, probe: bool) -> Outcome | GatewayError | redis.RedisError:
+        """The gateway call, in the slot taken for it (given back here): the recorded outcome when the
+        gateway accepts the message, else the error for the policy to judge. An unexpected exception
+        (a bug, a library's surprise) counts as ambiguous: the message may have been sent."""
+        gw = route.gateway
+        started = time.monotonic()
+        try:
+            accepted = gw.send(route.sms)
+        except (GatewayError, redis.RedisError) as e:
+            return e
+        except Exception as e:
+            log.exception("message %s: unexpected error from %s", job.message_id, gw.name)
+            return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
+        else:
+            slow = time.monotonic() - started > self.settings.circuit_slow_call
+            log.info("message %s to %s accepted by %s as %s", job.message_id, mask(job.request.to), gw.name,
+                     accepted.gateway_message_id)
+            return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
+                                gateway=gw.name, error=None, pinned_gateway=None, call=(gw.name, slow, probe))
+        finally:
+            self.slots.release(gw.name)
+
+    def _call_failed(self, job: _Job, route: Route, error: GatewayError | redis.RedisError, walk: _Walk, *,
+                     probe: bool, following: str | None, pinned: bool) -> Outcome | None:
+        """Ask the policy what a failed call means: None to fail over to `following` at once, else the
+        Outcome of carrying the decision out (`_after`)."""
+        gw = route.gateway
+        decision = after_failure(error, gw, attempts=walk.attempts, max_attempts=self.settings.max_attempts,
+                                 has_next=following is not None, pinned=pinned)
+        if decision.action is not Action.FAILOVER:
+            return self._after(job, route, walk.attempts, error, decision, walk.skipped, probe=probe,
+                               maybe_sent=walk.maybe_sent or decision.maybe_sent)
+        self.count_call(gw, error, decision, probe)
+        walk.skipped.append(f"{gw.name}: {_code(error)}: {error}" + ("" if decision.health is Health.ANSWERED
+                                                                      else "; not sent"))
+        log.info("message %s: %s did not send it (%s); failing over to %s", job.message_id, gw.name, _code(error),
+                 following)
+        walk.last_error = _error(_code(error), str(error))
+        return None
 
     def _rate_limit(self, job: _Job, gw: Gateway, record: dict[str, Any]) -> Outcome | None:
         """Wait for the gateway's global rate limit: None to call now (after a short in-process wait),
@@ -533,7 +579,8 @@ class Dispatcher:
                             maybe_sent=int(maybe_sent), note=_with_skips("", skipped or []), error=_error(
                                 "retries_exhausted", f"{self.settings.max_attempts} attempts failed{detail}"))
 
-    def backoff(self, attempt: int, e: GatewayError) -> float:
+    def backoff(self, attempt: int, e: BaseException) -> float:
+        """The delay before retry `attempt` + 1 after the error `e` (its Retry-After, if it has one)."""
         s = self.settings
         return compute_backoff(attempt, base=s.backoff_base, cap=s.backoff_max, jitter=s.backoff_jitter,
                                retry_after=getattr(e, "retry_after", None), rng=self.rng)
@@ -557,9 +604,9 @@ class Dispatcher:
             circuit = self.circuits.record_args(call[0], now=self.clock(), failed=call[1], probe=call[2])
         values, event = self.ledger.finish(key, update, reopenable=reopenable, dead_letter=dead_letter,
                                            result=result, circuit=circuit)
-        if event == "closed":
+        if call is not None and event == "closed":
             log.warning("circuit of %s closed: %d probes went through", call[0], self.settings.circuit_probes)
-        elif event == "opened":
+        elif call is not None and event == "opened":
             log.warning("circuit of %s opened: a slow call", call[0])
         return Outcome(self.records.result_from_fields(values), stored=result is not None)
 

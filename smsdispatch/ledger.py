@@ -43,11 +43,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 import redis
+from redis.typing import EncodableT
 
 from . import scripts
 from .celery_results import ResultSlot
 from .keys import Keys
 from .records import RecordUpdate
+from .redisclient import RawHash, text
 
 
 class Claim(str, Enum):
@@ -74,7 +76,7 @@ class Begun:
     """What `Ledger.begin` found: the claim, the record's fields read (raw, as HGETALL would give
     them; empty when there is no record) and the circuits' open_until."""
     claim: ClaimResult
-    record: dict[bytes, bytes]
+    record: RawHash
     open_until: list[bytes | None]
 
 
@@ -103,7 +105,7 @@ class Ledger:
         """Claim one key. With `pipe`, the call is queued and its owner returned; turn each raw
         pipeline reply into a ClaimResult with `parse`."""
         owner = uuid.uuid4().hex
-        args = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission]
+        args: list[EncodableT] = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission]
         if pipe is not None:
             self._claim(keys=[self.keys.idempotency(key), self.keys.message(message_id)], args=args, client=pipe)
             return owner
@@ -121,7 +123,7 @@ class Ledger:
         args = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission,
                 "1" if write_start else "0", *start.args, *fields]
         reply = self._begin(keys=keys, args=args)
-        record = {name.encode(): v for name, v in zip(fields, reply[4], strict=True) if v is not None}
+        record: RawHash = {name.encode(): v for name, v in zip(fields, reply[4], strict=True) if v is not None}
         return Begun(self.parse(reply[:4], owner), record, list(reply[5]))
 
     def claim_many(self, claims: list[tuple[str, str, str]], *, now: float, submission: str,
@@ -157,10 +159,8 @@ class Ledger:
 
     @staticmethod
     def parse(reply: list, owner: str) -> ClaimResult:
-        answer, mid, t, fresh = reply
-        answer = Claim(answer.decode() if isinstance(answer, bytes) else answer)
-        mid = mid.decode() if isinstance(mid, bytes) else mid
-        t = int(t) / 1000
+        raw_answer, raw_mid, raw_t, fresh = reply
+        answer, mid, t = Claim(text(raw_answer)), text(raw_mid), int(raw_t) / 1000
         if answer is Claim.BUSY:
             return ClaimResult(answer, mid, owner, lease_until=t)
         return ClaimResult(answer, mid, owner, first_claimed_at=t, started=int(fresh) == 2)
@@ -181,7 +181,7 @@ class Ledger:
             keys += circuit[0]
             args += circuit[1]
         *values, event = self._finish(keys=keys, args=args)
-        return values, event.decode() if isinstance(event, bytes) else event
+        return values, text(event)
 
     def force_reopenable(self, key: str) -> bool:
         """An operator's forced replay (`dead-letters --replay --force`): let the next submission of
@@ -204,4 +204,4 @@ class Ledger:
 
     def state(self, key: str) -> str | None:
         value = self.redis.hget(self.keys.idempotency(key), "state")
-        return value.decode() if value else None
+        return text(value) if value else None

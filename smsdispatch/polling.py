@@ -33,6 +33,7 @@ from .dispatch import Dispatcher
 from .errors import GatewayError, SmsDispatchError
 from .gateways.base import OutboundSms
 from .records import MessageStatus, now
+from .redisclient import members, text_fields
 
 #: The header our producer stamps on each send_sms message with the time it was published (tasks.py).
 QUEUED_AT_HEADER = "smsdispatch_queued_at"
@@ -64,7 +65,7 @@ class Poller:
         s = self.settings
         if not self._tick("status", s.status_poll_interval):
             return {"skipped": 1}
-        ids = [m.decode() for m in self.redis.zrangebyscore(self.keys.inflight(), "-inf", at, 0, STATUS_BATCH)]
+        ids = members(self.redis.zrangebyscore(self.keys.inflight(), "-inf", at, 0, STATUS_BATCH))
         pipe = self.redis.pipeline(transaction=False)
         for mid in ids:
             pipe.hmget(self.keys.message(mid), "gateway", "gateway_message_id", "accepted_at", "status", "call_ref")
@@ -164,13 +165,13 @@ class Poller:
         backlog longer than QUEUED_GRACE was published again, and again, lengthening the backlog."""
         if not self._tick("sweep", self.settings.sweep_interval):
             return []
-        ids = [m.decode() for m in self.redis.zrangebyscore(self.keys.pending(), "-inf", at, 0, STATUS_BATCH)]
+        ids = members(self.redis.zrangebyscore(self.keys.pending(), "-inf", at, 0, STATUS_BATCH))
         oldest_waiting = self._oldest_waiting()
         again, settled, waiting = [], [], {}
         for mid in ids:
             record = self.d.records.get(mid)
-            unusable = record is None or not (record.get("to") or record.get("payload"))
-            if unusable or record["status"] not in ("queued", "sending", "retrying"):
+            if record is None or not (record.get("to") or record.get("payload")) \
+                    or record["status"] not in ("queued", "sending", "retrying"):
                 settled.append(mid)
                 continue
             if record["status"] == "queued" and oldest_waiting is not None and \
@@ -236,7 +237,7 @@ class Poller:
         for name in self.settings.configured_gateways():
             raw = self.redis.hgetall(self.keys.balance(name))
             if raw:
-                b = {k.decode(): v.decode() for k, v in raw.items()}
+                b = text_fields(raw)
                 out[name] = {"amount": float(b["amount"]), "currency": b["currency"] or None, "at": float(b["at"])}
         return out
 

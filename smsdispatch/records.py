@@ -19,6 +19,7 @@ import redis
 
 from . import scripts
 from .keys import Keys
+from .redisclient import RawHash, text
 
 
 class MessageStatus(str, Enum):
@@ -146,16 +147,16 @@ class Records:
         that message went through `gateway`, since another gateway may have used the same id."""
         found = self.redis.get(self.keys.gateway_id(gateway, gateway_message_id))
         if found:
-            return found.decode()
+            return text(found)
         legacy = self.redis.get(self.keys.legacy_gateway_id(gateway_message_id))
-        if legacy and self.gateway_of(legacy.decode()) == gateway:
-            return legacy.decode()
+        if legacy and self.gateway_of(text(legacy)) == gateway:
+            return text(legacy)
         return None
 
     def gateway_of(self, message_id: str) -> str | None:
         """The gateway a message went through (last tried, or the one that accepted it)."""
         found = self.redis.hget(self.keys.message(message_id), "gateway")
-        return found.decode() if found else None
+        return text(found) if found else None
 
     def increment(self, message_id: str, field: str) -> int:
         """Count one more `attempts` (gateway sends) or `lookups` (reconciliation queries)."""
@@ -180,23 +181,23 @@ class Records:
         return self.result_from(self.redis.hgetall(self.keys.message(message_id)))
 
     @staticmethod
-    def decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    def decode(raw: RawHash) -> dict[str, Any] | None:
         """A record from the raw HGETALL reply (e.g. read inside a pipeline)."""
         return _decode(raw) if raw else None
 
     @staticmethod
     def result_from_fields(values: list) -> dict[str, Any] | None:
         """The result from the raw RESULT_FIELDS values (HMGET order); None if the record is gone."""
-        raw = {name.encode(): v for name, v in zip(RESULT_FIELDS, values, strict=True) if v is not None}
+        raw: RawHash = {name.encode(): v for name, v in zip(RESULT_FIELDS, values, strict=True) if v is not None}
         return Records.result_from(raw) if raw else None
 
     @staticmethod
-    def result_from(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+    def result_from(raw: RawHash) -> dict[str, Any] | None:
         record = _decode(raw) if raw else None
         return None if record is None else {f: record.get(f) for f in RESULT_FIELDS}
 
     def dead_letters(self) -> list[str]:
-        return [x.decode() for x in self.redis.lrange(self.keys.dead_letters(), 0, -1)]
+        return [text(x) for x in self.redis.lrange(self.keys.dead_letters(), 0, -1)]
 
 
 def _entry(status: MessageStatus, at: float, note: str, error: dict | None = None) -> str:
@@ -226,10 +227,10 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
+def _decode(raw: RawHash) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
-        key, val = k.decode(), v.decode()
+        key, val = text(k), text(v)
         if key in JSON_FIELDS:
             out[key] = json.loads(val) if val else None
         elif key in INT_FIELDS:

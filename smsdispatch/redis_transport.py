@@ -55,6 +55,7 @@ from kombu.utils.json import dumps
 
 from . import scripts
 from .keys import Keys
+from .redisclient import text
 
 log = logging.getLogger("smsdispatch.redis_transport")
 
@@ -130,7 +131,7 @@ class Liveness:
     @staticmethod
     def recover(channel: Channel, client: redis.Redis, owner: str, lost_after: float) -> int:
         keys = channel.smsdispatch_keys
-        tags = [t.decode() for t in client.smembers(keys.worker_unacked(owner))]
+        tags = [text(t) for t in client.smembers(keys.worker_unacked(owner))]
         for tag in tags:    # kombu's restore: a transaction, a no-op for a tag already acked or restored
             channel.qos.restore_by_tag(tag, client, leftmost=True)
         pipe = client.pipeline()
@@ -196,7 +197,8 @@ class Channel(kombu_redis.Channel):
     #: Ours, from broker_transport_options (worker.create_app): the key prefix and WORKER_LOST_AFTER.
     smsdispatch_key_prefix = "sms"
     worker_lost_after = 10.0
-    from_transport_options = kombu_redis.Channel.from_transport_options + (
+    # mypy reads kombu's tuple of option names as one of exactly that length; ours is two longer
+    from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
         "smsdispatch_key_prefix", "worker_lost_after")
 
     @cached_property

@@ -9,11 +9,16 @@ and on each reconnect, before the connection is handed out; a script registered 
 at once. A pipeline that still meets ``NOSCRIPT`` (someone ran ``SCRIPT FLUSH``) reloads them all
 and raises: its caller retries, as after any Redis error. Plain `redis.Redis` clients (fakeredis in
 the unit tests) work too; they just keep redis-py's check.
+
+Replies: redis-py types every string reply `bytes | str`, since it cannot know whether a client was
+made with ``decode_responses``. Ours are not: they answer bytes (UTF-8). `text`, `text_fields` and
+`members` read a reply as text either way, so the types say what the code relies on.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -88,3 +93,28 @@ def connect(url: str, **kwargs: Any) -> Client:
     """A client for `url` whose connections load our scripts (kwargs as for redis.Redis.from_url)."""
     kwargs.setdefault("client_name", CLIENT_NAME)
     return Client(connection_pool=ScriptPool.from_url(url, **kwargs))
+
+
+#: An HGETALL reply as redis-py types it (bytes from our clients).
+RawHash = Mapping[bytes | str, bytes | str]
+
+
+def text(reply: bytes | str) -> str:
+    """A string reply as text (UTF-8)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def text_fields(raw: RawHash) -> dict[str, str]:
+    """A hash reply (HGETALL) as text: field -> value."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+def members(reply: Iterable[object]) -> list[str]:
+    """A sorted set's range read without scores (ZRANGEBYSCORE), as text. redis-py types its elements
+    as members or (member, score) pairs alike: the type cannot tell whether scores were asked for."""
+    out = []
+    for member in reply:
+        if not isinstance(member, (bytes, str)):
+            raise TypeError(f"expected a member, got {member!r} (read with scores?)")
+        out.append(text(member))
+    return out

@@ -29,6 +29,7 @@ import redis
 from . import scripts
 from .errors import ValidationError
 from .keys import Keys
+from .redisclient import text, text_fields
 from .sendrequest import parse_send
 
 NAMESPACE = uuid.UUID("3c1f5d0e-8f7a-4d3b-9c55-2a7e4b1d6f90")
@@ -109,7 +110,7 @@ class Reminders:
         """Atomically take the reminders due by `until` (two beats never take the same one)."""
         flat = self._claim_due(keys=[self.keys.reminders_due(), self.keys.reminders_inflight()],
                                args=[until, now, limit, self.keys.reminder("")])
-        return [Due(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [Due(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def published(self, reminder_id: str) -> None:
         self._published(keys=[self.keys.reminder(reminder_id), self.keys.reminders_inflight()], args=[reminder_id])
@@ -140,7 +141,7 @@ class Reminders:
         raw = self.redis.hgetall(self.keys.reminder(reminder_id))
         if not raw:
             return None
-        r = {k.decode(): v.decode() for k, v in raw.items()}
+        r = text_fields(raw)
         return {"reminder_id": r["reminder_id"], "state": r["state"], "send_at": float(r["send_at"]),
                 "message_id": r.get("message_id") or None,
                 "result": json.loads(r["result"]) if r.get("result") else None}

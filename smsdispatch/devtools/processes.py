@@ -35,7 +35,9 @@ class CeleryProcess:
             raise RuntimeError(f"celery {args[0]} did not start:\n" + self.log)
 
     def _pump(self) -> None:
-        for line in self.proc.stdout:
+        stdout = self.proc.stdout
+        assert stdout is not None       # Popen(stdout=PIPE)
+        for line in stdout:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()

@@ -232,9 +232,16 @@ class HttpGateway(Gateway):
         return body if isinstance(body, dict) else {"data": body}
 
 
+def json_object(value: object) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: for a part of a gateway's answer that may be
+    missing or of another shape."""
+    return value if isinstance(value, dict) else {}
+
+
 def _never_connected(error: requests.ConnectionError) -> bool:
     """True when the request provably never left: refused, unreachable or unresolvable."""
-    seen, cause = set(), error
+    seen: set[int] = set()
+    cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, (NewConnectionError, NameResolutionError, ConnectionRefusedError)):

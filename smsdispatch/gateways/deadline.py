@@ -35,7 +35,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from requests.adapters import HTTPAdapter
 from urllib3 import poolmanager
@@ -55,7 +55,7 @@ class Call:
     def __init__(self, seconds: float, outer: Call | None) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
-        self.conn: HTTPConnection | None = None    # the connection it is using, if any
+        self.conn: _DeadlineMixin | None = None    # the connection it is using, if any
         self.sent = False
         self.cut = False          # a socket of this call was shut down: never trust what it returned
         self.expired = False      # the deadline passed while the call was in flight
@@ -107,7 +107,7 @@ class Watchdog:
     def current(self) -> Call | None:
         return self._local.call
 
-    def claim(self, call: Call, conn: HTTPConnection, *, sending: bool) -> None:
+    def claim(self, call: Call, conn: _DeadlineMixin, *, sending: bool) -> None:
         """`conn` now works for `call` (the watchdog shuts its socket at the deadline). sending=True: the
         request is about to go out; raises ConnectTimeoutError instead if the deadline has passed."""
         with self._lock:
@@ -170,11 +170,15 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
-class _DeadlineMixin:
+if TYPE_CHECKING:       # what the mixin is mixed into, so that its super() calls are checked
+    _Connection = HTTPConnection
+else:
+    _Connection = object
+
+
+class _DeadlineMixin(_Connection):
     """For urllib3's HTTPConnection and HTTPSConnection: obey the current call's deadline."""
 
-    timeout: Any
-    sock: Any
     _deadline_call: Call | None = None     # the call that last claimed this connection
 
     def _new_conn(self) -> socket.socket:

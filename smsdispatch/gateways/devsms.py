@@ -25,8 +25,8 @@ from ..config import Settings
 from ..errors import AuthError, GatewayRejected, InsufficientBalance, RecipientRejected, ValidationError
 from ..records import MessageStatus
 from ..redact import redact
-from .base import Acceptance, Balance, DeliveryReport, HttpGateway, OutboundSms, single_report
-from .registry import BuildContext, GatewaySpec
+from .base import Acceptance, Balance, DeliveryReport, HttpGateway, OutboundSms, json_object, single_report
+from .registry import BuildContext, GatewaySpec, credential
 
 log = logging.getLogger("smsdispatch.gateways.devsms")
 
@@ -96,7 +96,7 @@ def parse_money(value: Any) -> tuple[float, str]:
 def parse_send(body: dict) -> Acceptance:
     """The `data` of a successful send: `sms_id` is our handle for status lookups; without it the
     Eskiz `request_id` serves (get_status takes either, inferred fallback)."""
-    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    data = json_object(body.get("data"))
     ref = data.get("sms_id") if data.get("sms_id") not in (None, "") else data.get("request_id")
     status = data.get("status")
     if ref in (None, ""):   # accepted all the same (success: true): we just cannot poll it
@@ -167,7 +167,7 @@ class DevSmsGateway(HttpGateway):
         ref = str(gateway_message_id)
         params = {"sms_id": ref} if ref.isdigit() else {"request_id": ref}
         body = self._call("GET", "/get_status.php", params=params)
-        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        data = json_object(body.get("data"))
         word = data.get("status", body.get("status"))   # inferred shape: data.status
         return DeliveryReport(map_status(word), str(word))
 
@@ -200,7 +200,7 @@ def parse_reports(body: dict) -> list[tuple[list[str], MessageStatus | None, str
 
 
 def build(settings: Settings, context: BuildContext) -> DevSmsGateway:
-    return DevSmsGateway(token=settings.devsms_token, sender=settings.devsms_sender,
+    return DevSmsGateway(token=credential(settings.devsms_token, "devsms_token"), sender=settings.devsms_sender,
                          base_url=settings.devsms_base_url, **context.http)
 
 

@@ -43,7 +43,7 @@ from .base import (
     OutboundSms,
     single_report,
 )
-from .registry import BuildContext, GatewaySpec
+from .registry import BuildContext, GatewaySpec, credential
 from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.eskiz")
@@ -171,7 +171,8 @@ class EskizGateway(HttpGateway):
         now + 5 min] written in Tashkent time, then, for what was not found there, the same window
         written in UTC. One wide window spanning both readings would cover five extra hours of a busy
         account's messages. Stops as soon as every wanted message is found."""
-        now, found = time.time(), {}
+        now = time.time()
+        found: dict[str, Lookup] = {}
         for zone in (TASHKENT, timezone.utc):
             start = datetime.fromtimestamp(since - 300, zone)
             end = datetime.fromtimestamp(now + 300, zone)
@@ -326,7 +327,8 @@ def parse_reports(body: dict) -> list[tuple[list[str], MessageStatus | None, str
 
 
 def build(settings: Settings, context: BuildContext) -> EskizGateway:
-    return EskizGateway(email=settings.eskiz_email, password=settings.eskiz_password, sender=settings.eskiz_sender,
+    return EskizGateway(email=credential(settings.eskiz_email, "eskiz_email"),
+                        password=credential(settings.eskiz_password, "eskiz_password"), sender=settings.eskiz_sender,
                         base_url=settings.eskiz_base_url, redis_client=context.redis, keys=context.keys,
                         **context.http)
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
@@ -48,6 +48,13 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 Report = tuple[list[str], MessageStatus | None, str]
 
 
+class HttpTimeouts(TypedDict):
+    """HttpGateway's timeout arguments (BuildContext.http)."""
+    connect_timeout: float
+    read_timeout: float
+    total_timeout: float | None
+
+
 @dataclass(frozen=True)
 class BuildContext:
     """What a factory gets besides the gateway's settings: the process's Redis client and key names
@@ -60,10 +67,23 @@ class BuildContext:
     total_timeout: float | None     # always a float once Settings are loaded
 
     @property
-    def http(self) -> dict[str, float | None]:
+    def http(self) -> HttpTimeouts:
         """The keyword arguments of HttpGateway's timeouts."""
         return {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
                 "total_timeout": self.total_timeout}
+
+
+T = TypeVar("T")
+
+
+def credential(value: T | None, name: str) -> T:
+    """A credential a factory reads from its settings, typed as set: it is whenever the gateway is
+    configured (only configured gateways are built: gateways.Gateways.get). If not, a ConfigError
+    naming it; `name` is its variable without the SMSDISPATCH_ prefix (a built-in's Settings field)."""
+    if value is None:
+        from ..config import ENV_PREFIX
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} is not set")
+    return value
 
 
 @dataclass(frozen=True)

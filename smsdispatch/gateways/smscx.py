@@ -47,7 +47,7 @@ from ..keys import Keys
 from ..phone import mask
 from ..records import MessageStatus
 from ..redact import redact
-from .base import Acceptance, Balance, DeliveryReport, HttpGateway, ItemResult, OutboundSms
+from .base import Acceptance, Balance, DeliveryReport, HttpGateway, ItemResult, OutboundSms, json_object
 from .registry import BuildContext, GatewaySpec
 from .tokens import SharedToken
 
@@ -98,11 +98,11 @@ class DuplicateIdempotencyId(GatewayRejected):
 def classify(status: int, body: dict) -> PermanentError:
     """A 4xx answer → our exception, from the envelope {"error": {type, code, message, uri}};
     the invalid-numbers list may sit next to `error` or inside it: both are read."""
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = json_object(body.get("error"))
     kind = str(error.get("type") or "")
     try:
-        code = int(error.get("code"))
-    except (TypeError, ValueError):
+        code = int(error["code"])
+    except (KeyError, TypeError, ValueError):
         code = None
     invalid = body.get("invalid") or error.get("invalid") or []
     detail = redact(str(error.get("message") or body.get("error") or body)[:300])
@@ -124,13 +124,14 @@ def classify(status: int, body: dict) -> PermanentError:
 def parse_send(body: dict, messages: Sequence[OutboundSms]) -> list[tuple[ItemResult, str | None]]:
     """`{info, data[]}` → (result, raw status word) per message, in order, matched by number."""
     rows = {_digits(r.get("to")): r for r in body.get("data") or [] if isinstance(r, dict)}
-    info = body.get("info") if isinstance(body.get("info"), dict) else {}
+    info = json_object(body.get("info"))
     invalid = {_digits(n) for n in info.get("invalid") or []}
     out = []
     for m in messages:
         number = _digits(m.to)
         row = rows.get(number)
         word = str(row.get("status") or "").upper() if row else None
+        gateway_message_id = None
         if number in invalid and row is None:
             error: PermanentError | None = RecipientRejected(f"SMS.CX: {mask(m.to)} is not a valid number",
                                                              gateway="smscx")
@@ -139,8 +140,8 @@ def parse_send(body: dict, messages: Sequence[OutboundSms]) -> list[tuple[ItemRe
         elif word in REFUSED_AT_SEND:
             error = RecipientRejected(f"SMS.CX refused {mask(m.to)}: {word}", gateway="smscx")
         else:                                        # ACCEPTED/SCHEDULED; unknown words with an id too (inferred)
-            error = None
-        out.append((ItemResult(m.message_id, None if error else str(row["msgId"]), error), word))
+            error, gateway_message_id = None, str(row["msgId"])
+        out.append((ItemResult(m.message_id, gateway_message_id, error), word))
     return out
 
 

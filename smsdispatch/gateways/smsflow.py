@@ -39,7 +39,7 @@ from ..phone import mask
 from ..records import MessageStatus
 from ..redact import redact
 from .base import Acceptance, Balance, HttpGateway, ItemResult, OutboundSms
-from .registry import BuildContext, GatewaySpec
+from .registry import BuildContext, GatewaySpec, credential
 from .tokens import SharedToken
 
 log = logging.getLogger("smsdispatch.gateways.smsflow")
@@ -203,7 +203,8 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def build(settings: Settings, context: BuildContext) -> SmsFlowGateway:
-    return SmsFlowGateway(client_id=settings.smsflow_client_id, client_secret=settings.smsflow_client_secret,
+    return SmsFlowGateway(client_id=credential(settings.smsflow_client_id, "smsflow_client_id"),
+                          client_secret=credential(settings.smsflow_client_secret, "smsflow_client_secret"),
                           campaign=settings.smsflow_campaign, base_url=settings.smsflow_base_url,
                           redis_client=context.redis, keys=context.keys, **context.http)
 

@@ -35,7 +35,7 @@ from ..phone import mask
 from ..records import MessageStatus
 from ..redact import redact
 from .base import Acceptance, HttpGateway, ItemResult, OutboundSms
-from .registry import BuildContext, GatewaySpec
+from .registry import BuildContext, GatewaySpec, credential
 
 # docs/gateways/smspm.md; "invalid", "failed", "error" are inferred refusal words of a
 # per-number element in a bulk answer (the docs show only "Added to queue").
@@ -168,7 +168,8 @@ class SmsPmGateway(HttpGateway):
 
 
 def build(settings: Settings, context: BuildContext) -> SmsPmGateway:
-    return SmsPmGateway(hash=settings.smspm_hash, token=settings.smspm_token, sender=settings.smspm_sender,
+    return SmsPmGateway(hash=credential(settings.smspm_hash, "smspm_hash"),
+                        token=credential(settings.smspm_token, "smspm_token"), sender=settings.smspm_sender,
                         base_url=settings.smspm_base_url, **context.http)
 
 

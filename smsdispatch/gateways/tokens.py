@@ -20,6 +20,7 @@ import requests
 
 from ..errors import AuthError, GatewayUnavailable
 from ..keys import Keys
+from ..redisclient import text
 
 LOCAL_SECONDS = 30.0
 
@@ -43,7 +44,7 @@ class SharedToken:
         if local is not None and time.monotonic() < local[1]:
             return local[0]
         cached = self.redis.get(self.key)
-        return self._keep(cached.decode()) if cached else self.renew(stale=None)
+        return self._keep(text(cached)) if cached else self.renew(stale=None)
 
     def _keep(self, token: str) -> str:
         self._local = (token, time.monotonic() + LOCAL_SECONDS)
@@ -56,8 +57,8 @@ class SharedToken:
                                      gateway=self.gateway)
         try:
             current = self.redis.get(self.key)
-            if current and current.decode() != stale:
-                return self._keep(current.decode())      # another worker renewed it while we waited
+            if current and text(current) != stale:
+                return self._keep(text(current))      # another worker renewed it while we waited
             token, ttl = self.fetch(stale)
             self.redis.set(self.key, token, ex=max(1, int(ttl)))
             return self._keep(token)

@@ -154,6 +154,17 @@ def test_an_entry_point_that_is_no_spec_is_refused(monkeypatch, example):
         registry.names()
 
 
+@pytest.mark.parametrize("name, variable", [("eskiz", "SMSDISPATCH_ESKIZ_PASSWORD"), ("devsms", "SMSDISPATCH_DEVSMS_TOKEN"),
+                                            ("smsflow", "SMSDISPATCH_SMSFLOW_CLIENT_SECRET"),
+                                            ("smspm", "SMSDISPATCH_SMSPM_TOKEN")])
+def test_building_a_gateway_without_its_credentials_names_the_missing_one(name, variable, redis_client):
+    """Gateways.get builds configured gateways only; built directly, an adapter never gets a None secret."""
+    missing = variable.removeprefix("SMSDISPATCH_").lower()
+    settings = load_settings(**{k: v for k, v in CREDENTIALS.items() if k != missing})
+    with pytest.raises(ConfigError, match=f"^{variable} is not set$"):
+        build_gateway(name, settings, redis_client, Keys("t"))
+
+
 def test_an_unknown_gateway_names_the_known_ones(redis_client):
     with pytest.raises(UnknownGatewayError, match="known: console, eskiz, devsms, smsflow, smscx, smspm"):
         build_gateway("pigeon", load_settings(), redis_client, Keys("t"))

@@ -155,7 +155,8 @@ def parse_body(content_type: str, body: bytes) -> dict[str, Any]:
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             if name:
-                out[str(name)] = (part.get_payload(decode=True) or b"").decode("utf-8", "replace")
+                payload = part.get_payload(decode=True)     # bytes for a part that is not multipart itself
+                out[str(name)] = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
         return out
     return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
@@ -226,7 +227,7 @@ class _Server(ThreadingHTTPServer):
 
     def server_bind(self) -> None:  # skip HTTPServer's getfqdn(): a reverse DNS lookup we do not need
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = self.socket.getsockname()[:2]   # what server_address holds now
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (a killed worker's connections are reset) is not an error worth a
@@ -270,8 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = "text/plain; charset=utf-8" if is_text else "application/json"
         out = self.wfile
-        if byte_interval > 0:
-            self.wfile = io.BytesIO()  # the whole answer, written below
+        buffered = io.BytesIO() if byte_interval > 0 else None
+        if buffered is not None:
+            self.wfile = buffered  # the whole answer, written below
         try:
             self.send_response(reply.status)
             self.send_header("Content-Length", str(len(data)))
@@ -281,8 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
             self.wfile.flush()
         finally:
-            buffered, self.wfile = self.wfile, out
-        if byte_interval > 0:
+            self.wfile = out
+        if buffered is not None:
             raw, pause = buffered.getvalue(), wake or threading.Event()
             for i in range(len(raw)):
                 if i:
@@ -684,29 +686,14 @@ class FakeGateway(ABC):
 
     def _answer(self, h: _Handler, record: RequestRecord, routable: bool) -> Reply:
         try:
-            raw = h.read_body()
-            malformed: BodyError | None = None
-            try:  # record what was asked even when a fault answers it: tests count calls per message
-                fields = parse_body(record.headers.get("content-type", ""), raw)
-            except BodyError as e:
-                fields, malformed = {}, e
-            with self.lock:
-                record.fields = fields
+            raw, fields, malformed = self._read(h, record)
             if not routable:
                 return Reply(404, self.error_body(404, "Not found"))
             fault = self._take_fault(record.path)
-            if fault and fault.kind == "fail":
-                assert fault.reply is not None
-                return fault.reply
-            if fault and fault.kind == "rate":
-                return self.rate_limit_reply(fault.retry_after)
             drawn = self._draw_chaos(record) if fault is None else None
-            if drawn is not None and drawn.kind == "http_5xx":
-                return Reply(drawn.status, self.error_body(drawn.status, "server error"))
-            if drawn is not None and drawn.kind == "reset_before":
-                return _RESET
-            if drawn is not None and drawn.kind == "http_429":
-                return self.rate_limit_reply(CHAOS_RETRY_AFTER)
+            early = self._unrouted(fault, drawn)
+            if early is not None:
+                return early
             if drawn is not None and drawn.kind == "refuse":
                 self._start_refusal(drawn.seconds)
             reply: Reply | None = None
@@ -718,18 +705,7 @@ class FakeGateway(ABC):
                     reply = self.route(Request(h.command, record.path, query, dict(fields), record.headers, raw))
                 except Reply as r:
                     reply = r
-            if fault and fault.kind == "hang":  # a deliberate hang, after an accepted request has been recorded
-                self._wake.wait(fault.seconds)
-            if drawn is not None and drawn.kind == "slow":  # a slow answer, after routing; stop() cuts it short
-                self._wake.wait(drawn.seconds)
-            if fault and fault.kind == "trickle":
-                h.byte_interval = fault.seconds
-            if drawn is not None and drawn.kind == "reset_after":
-                return _RESET
-            reply = reply or Reply(503, self.error_body(503, "Service unavailable"))
-            if drawn is not None and drawn.kind == "refuse":  # the client must reconnect: and is refused
-                reply = Reply(reply.status, reply.body, {**reply.headers, "Connection": "close"})
-            return reply
+            return self._after_routing(h, reply, fault, drawn)
         except Exception:  # a bug in the fake: make it visible instead of hanging the client
             with self.lock:
                 self.errors.append(traceback.format_exc())
@@ -737,6 +713,52 @@ class FakeGateway(ABC):
                 return Reply(500, self.error_body(500, "server error"))
             except Exception:  # error_body itself is broken
                 return Reply(500, {"error": "server error"})
+
+    def _read(self, h: _Handler, record: RequestRecord) -> tuple[bytes, dict[str, Any], BodyError | None]:
+        """The body, raw and parsed (with the parse error, if any), recorded even when a fault answers
+        the request: tests count calls per message."""
+        raw = h.read_body()
+        malformed: BodyError | None = None
+        try:
+            fields = parse_body(record.headers.get("content-type", ""), raw)
+        except BodyError as e:
+            fields, malformed = {}, e
+        with self.lock:
+            record.fields = fields
+        return raw, fields, malformed
+
+    def _unrouted(self, fault: _Fault | None, drawn: _Drawn | None) -> Reply | None:
+        """The answer of a fault that answers without routing (a scripted failure or rate limit; a
+        chaos 5xx, 429 or reset before routing), else None."""
+        if fault and fault.kind == "fail":
+            assert fault.reply is not None
+            return fault.reply
+        if fault and fault.kind == "rate":
+            return self.rate_limit_reply(fault.retry_after)
+        if drawn is not None and drawn.kind == "http_5xx":
+            return Reply(drawn.status, self.error_body(drawn.status, "server error"))
+        if drawn is not None and drawn.kind == "reset_before":
+            return _RESET
+        if drawn is not None and drawn.kind == "http_429":
+            return self.rate_limit_reply(CHAOS_RETRY_AFTER)
+        return None
+
+    def _after_routing(self, h: _Handler, reply: Reply | None, fault: _Fault | None, drawn: _Drawn | None) -> Reply:
+        """What a fault does once the request was routed: delay the answer (hang, slow), trickle it,
+        reset the connection instead (reset_after) or close it after (refuse). No reply from routing
+        (a hang or trickle that does not accept) is answered 503."""
+        if fault and fault.kind == "hang":  # a deliberate hang, after an accepted request has been recorded
+            self._wake.wait(fault.seconds)
+        if drawn is not None and drawn.kind == "slow":  # a slow answer, after routing; stop() cuts it short
+            self._wake.wait(drawn.seconds)
+        if fault and fault.kind == "trickle":
+            h.byte_interval = fault.seconds
+        if drawn is not None and drawn.kind == "reset_after":
+            return _RESET
+        reply = reply or Reply(503, self.error_body(503, "Service unavailable"))
+        if drawn is not None and drawn.kind == "refuse":  # the client must reconnect: and is refused
+            reply = Reply(reply.status, reply.body, {**reply.headers, "Connection": "close"})
+        return reply
 
 
 def _number(text: str) -> int | float:

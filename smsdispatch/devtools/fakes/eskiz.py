@@ -51,7 +51,7 @@ class SentSms(Accepted):
     callback_url: str | None
     created_at: str
     parts_count: int = 1
-    price: int = 0  # total cost charged for this SMS
+    price: float = 0  # total cost charged for this SMS
     updated_at: str = ""
 
     @property
