@@ -69,3 +69,16 @@ def test_loading_the_plugin_imports_no_part_of_the_kit():
             "'smsdispatch.worker', 'kombu', 'redis'))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "['smsdispatch.testing', 'smsdispatch.testing.plugin']", proc.stdout
+
+
+def test_only_the_kit_imports_fakeredis_and_nothing_imports_the_examples_frameworks():
+    from tests.unit.test_layout import PACKAGE, _imports
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        for module in _imports(path):
+            top = module.split(".")[0]
+            if (top == "fakeredis" and rel.parts[0] != "testing") or top in ("flask", "fastapi", "sqlalchemy",
+                                                                              "starlette", "examples"):
+                offenders.append(f"{rel}: {module}")
+    assert not offenders, offenders
