@@ -7,7 +7,7 @@ production. What the gateways got is in `sent`; what the app asked for is in `ou
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import redis
@@ -60,7 +60,3 @@ class EagerSms:
 
     def __repr__(self) -> str:
         return f"EagerSms(sent={self.sent!r}, scheduled={len(self.scheduled)})"
-
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"EagerSms has no attribute {name!r} (outbox, sent, gateway, fail_next, "
-                             f"scheduled, run_scheduled, redis)")

@@ -26,6 +26,7 @@ from smsdispatch.worker import Runtime, SmsApp, create_app
 NOWHERE = "redis://127.0.0.1:1/0"
 ESKIZ = {"ESKIZ_EMAIL": "kit@example.com", "ESKIZ_PASSWORD": "kit-password"}
 DEVSMS = {"DEVSMS_TOKEN": "kit-token"}
+SMSCX = {"SMSCX_API_KEY": "kit-key"}
 NUMBER, OTHER = "+998901234567", "+998907654321"
 
 
@@ -209,6 +210,7 @@ def test_bad_input_ends_failed_in_the_worker_as_in_production():
 @pytest.mark.parametrize("gateway, credentials, status, sends", [
     ("eskiz", ESKIZ, "accepted", 1),      # Eskiz can look messages up: found, not sent again
     ("devsms", DEVSMS, "unknown", 1),     # DevSMS cannot: unknown, never resent
+    ("smscx", SMSCX, "accepted", 1),      # SMS.CX dedupes: the same call again, sent once
 ])
 def test_memory_gateways_keep_the_real_gateways_guarantees(gateway, credentials, status, sends):
     configure(DEFAULT_GATEWAY=gateway, **credentials)
@@ -218,6 +220,7 @@ def test_memory_gateways_keep_the_real_gateways_guarantees(gateway, credentials,
         sms.run_scheduled()
         assert smsdispatch.get_message(handle.id)["status"] == status
         assert len(sms.gateway(gateway).sent) == sends and sms.gateway(gateway).can_lookup is (gateway == "eskiz")
+        assert sms.gateway(gateway).can_dedupe is (gateway == "smscx")
 
 
 def test_an_ambiguous_call_the_gateway_never_got_is_sent_once_after_the_lookup():
