@@ -48,6 +48,7 @@ from ..dispatch import message_id_for
 from ..errors import ValidationError
 from ..gateways import Gateways, build_gateway
 from ..gateways.base import Gateway
+from ..redact import redact
 from ..reminders import parse_send_at
 from ..sendrequest import FIELDS, check_encodable, merge_arguments
 from ..tasks import SEND_BATCH, SEND_REMINDER, SEND_SMS, release_due
@@ -331,8 +332,8 @@ class Harness:
             outcome = (states.RETRY, None)              # its retry is published (scheduled) already
         except (Ignore, Reject) as e:
             outcome = (states.REJECTED, e)
-        except Exception as e:
-            log.exception("task %s[%s] raised", job.name, job.task_id)
+        except Exception as e:          # a bug: `.get()` raises it; the log line shows it redacted
+            log.error("task %s[%s] raised %s: %s", job.name, job.task_id, type(e).__name__, redact(str(e)))
             outcome = (states.FAILURE, e)
         finally:
             self._local.running -= 1

@@ -306,3 +306,19 @@ def test_numbers_are_readable_in_reprs_but_never_logged_in_full(caplog):
     assert any("+998*******" in line or "****" in line for line in logged), logged
     digits = re.compile(r"\+?99890\d*|\+?99891\d*|901234567|907654321")
     assert not [line for line in logged if digits.search(line)], logged
+
+
+def test_a_task_that_raises_fails_its_result_and_its_log_line_shows_no_number(caplog, monkeypatch):
+    from smsdispatch.dispatch import Dispatcher
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"a bug near {NUMBER}")
+    configure()
+    caplog.set_level(logging.DEBUG, logger="smsdispatch")
+    with eager_sms():
+        monkeypatch.setattr(Dispatcher, "send", broken)
+        handle = smsdispatch.send_sms.delay(NUMBER, "hi")
+        assert handle.state == "FAILURE" and handle.failed()
+        with pytest.raises(RuntimeError, match=re.escape(NUMBER)):     # the test sees it whole
+            handle.get()
+    assert "RuntimeError: a bug near +998" in caplog.text and NUMBER not in caplog.text
