@@ -6,9 +6,9 @@ is slow or away). Called in an `async def` endpoint it would stall the event loo
 with it. `Sms.send` runs it in Starlette's threadpool and awaits it, so:
 
 - the loop stays free while Redis answers;
-- the response waits for the publish: a message that could not be queued fails the request (an error
-  the client sees and may retry; the idempotency key keeps a retry from sending twice) instead of
-  vanishing after a 201.
+- the response waits for the publish: a message that could not be queued fails the request, so the
+  client knows the code is not coming (and can ask for it again; the idempotency key keeps that from
+  sending twice), instead of it vanishing after a 201.
 
 BackgroundTasks would answer sooner, but publish after the response is sent: a failure is then only a
 log line, and the client was already told the code is on its way. Use them for notifications that must

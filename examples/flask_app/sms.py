@@ -6,8 +6,9 @@ session closed without a commit) drops it. So no SMS goes out for a row that was
 may ask for the SMS anywhere inside the transaction. (A savepoint rolled back inside a transaction
 that commits does not drop what was asked for inside it.)
 
-If Redis cannot take the message, `commit()` raises after the row is committed: the view answers 500
-and the message is not queued; a retry of the request (same idempotency key) sends it at most once.
+If Redis cannot take the message, `commit()` raises after the row is committed: the view answers 500,
+the user is saved and the code is not queued. Sending it again under the same idempotency key (a
+"send the code again" action) sends it at most once. This is not a transactional outbox.
 """
 
 from __future__ import annotations
