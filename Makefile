@@ -51,7 +51,7 @@ chaos-ci: $(BIN)/.installed
 	done; exit $$rc
 
 lint: $(BIN)/.installed
-	$(BIN)/python -m ruff check smsdispatch tests chaos
+	$(BIN)/python -m ruff check smsdispatch tests chaos bench examples
 
 # mypy over the package (settings in pyproject.toml [tool.mypy]); .ci/run runs it before the tests.
 typecheck: $(BIN)/.installed

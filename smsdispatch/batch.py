@@ -67,6 +67,12 @@ def batch_id_for(batch_id: object, idempotency_key: object, task_id: str) -> str
     return task_id
 
 
+def entry_key(entry: Any, index: int, batch_key: str) -> str:
+    """The idempotency key of a batch's entry number `index`: its own, else `<batch key>:<index>`."""
+    own = entry.get("idempotency_key") if isinstance(entry, dict) else None
+    return own if isinstance(own, str) and own else f"{batch_key}:{index}"
+
+
 #: What a chunk reads of each record with its claim: the state of earlier attempts.
 _STATE_FIELDS = ("attempts", "lookups", "call_ref", "gateway", "pinned_gateway", "maybe_sent")
 
@@ -275,18 +281,10 @@ class Batches:
 
         for offset, entry in enumerate(entries):
             n = base + offset
-            own_key = entry.get("idempotency_key") if isinstance(entry, dict) else None
-            key = own_key if isinstance(own_key, str) and own_key else f"{batch_key}:{n}"
+            key = entry_key(entry, n, batch_key)
             mid = message_id_for(key, "")
             try:
-                if not isinstance(entry, dict):
-                    raise ValidationError("entry: must be an object {to, text, idempotency_key?, metadata?}")
-                kwargs = {k: v for k, v in entry.items() if k != "idempotency_key"}
-                extra = sorted(set(kwargs) - set(ENTRY_FIELDS))
-                if extra:
-                    raise ValidationError("; ".join(f"{k}: unexpected argument" for k in extra))
-                kwargs.update({k: meta[k] for k in ("gateway", "sender") if meta.get(k)})
-                request, routes, fp = self.d.prepare(kwargs, mid)
+                request, routes, fp = self.prepare_entry(entry, meta, mid)
             except ValidationError as e:
                 rejected.append((mid, key, str(e), "validation"))
                 continue
@@ -301,6 +299,18 @@ class Batches:
             result = self.d.reject(mid, submission, {"idempotency_key": key}, code, f"batch {batch_id} entry: {reason}")
             self._count_one(batch_id, submission, result["message_id"], MessageStatus.FAILED, out)
         return items
+
+    def prepare_entry(self, entry: Any, meta: dict, message_id: str) -> tuple[SendRequest, list[Route], str]:
+        """One entry as the message it stands for (Dispatcher.prepare), with the batch's gateway and
+        sender (`meta`); raises ValidationError for an entry the worker records `failed`."""
+        if not isinstance(entry, dict):
+            raise ValidationError("entry: must be an object {to, text, idempotency_key?, metadata?}")
+        kwargs = {k: v for k, v in entry.items() if k != "idempotency_key"}
+        extra = sorted(set(kwargs) - set(ENTRY_FIELDS))
+        if extra:
+            raise ValidationError("; ".join(f"{k}: unexpected argument" for k in extra))
+        kwargs.update({k: meta[k] for k in ("gateway", "sender") if meta.get(k)})
+        return self.d.prepare(kwargs, message_id)
 
     def _claim(self, items: list[_Item], batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
         """Claim every item in one script, reading back what its record says of earlier attempts."""

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 #: Where code and text that ship with the project live (docs/ is checked by the same rules).
-SCANNED_DIRS = ("smsdispatch", "tests", "bench", "chaos", "docs")
+SCANNED_DIRS = ("smsdispatch", "tests", "bench", "chaos", "docs", "examples")
 SCANNED_FILES = ("README.md", "Makefile", "docker-compose.yml", "Dockerfile", "pyproject.toml")
 SUFFIXES = {".py", ".md", ".txt", ".toml", ".yml", ".yaml", ".cfg", ".ini", ".sh", ""}
 
