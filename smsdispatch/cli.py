@@ -219,13 +219,18 @@ def _webhooks(args) -> int:
               file=sys.stderr)
         return 2
     rt = _runtime()
-    if not rt.settings.webhook_secret and not rt.settings.webhook_secrets:
+    hooks = bool(rt.settings.webhook_secret or rt.settings.webhook_secrets)
+    if not hooks and not rt.settings.status_page:
         print("smsdispatch: set SMSDISPATCH_WEBHOOK_SECRET or SMSDISPATCH_WEBHOOK_SECRETS "
-              "(and SMSDISPATCH_WEBHOOK_BASE_URL)", file=sys.stderr)
+              "(and SMSDISPATCH_WEBHOOK_BASE_URL), or SMSDISPATCH_STATUS_USER and SMSDISPATCH_STATUS_PASSWORD "
+              "for the status page alone", file=sys.stderr)
         return 2
 
     def listening(port: int) -> None:
-        print(f"smsdispatch webhooks listening on http://{args.host}:{port}/<gateway>/<secret>", flush=True)
+        served = [f"http://{args.host}:{port}/<gateway>/<secret>"] if hooks else []
+        if rt.settings.status_page:
+            served.append(f"the status page on http://{args.host}:{port}/status/")
+        print(f"smsdispatch webhooks listening on {', '.join(served)}", flush=True)
     serve(make_app(rt.settings), args.host, args.port, threads=args.threads, connection_limit=args.connection_limit,
           channel_timeout=args.channel_timeout, on_listening=listening)
     return 0

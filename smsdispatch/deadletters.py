@@ -80,8 +80,7 @@ class DeadLetters:
     def listing(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The dead letters, oldest first (the newest `limit` of them): id, status, error, maybe_sent and
         the number masked."""
-        ids = self.records.dead_letters() if limit is None else \
-            [x.decode() for x in self.redis.lrange(self.key, -limit, -1)]
+        ids = self.records.dead_letters(newest=limit)
         out = []
         for mid in ids:
             record = self.records.get(mid) or {}

@@ -248,8 +248,9 @@ class Records:
         record = _decode(raw) if raw else None
         return None if record is None else {f: record.get(f) for f in RESULT_FIELDS}
 
-    def dead_letters(self) -> list[str]:
-        return [text(x) for x in self.redis.lrange(self.keys.dead_letters(), 0, -1)]
+    def dead_letters(self, newest: int | None = None) -> list[str]:
+        """The dead-lettered message ids, oldest first (only the `newest` ones, if given)."""
+        return [text(x) for x in self.redis.lrange(self.keys.dead_letters(), -newest if newest else 0, -1)]
 
 
 def number_tail(number: object) -> str | None:
