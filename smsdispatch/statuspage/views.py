@@ -112,14 +112,15 @@ class Views:
             rows = [self.message_row(root, r) for r in found.messages]
             batches = [self.batch_row(root, b) for b in found.batches]
             if not rows and not batches:
-                results = render("search", "nothing", q=q,
+                results = render("search", "nothing", q=shown(q),
                                  hint="fewer than 4 digits: no search by number" if q.strip().isdigit() else "")
             else:
                 results = render("search", "results", messages=render("parts", "messages", rows=join(rows))
                                  if rows else "", batches=render("parts", "batches", rows=join(batches)) if batches
                                  else "", note="Newest first; at most 50 by number." if found.by_number else "")
-        return Page("Search", render("search", root=root, q=q, results=results, dead_link=self.url(root, "/dead"),
-                                     **counts), "search")
+        echo = shown(q) if q else ""        # a whole number typed in is not shown back whole
+        return Page("Search", render("search", root=root, q=echo if echo == q else "", results=results,
+                                     dead_link=self.url(root, "/dead"), **counts), "search")
 
     def message_row(self, root: str, r: dict[str, Any]) -> Html:
         return render("parts", "message_row", link=self.message_link(root, r["message_id"]), number=number_of(r),

@@ -187,6 +187,8 @@ def test_a_search_finds_by_id_key_batch_and_the_end_of_the_number(setup):
     assert ids("4567") == ([keyed], []) and ids("+998 90 123 45 67") == ([keyed], [])
     assert ids("0000") == (["plain"], []) and ids("1234") == ([], [])
     assert "Nothing found" in client.request("/", query={"q": "567"})[2]
+    typed = client.request("/", query={"q": "+998 90 555 12 34"})[2]         # a whole number: found nothing,
+    assert "Nothing found" in typed and "555 12 34" not in typed and "+998 ** *** ** 34" in typed   # echoed masked
     assert client.request("/", query={"q": "plain:history"})[0] == 200      # a key of another type: not found
 
 
