@@ -44,7 +44,8 @@ from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .policy import Action, after_failure
 from .records import MessageStatus, now
-from .redisclient import members, text, text_fields
+from .redisclient import members as member_texts
+from .redisclient import text, text_fields
 from .sendrequest import SendRequest, check_bounds, check_id
 
 log = logging.getLogger("smsdispatch.batch")
@@ -223,7 +224,7 @@ class Batches:
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest batches (at most `limit`), newest first, each as `get` gives it; one that has
         expired since it was listed is left out."""
-        ids = members(self.redis.zrevrange(self.keys.batches(), 0, limit - 1))
+        ids = member_texts(self.redis.zrevrange(self.keys.batches(), 0, limit - 1))
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in ids:
             pipe.hgetall(self.keys.batch(batch_id))
@@ -671,13 +672,8 @@ def _batch(raw: Any) -> dict[str, Any] | None:
     return out
 
 
-def entry_key(entry: Any, index: int, batch_key: str) -> str:
-    """A batch entry's idempotency key: its own, else "<batch key>:<index>"."""
-    own = entry.get("idempotency_key") if isinstance(entry, dict) else None
-    return own if isinstance(own, str) and own else f"{batch_key}:{index}"
-
-
 def entry_message_id(entry: Any, index: int, batch_key: str) -> str:
+    """The message id `run_chunk` gives a batch's entry number `index`."""
     return message_id_for(entry_key(entry, index, batch_key), "")
 
 

@@ -34,6 +34,7 @@ import redis
 
 from . import scripts
 from .keys import Keys
+from .redisclient import text, text_fields
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,11 @@ class Circuits:
         pipe.hgetall(self.keys.circuit(gateway))
         pipe.hgetall(self.keys.circuit_calls(gateway))
         circuit, counts = pipe.execute()
-        c = {k.decode(): v.decode() for k, v in circuit.items()}
+        c = text_fields(circuit)
         bucket = int(now // (self.window / 10))
         calls = failures = 0
         for name, value in counts.items():
-            kind, number = name.decode()[:1], name.decode()[1:]
+            kind, number = text(name)[:1], text(name)[1:]
             if number.lstrip("-").isdigit() and int(number) > bucket - 10:
                 calls += int(value) if kind == "c" else 0
                 failures += int(value) if kind == "f" else 0

@@ -25,7 +25,7 @@ import redis
 
 from . import scripts
 from .keys import Keys
-from .redisclient import RawHash, text
+from .redisclient import RawHash, members, text
 
 #: How many trailing digits of a number the index files a message under; a search needs at least these.
 NUMBER_INDEX_DIGITS = 4
@@ -189,10 +189,10 @@ class Records:
             return []
         found: list[dict[str, Any]] = []
         for start in range(0, NUMBER_SEARCH_SCAN, _SCAN_PAGE):
-            ids = self.redis.zrevrange(self.keys.number_index(tail), start, start + _SCAN_PAGE - 1)
+            ids = members(self.redis.zrevrange(self.keys.number_index(tail), start, start + _SCAN_PAGE - 1))
             pipe = self.redis.pipeline(transaction=False)
             for message_id in ids:
-                pipe.hmget(self.keys.message(message_id.decode()), *LISTED_FIELDS)
+                pipe.hmget(self.keys.message(message_id), *LISTED_FIELDS)
             for values in pipe.execute() if ids else []:
                 record = _decode({k.encode(): v for k, v in zip(LISTED_FIELDS, values, strict=True) if v is not None})
                 payload = record.get("payload")

@@ -23,6 +23,7 @@ import redis
 from ..batch import Batches
 from ..dispatch import message_id_for
 from ..records import NUMBER_INDEX_DIGITS, Records, ascii_digits
+from ..redisclient import text
 
 MAX_QUERY = 200
 NUMBER_RESULTS = 50
@@ -56,7 +57,7 @@ class Lookup:
         add(self.message(q))
         entry = self._read(lambda: self.redis.hget(self.keys.idempotency(f"key:{q}"), "message_id"))
         if entry:
-            add(self.message(entry.decode()))
+            add(self.message(text(entry)))
         add(self.message(message_id_for(q, "")))
         batch = self._read(lambda: self.batches.get(q))
         if batch:

@@ -23,6 +23,7 @@ from ..phone import mask
 from ..polling import Poller
 from ..records import MessageStatus, Records
 from ..redact import redact
+from ..redisclient import text
 from .html import Html, join, render
 from .lookup import Lookup
 
@@ -202,13 +203,13 @@ class Views:
         rows = []
         for (index, message_id, entry), (status, to, error, updated) in zip(
                 entries, pipe.execute() if entries else [], strict=True):
-            status = status.decode() if status else "queued"
-            number = to.decode() if to else (entry.get("to") if isinstance(entry, dict) else None)
+            status = text(status) if status else "queued"
+            number = text(to) if to else (entry.get("to") if isinstance(entry, dict) else None)
             rows.append(render("batch", "row", index=index, link=self.message_link(root, message_id),
                                number=mask(number) if isinstance(number, str) and number else "—", status=status,
                                status_class=status_class(status),
                                error=error_text(json.loads(error)) if error else "",
-                               updated=when(updated.decode()) if updated else "—"))
+                               updated=when(text(updated)) if updated else "—"))
         pager = join([
             render("parts", "link", href=self.url(root, "/batch", id=batch_id, page=page - 1), text="← newer")
             if page > 1 else "",
