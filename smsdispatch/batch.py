@@ -44,6 +44,7 @@ from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .policy import Action, after_failure
 from .records import MessageStatus, now
+from .redisclient import members as member_texts
 from .redisclient import text, text_fields
 from .sendrequest import SendRequest, check_bounds, check_id
 
@@ -208,23 +209,42 @@ class Batches:
             "chunk_size": batch.chunk_size, "gateway": batch.gateway or "", "sender": batch.sender or "",
             "idempotency_key": batch.idempotency_key or "", "submission": batch.submission, "status": "queued",
             "accepted": 0, "failed": 0, "unknown": 0, "created_at": at})
+        pipe.zadd(self.keys.batches(), {batch.batch_id: at})       # the status page's list, newest last
         if self.settings.record_ttl:
             pipe.expire(key, self.settings.record_ttl)
             pipe.expire(chunks, self.settings.record_ttl)
+            pipe.zremrangebyscore(self.keys.batches(), "-inf", f"({at - self.settings.record_ttl}")
+            pipe.expire(self.keys.batches(), self.settings.record_ttl)
         pipe.execute()
         return len(batch.chunks)
 
     def get(self, batch_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hgetall(self.keys.batch(batch_id))
-        if not raw:
-            return None
-        b = text_fields(raw)
-        out: dict[str, Any] = {k: b.get(k) or None for k in ("batch_id", "status", "gateway", "idempotency_key")}
-        for k in ("total", "accepted", "failed", "unknown", "chunks"):
-            out[k] = int(b.get(k) or 0)
-        out["pending"] = out["total"] - out["accepted"] - out["failed"] - out["unknown"]
-        out["created_at"] = float(b["created_at"]) if b.get("created_at") else None
-        out["finished_at"] = float(b["finished_at"]) if b.get("finished_at") else None
+        return _batch(self.redis.hgetall(self.keys.batch(batch_id)))
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest batches (at most `limit`), newest first, each as `get` gives it; one that has
+        expired since it was listed is left out."""
+        ids = member_texts(self.redis.zrevrange(self.keys.batches(), 0, limit - 1))
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hgetall(self.keys.batch(batch_id))
+        return [b for b in (_batch(raw) for raw in (pipe.execute() if ids else [])) if b is not None]
+
+    def entries(self, batch_id: str, start: int, count: int) -> list[tuple[int, str, Any]]:
+        """Entries `start`.. (at most `count`) of a stored batch as (index, message id, entry), read
+        from its chunks; the message ids are those `run_chunk` gives them. Empty when the batch is gone."""
+        meta = self.redis.hmget(self.keys.batch(batch_id), "chunk_size", "idempotency_key")
+        if meta[0] is None or count <= 0 or start < 0:
+            return []
+        size, batch_key = int(meta[0]), (text(meta[1]) if meta[1] else "") or batch_id
+        first, last = start // size, (start + count - 1) // size
+        blobs = self.redis.lrange(self.keys.batch_chunks(batch_id), first, last)
+        out = []
+        for n, blob in enumerate(blobs, start=first):
+            for offset, entry in enumerate(json.loads(blob)):
+                index = n * size + offset
+                if start <= index < start + count:
+                    out.append((index, entry_message_id(entry, index, batch_key), entry))
         return out
 
     # --- worker side --------------------------------------------------------------------------
@@ -636,6 +656,25 @@ class Batches:
             args += [message_id, outcome]
         self._count(keys=[self.keys.batch(batch_id), self.keys.batch_seen(batch_id, submission)],
                     args=args, client=pipe or self.redis)
+
+
+def _batch(raw: Any) -> dict[str, Any] | None:
+    """A batch's public view from its raw hash (None if there is none)."""
+    if not raw:
+        return None
+    b = text_fields(raw)
+    out: dict[str, Any] = {k: b.get(k) or None for k in ("batch_id", "status", "gateway", "idempotency_key")}
+    for k in ("total", "accepted", "failed", "unknown", "chunks"):
+        out[k] = int(b.get(k) or 0)
+    out["pending"] = out["total"] - out["accepted"] - out["failed"] - out["unknown"]
+    out["created_at"] = float(b["created_at"]) if b.get("created_at") else None
+    out["finished_at"] = float(b["finished_at"]) if b.get("finished_at") else None
+    return out
+
+
+def entry_message_id(entry: Any, index: int, batch_key: str) -> str:
+    """The message id `run_chunk` gives a batch's entry number `index`."""
+    return message_id_for(entry_key(entry, index, batch_key), "")
 
 
 def _split(items: list[_Item], size: int, *, unique_numbers: bool) -> list[list[_Item]]:

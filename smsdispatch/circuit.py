@@ -34,6 +34,7 @@ import redis
 
 from . import scripts
 from .keys import Keys
+from .redisclient import text, text_fields
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class Recorded:
     event: str
     failures: int = 0
     calls: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A circuit as `Circuits.snapshot` read it."""
+    state: str                    # "closed", "open" or "half-open"
+    open_until: float | None      # open or half-open: when it opened for probes
+    probes: int                   # half-open: probe calls handed out, and how many succeeded
+    probes_ok: int
+    calls: int                    # closed: calls and failures counted within the window
+    failures: int
 
 
 class Circuits:
@@ -93,6 +105,26 @@ class Circuits:
         if raw is None:
             return "closed"
         return "open" if now < float(raw) else "half-open"
+
+    def snapshot(self, gateway: str, *, now: float) -> Snapshot:
+        """The circuit as it stands, read only (the status page): its state, until when it is open, the
+        probes handed out, and the calls and failures counted within the window (closed circuits only:
+        an open one counts nothing)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.circuit(gateway))
+        pipe.hgetall(self.keys.circuit_calls(gateway))
+        circuit, counts = pipe.execute()
+        c = text_fields(circuit)
+        bucket = int(now // (self.window / 10))
+        calls = failures = 0
+        for name, value in counts.items():
+            kind, number = text(name)[:1], text(name)[1:]
+            if number.lstrip("-").isdigit() and int(number) > bucket - 10:
+                calls += int(value) if kind == "c" else 0
+                failures += int(value) if kind == "f" else 0
+        open_until = float(c["open_until"]) if c.get("open_until") else None
+        state = "closed" if open_until is None else "open" if now < open_until else "half-open"
+        return Snapshot(state, open_until, int(c.get("probes") or 0), int(c.get("probe_ok") or 0), calls, failures)
 
     def wait(self, open_until: float, *, now: float, cap: float, rng) -> float:
         """How long a message that found every gateway open waits before it runs again: until the

@@ -186,40 +186,21 @@ def _dead_letters(args) -> int:
     """List the dead letters; with --replay submit again the provably unsent ones. A message that may
     have reached a gateway (`maybe_sent`: a 500 or a lost answer where the gateway could not be asked,
     a worker that died mid-call) is listed with the reason and left alone unless --force says the
-    operator accepts a possible duplicate."""
+    operator accepts a possible duplicate (deadletters.py decides, for the status page too)."""
     if args.force and not args.replay:
         print("smsdispatch: --force goes with --replay", file=sys.stderr)
         return 2
-    rt = _runtime()
-    records, ledger = rt.dispatcher.records, rt.dispatcher.ledger
-    send = rt.app.tasks["smsdispatch.send_sms"]
-    listing = []
-    for mid in records.dead_letters():
-        record = records.get(mid) or {}
-        item = {"message_id": mid, "status": record.get("status"), "error": record.get("error"),
-                "maybe_sent": bool(record.get("maybe_sent")), "to": mask(record["to"]) if record.get("to") else None}
-        listing.append(item)
-        if not args.replay:
-            continue
-        if record.get("status") != "failed" or not record.get("to"):
-            item["replayed"], item["reason"] = False, "not a failed message with a number: nothing to send"
-            continue
-        if item["maybe_sent"] and not args.force:
-            item["replayed"] = False
-            item["reason"] = ("may have been sent (an earlier call may have reached the gateway); not replayed: "
-                              "--replay --force resends it, and its recipient may get it twice")
-            continue
-        key = record.get("idempotency_key")
-        if item["maybe_sent"] and key:
-            ledger.force_reopenable(f"key:{key}")      # the operator's decision: let the key send again
-        # Exactly what was asked the first time (requested gateway, not the one routing chose), so the
-        # fingerprint matches and the ledger reopens the key (its retries ran out; provably unsent).
-        kwargs = {"to": record["to"], "text": record.get("text"), "gateway": record.get("requested_gateway"),
-                  "sender": record.get("sender"), "idempotency_key": key,
-                  "metadata": record.get("metadata"), "options": record.get("options")}
-        send.delay(**{k: v for k, v in kwargs.items() if v is not None})
-        rt.redis.lrem(rt.dispatcher.keys.dead_letters(), 1, mid)
-        item["replayed"] = True
+    from .deadletters import DeadLetters
+
+    dead = DeadLetters.of(_runtime())
+    listing = dead.listing()
+    for item in listing:
+        item.pop("updated_at")
+        if args.replay:
+            done = dead.replay(item["message_id"], force=args.force)
+            item["replayed"] = done.replayed
+            if not done.replayed:
+                item["reason"] = done.reason
     _print(listing)
     return 0
 
@@ -238,13 +219,18 @@ def _webhooks(args) -> int:
               file=sys.stderr)
         return 2
     rt = _runtime()
-    if not rt.settings.webhook_secret and not rt.settings.webhook_secrets:
+    hooks = bool(rt.settings.webhook_secret or rt.settings.webhook_secrets)
+    if not hooks and not rt.settings.status_page:
         print("smsdispatch: set SMSDISPATCH_WEBHOOK_SECRET or SMSDISPATCH_WEBHOOK_SECRETS "
-              "(and SMSDISPATCH_WEBHOOK_BASE_URL)", file=sys.stderr)
+              "(and SMSDISPATCH_WEBHOOK_BASE_URL), or SMSDISPATCH_STATUS_USER and SMSDISPATCH_STATUS_PASSWORD "
+              "for the status page alone", file=sys.stderr)
         return 2
 
     def listening(port: int) -> None:
-        print(f"smsdispatch webhooks listening on http://{args.host}:{port}/<gateway>/<secret>", flush=True)
+        served = [f"http://{args.host}:{port}/<gateway>/<secret>"] if hooks else []
+        if rt.settings.status_page:
+            served.append(f"the status page on http://{args.host}:{port}/status/")
+        print(f"smsdispatch webhooks listening on {', '.join(served)}", flush=True)
     serve(make_app(rt.settings), args.host, args.port, threads=args.threads, connection_limit=args.connection_limit,
           channel_timeout=args.channel_timeout, on_listening=listening)
     return 0

@@ -167,6 +167,13 @@ class Settings(BaseSettings):
     #: loaded; at least HTTP_CONNECT_TIMEOUT.
     http_total_timeout: float | None = Field(None, gt=0, validate_default=True)
 
+    # --- the status page (statuspage/): /status on the webhook receiver, behind HTTP basic auth ---
+    #: Both set: `smsdispatch webhooks` serves the page under /status; either unset: /status is 404.
+    status_user: str | None = None
+    status_password: SecretStr | None = None
+    #: The page may act (replay dead letters: POST with a CSRF token); off, it only reads.
+    status_actions: bool = False
+
     # --- Eskiz.uz (docs/gateways/eskiz.md) ---
     eskiz_email: str | None = None
     eskiz_password: SecretStr | None = None
@@ -319,6 +326,25 @@ class Settings(BaseSettings):
             out[gateway] = tuple(each) if old else each[0]
         return out
 
+    @field_validator("status_user")
+    @classmethod
+    def _status_user(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if ":" in value or not value.isprintable():
+            raise ValueError("must be printable and without ':' (HTTP basic auth splits user and password there)")
+        return value
+
+    @field_validator("status_password")
+    @classmethod
+    def _status_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < STATUS_PASSWORD_MIN:
+            raise ValueError(f"must be at least {STATUS_PASSWORD_MIN} characters long (e.g. python -c 'import "
+                             f"secrets; print(secrets.token_urlsafe(24))')")
+        return value
+
     @field_validator("rate_limits", "batch_call_limits", "gateway_concurrency")
     @classmethod
     def _positive(cls, value: dict) -> dict:
@@ -354,6 +380,7 @@ class Settings(BaseSettings):
         """The settings that depend on each other: the guarantees hold only if these hold."""
         self._check_timing()
         self._check_webhooks()
+        self._check_status_page()
         self._check_retention()
         self._check_routes()
         return self
@@ -398,6 +425,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"WEBHOOK_BASE_URL is set but {who}: set WEBHOOK_SECRET (every gateway) or "
                                  f"WEBHOOK_SECRETS ({(missing or ['eskiz'])[0]}=...)")
 
+    def _check_status_page(self) -> None:
+        """The status page has both of its credentials or neither."""
+        if (self.status_user is None) != (self.status_password is None):
+            raise ValueError("STATUS_USER and STATUS_PASSWORD go together: set both to serve the status page, or "
+                             "neither")
+
     def _check_retention(self) -> None:
         """A ledger entry outlives every copy of its task message; a record outlives its ledger entry."""
         redelivery = self.visibility_timeout + max(self.active_grace, self.queued_grace)
@@ -439,6 +472,11 @@ class Settings(BaseSettings):
         a minute is allowed for that). A retry message lost on its way (a worker killed in the instant
         between taking it off the queue and recording it unacknowledged) runs again after this."""
         return self.claim_lease + self.backoff_max + min(60, self.claim_lease)
+
+    @property
+    def status_page(self) -> bool:
+        """Whether the status page is served (its credentials are set)."""
+        return self.status_user is not None and self.status_password is not None
 
     def webhook_secret_for(self, gateway: str) -> str:
         """The current webhook secret of a gateway: its WEBHOOK_SECRETS entry, else WEBHOOK_SECRET; ''
@@ -494,6 +532,8 @@ def _chain(value: object) -> list[str]:
 #: them (24 of 64 symbols: 144 bits) that guessing is hopeless.
 WEBHOOK_SECRET_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 WEBHOOK_SECRET_MIN, WEBHOOK_SECRET_MAX = 24, 256
+#: The status page's password travels with every request (basic auth): long enough not to be guessed.
+STATUS_PASSWORD_MIN = 12
 
 
 def _check_webhook_secret(secret: str) -> None:

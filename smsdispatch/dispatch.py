@@ -156,7 +156,7 @@ class Dispatcher:
                   "idempotency_key": key if isinstance(key, str) and key else task_id}
         if not_before:
             fields["not_before"] = not_before
-        self.records.create(message_id, fields, not_before=not_before)
+        self.records.create(message_id, fields, not_before=not_before, number=kwargs.get("to"))
         return message_id
 
     # --- worker side --------------------------------------------------------------------------

@@ -11,11 +11,14 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:gwid:<gateway>:<gw_message_id> string our message id, for delivery reports that only carry theirs
     sms:gwid:<gateway_message_id>      string the same, shared by all gateways: written by earlier versions, read only
                                               (its entries expire with RECORD_TTL)
+    sms:num:<last 4 digits>            zset   message ids by when they were filed, per last digits of the number
+                                              (records.py by_number; the status page's search)
     sms:webhook:foreign:<gateway>      string reports a gateway sent for another gateway's message (count)
     sms:balance:<gateway>              hash   last known balance: amount, currency, at (polling.py)
     sms:alerts                         list   JSON alerts (low balance), newest last
     sms:tick:<job>                     string one periodic run at a time, across beats (polling.py)
     sms:batch:<batch_id>               hash   a batch: settings, counts (batch.py)
+    sms:batches                        zset   batch ids by when they were stored (the status page's list)
     sms:batch:<batch_id>:chunks        list   the batch's entries, one JSON array per chunk
     sms:batch:<batch_id>:seen:<sub>    hash   message id -> outcome counted for one submission
     sms:rem:<reminder_id>              hash   a scheduled reminder: payload, send_at, state (reminders.py)
@@ -32,7 +35,9 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
 
 Every key expires (RECORD_TTL, IDEMPOTENCY_TTL or a short TTL of its own) except those in
 `WITHOUT_TTL`, each bounded otherwise, as said there (tests/unit/test_keys.py checks it after a run).
-With RECORD_TTL=0 records, their histories, gateway ids, batches and reminders are kept for ever.
+With RECORD_TTL=0 records, their histories, gateway ids, batches and reminders are kept for ever, and so
+are the indexes of numbers and batches; with a RECORD_TTL each index drops its entries older than that
+whenever it is written, and expires that long after its newest entry.
 
 Celery owns its own keys in the same database: the queue list (named by SMSDISPATCH_QUEUE),
 ``unacked`` / ``unacked_index`` (kombu's late-ack bookkeeping) and ``celery-task-meta-<task id>``
@@ -81,6 +86,10 @@ class Keys:
         """The index before it was per gateway; read only, for records written then."""
         return f"{self.prefix}:gwid:{gateway_message_id}"
 
+    def number_index(self, tail: str) -> str:
+        """Messages by the last digits of their number (records.py NUMBER_INDEX_DIGITS, `number_tail`)."""
+        return f"{self.prefix}:num:{tail}"
+
     def webhook_foreign(self, gateway: str) -> str:
         return f"{self.prefix}:webhook:foreign:{gateway}"
 
@@ -101,6 +110,9 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
+
+    def batches(self) -> str:
+        return f"{self.prefix}:batches"
 
     def batch_chunks(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:chunks"

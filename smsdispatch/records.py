@@ -5,6 +5,12 @@ A record is the answer to "what happened to message X?": it outlives Celery's re
 Every write takes an optional pipeline so a caller can group it with a ledger change atomically.
 The scripts are smsdispatch/lua/records_*.lua; the update the ledger's scripts also carry out is
 lua/lib/update_record.lua, and a record's result read back in a script lua/lib/record_result.lua.
+
+Messages are also filed by the last NUMBER_INDEX_DIGITS digits of their number (`by_number`, for the
+status page's search): a sorted set per four digits, written by the same script that writes the number
+(the producer's `create`, a worker's `sending` update: lua/lib/index_number.lua), so it costs no round
+trip, and trimmed to RECORD_TTL like the records it points to. The alternative, scanning every record's
+`to`, reads the whole keyspace for one search.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ import redis
 
 from . import scripts
 from .keys import Keys
-from .redisclient import RawHash, text
+from .redisclient import RawHash, members, text
+
+#: How many trailing digits of a number the index files a message under; a search needs at least these.
+NUMBER_INDEX_DIGITS = 4
+#: A search by number reads at most this many of the newest entries of its index, a page at a time.
+NUMBER_SEARCH_SCAN = 2000
+_SCAN_PAGE = 200
+#: What a list of messages (a search's results) reads of each record.
+LISTED_FIELDS = ("message_id", "status", "to", "payload", "gateway", "created_at", "updated_at", "batch_id",
+                 "idempotency_key", "error")
 
 
 class MessageStatus(str, Enum):
@@ -51,10 +66,11 @@ def now() -> float:
 @dataclass(frozen=True)
 class RecordUpdate:
     """An update's KEYS and ARGV, for a script that calls update_record (lua/lib/update_record.lua).
-    From `prepared`, one whole update: keys (record, history, gateway-id or '', inflight, pending) and
-    args (ttl, now, message id, status, history entry, fields JSON, pending). From `prepared_many`,
-    the part many updates share (keys: inflight, pending; args: ttl, now) and each message's own part
-    (keys: record, history, gateway-id or ''; args: the five from message id on)."""
+    From `prepared`, one whole update: keys (record, history, gateway-id or '', number index or '',
+    inflight, pending) and args (ttl, now, message id, status, history entry, fields JSON, pending).
+    From `prepared_many`, the part many updates share (keys: inflight, pending; args: ttl, now) and each
+    message's own part (keys: record, history, gateway-id or '', number index or ''; args: the five from
+    message id on)."""
     keys: list[str]
     args: list
 
@@ -73,15 +89,19 @@ class Records:
         self._advance = scripts.register(client, "records_advance")
         self._update_many = scripts.register(client, "records_update_many")
 
-    def create(self, message_id: str, fields: dict[str, Any], *, note: str = "", not_before: float | None = None) -> bool:
+    def create(self, message_id: str, fields: dict[str, Any], *, note: str = "", not_before: float | None = None,
+               number: object = None) -> bool:
         """Write a new `queued` record; a no-op (False) when the message already has one. A message
-        published with an ETA (`not_before`) is not due to the sweeper before its ETA + the grace."""
+        published with an ETA (`not_before`) is not due to the sweeper before its ETA + the grace.
+        `number`: the number as the producer gave it, filed in the number index (not yet normalised:
+        its last digits are the same)."""
         at = now()
         fields = {"message_id": message_id, "status": MessageStatus.QUEUED.value,
                   "created_at": at, "updated_at": at, "attempts": 0, **fields}
         entry = _entry(MessageStatus.QUEUED, at, note)
         flat = [x for kv in _encode(fields).items() for x in kv]
-        keys = [self.keys.message(message_id), self.keys.history(message_id), self.keys.pending()]
+        keys = [self.keys.message(message_id), self.keys.history(message_id), self.keys.pending(),
+                self._number_index(number)]
         deadline = max(at, not_before or 0) + self.queued_grace if self.queued_grace is not None else ""
         return bool(self._create(keys=keys, args=[self.ttl, entry, deadline, message_id, *flat]))
 
@@ -106,7 +126,7 @@ class Records:
                              "the gateway that accepted it")
         return RecordUpdate(
             [self.keys.message(message_id), self.keys.history(message_id),
-             self.keys.gateway_id(fields["gateway"], gwid) if gwid else ""],
+             self.keys.gateway_id(fields["gateway"], gwid) if gwid else "", self._number_index(fields.get("to"))],
             [message_id, status.value, _entry(status, at, note, fields.get("error")),
              json.dumps(_encode(fields), ensure_ascii=False), pending])
 
@@ -153,6 +173,38 @@ class Records:
             return text(legacy)
         return None
 
+    def _number_index(self, number: object) -> str:
+        """The index key a message to `number` is filed under; '' when it has too few digits to file."""
+        tail = number_tail(number)
+        return self.keys.number_index(tail) if tail else ""
+
+    def by_number(self, digits: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest records (at most `limit`) whose number ends in `digits` (at least
+        NUMBER_INDEX_DIGITS of them; other characters are ignored), newest first, with the fields of
+        LISTED_FIELDS. Reads the index newest first, a page at a time, with the candidates' fields in
+        one pipeline per page, up to NUMBER_SEARCH_SCAN entries; an entry whose record has gone is skipped."""
+        wanted = ascii_digits(digits)
+        tail = number_tail(wanted)
+        if tail is None:
+            return []
+        found: list[dict[str, Any]] = []
+        for start in range(0, NUMBER_SEARCH_SCAN, _SCAN_PAGE):
+            ids = members(self.redis.zrevrange(self.keys.number_index(tail), start, start + _SCAN_PAGE - 1))
+            pipe = self.redis.pipeline(transaction=False)
+            for message_id in ids:
+                pipe.hmget(self.keys.message(message_id), *LISTED_FIELDS)
+            for values in pipe.execute() if ids else []:
+                record = _decode({k.encode(): v for k, v in zip(LISTED_FIELDS, values, strict=True) if v is not None})
+                payload = record.get("payload")
+                number = record.get("to") or (payload.get("to") if isinstance(payload, dict) else None)
+                if record and isinstance(number, str) and ascii_digits(number).endswith(wanted):
+                    found.append(record)
+                    if len(found) >= limit:
+                        return found
+            if len(ids) < _SCAN_PAGE:
+                break
+        return found
+
     def gateway_of(self, message_id: str) -> str | None:
         """The gateway a message went through (last tried, or the one that accepted it)."""
         found = self.redis.hget(self.keys.message(message_id), "gateway")
@@ -196,8 +248,22 @@ class Records:
         record = _decode(raw) if raw else None
         return None if record is None else {f: record.get(f) for f in RESULT_FIELDS}
 
-    def dead_letters(self) -> list[str]:
-        return [text(x) for x in self.redis.lrange(self.keys.dead_letters(), 0, -1)]
+    def dead_letters(self, newest: int | None = None) -> list[str]:
+        """The dead-lettered message ids, oldest first (only the `newest` ones, if given)."""
+        return [text(x) for x in self.redis.lrange(self.keys.dead_letters(), -newest if newest else 0, -1)]
+
+
+def number_tail(number: object) -> str | None:
+    """The last NUMBER_INDEX_DIGITS digits of a number, or None if it has fewer (or is no string)."""
+    if not isinstance(number, str):
+        return None
+    digits = ascii_digits(number)
+    return digits[-NUMBER_INDEX_DIGITS:] if len(digits) >= NUMBER_INDEX_DIGITS else None
+
+
+def ascii_digits(text: str) -> str:
+    """The digits 0-9 of a text, in order (``"+998 90 123-45-67"`` → ``"998901234567"``)."""
+    return "".join(c for c in text if "0" <= c <= "9")
 
 
 def _entry(status: MessageStatus, at: float, note: str, error: dict | None = None) -> str:

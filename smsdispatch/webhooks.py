@@ -18,6 +18,9 @@ nothing, and is logged, counted in ``sms:webhook:foreign:<gateway>`` and in the 
 Payloads are read by the parser each gateway's spec declares (gateways/registry.py; built-ins: Eskiz's
 report, JSON or form, one per request; SMS.CX `dlr_update` with up to 200 reports; DevSMS undocumented,
 inferred to relay Eskiz's fields), each with that gateway's own status map.
+
+Other apps share the port under a path prefix of their own (`mounts`): /status, the status page
+(statuspage/), when its credentials are set.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -66,13 +69,17 @@ def reports(gateway: str, body: dict[str, Any]) -> list[registry.Report]:
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, records: Records) -> None:
+    def __init__(self, settings: Settings, records: Records, mounts: Mapping[str, Callable] | None = None) -> None:
         self.settings, self.records = settings, records
+        self.mounts = dict(mounts or {})        # path prefix -> WSGI app served there instead
         # current first, then the old ones still accepted during a rotation
         self.secrets = {g: [x.encode() for x in settings.accepted_webhook_secrets(g)]
                         for g in registry.webhook_names()}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        mounted = self._mounted(environ)
+        if mounted is not None:
+            return mounted(environ, start_response)
         try:
             status, body = self.handle(environ)
         except redis.RedisError as e:      # the store, not the report: let the gateway call again
@@ -85,6 +92,16 @@ class Webhooks:
         data = json.dumps(body).encode()
         start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
         return [data]
+
+    def _mounted(self, environ: dict) -> Callable | None:
+        """The mounted app a path belongs to, with the prefix moved from PATH_INFO to SCRIPT_NAME."""
+        path = environ.get("PATH_INFO", "")
+        for prefix, app in self.mounts.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+                environ["PATH_INFO"] = path[len(prefix):]
+                return app
+        return None
 
     def handle(self, environ: dict) -> tuple[str, dict]:
         parts = [p for p in environ.get("PATH_INFO", "").split("/") if p]
@@ -218,9 +235,11 @@ def serve(app: Callable, host: str, port: int, *, threads: int = 8, connection_l
 
 
 def make_app(settings: Settings | None = None) -> Webhooks:
+    from . import statuspage
     from .worker import app
     runtime = app.runtime
-    return Webhooks(settings or runtime.settings, runtime.dispatcher.records)
+    page = statuspage.make(runtime)
+    return Webhooks(settings or runtime.settings, runtime.dispatcher.records, {"/status": page} if page else None)
 
 
 def __getattr__(name: str):

@@ -1,10 +1,11 @@
 -- ledger_finish_many: many outcomes in one call (Ledger.finish_many, a batch's settled messages): each
 -- record's update and its entry done.
--- requires: update_record
+-- requires: index_number, update_record
 -- KEYS[1] inflight index
 -- KEYS[2] pending index
 -- KEYS[3] dead letters list
--- KEYS[4..] per message, four: its ledger entry, record, history, gateway-id key ('' = none)
+-- KEYS[4..] per message, five: its ledger entry, record, history, gateway-id key ('' = none), number index
+--   ('' = none)
 -- ARGV[1] reopenable (0/1)
 -- ARGV[2] dead letter (0/1)
 -- ARGV[3] the records' ttl (0 = keep)
@@ -14,8 +15,8 @@
 local ttl, at = tonumber(ARGV[3]), ARGV[4]
 local n = (#ARGV - 4) / 5
 for m = 0, n - 1 do
-  local k, a = 4 + 4 * m, 5 + 5 * m
-  update_record(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[1], KEYS[2], ttl, at, unpack(ARGV, a, a + 4))
+  local k, a = 4 + 5 * m, 5 + 5 * m
+  update_record(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[1], KEYS[2], ttl, at, unpack(ARGV, a, a + 4))
   redis.call('HSET', KEYS[k], 'state', 'done', 'reopenable', ARGV[1])
   if ARGV[2] == '1' then redis.call('RPUSH', KEYS[3], ARGV[a]) end
 end

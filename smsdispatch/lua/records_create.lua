@@ -1,8 +1,10 @@
 -- records_create: write a new `queued` record only if it is absent (Records.create), so a duplicate
 -- producer never rewinds a sent message.
+-- requires: index_number
 -- KEYS[1] the record hash
 -- KEYS[2] its history list
 -- KEYS[3] pending index
+-- KEYS[4] number index of the message's number ('' = none)
 -- ARGV[1] ttl (0 = keep)
 -- ARGV[2] history entry (JSON)
 -- ARGV[3] sweep deadline ('' = none)
@@ -14,6 +16,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('RPUSH', KEYS[2], ARGV[2])
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) end
 local ttl = tonumber(ARGV[1])
+if KEYS[4] ~= '' then index_number(KEYS[4], ttl, redis.call('HGET', KEYS[1], 'created_at'), ARGV[4]) end
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)

@@ -285,3 +285,25 @@ def test_a_redis_failure_before_the_calls_gives_back_the_gateway_slots(batches, 
     with pytest.raises(redis_lib.ConnectionError):
         b.run_chunk("bs", 0, submission="s1")
     assert b.d.slots.in_use("bstub") == 0 and stub.calls == []
+
+
+def test_stored_batches_are_listed_newest_first_and_their_entries_read_back_with_message_ids(batches, redis_client):
+    stub = BatchStub(max_batch=3)
+    b = batches(stub)
+    b.store("older", entries(2), gateway="stub", sender=None, idempotency_key=None, submission="s0")
+    batch = entries(10)
+    batch[5]["idempotency_key"] = "own-key"
+    chunks = b.store("newer", batch, gateway="stub", sender=None, idempotency_key="nk", submission="s1")
+    redis_client.zadd(b.keys.batches(), {"expired-since": 1.0})       # listed, its hash gone
+    assert [x["batch_id"] for x in b.recent()] == ["newer", "older"]
+    assert [x["batch_id"] for x in b.recent(limit=1)] == ["newer"]
+
+    run_all(b, "newer", "s1", chunks)
+    read = b.entries("newer", 3, 4)                  # across the first two chunks (4 entries each)
+    assert [n for n, _, _ in read] == [3, 4, 5, 6]
+    assert read[2][2] == batch[5]
+    for _, message_id, entry in read:
+        assert b.d.records.get(message_id)["to"] == entry["to"]       # the ids run_chunk gave them
+    assert [n for n, _, _ in b.entries("newer", 8, 50)] == [8, 9]           # the last chunk, short
+    assert b.entries("newer", 10, 5) == [] and b.entries("nope", 0, 5) == []
+    assert 0 < redis_client.ttl(b.keys.batches()) <= b.settings.record_ttl

@@ -138,3 +138,18 @@ def test_the_retired_count_setting_is_refused_with_what_replaced_it(monkeypatch)
     monkeypatch.setenv("SMSDISPATCH_CIRCUIT_FAILURES", "5")
     with pytest.raises(ConfigError, match="SMSDISPATCH_CIRCUIT_FAILURES is no longer read.*CIRCUIT_FAILURE_RATE"):
         load_settings(redis_url="redis://unused:6379/0")
+
+
+def test_a_snapshot_reads_the_window_and_the_state_without_changing_them(circuits):
+    calls(circuits, ok=3, failed=1, at=T - 20)                 # two windows ago: no longer counted
+    calls(circuits, ok=5, failed=2, at=T)
+    snap = circuits.snapshot("eskiz", now=T + 1)
+    assert (snap.state, snap.calls, snap.failures, snap.open_until) == ("closed", 7, 2, None)
+    assert circuits.snapshot("eskiz", now=T + 1) == snap
+    open_it(circuits, at=T + 2)
+    assert circuits.snapshot("eskiz", now=T + 3).state == "open"
+    assert circuits.snapshot("eskiz", now=T + 3).open_until == T + 2 + 30
+    assert circuits.allow("eskiz", now=T + 40).probe
+    half = circuits.snapshot("eskiz", now=T + 40)
+    assert (half.state, half.probes) == ("half-open", 1)
+    assert circuits.snapshot("never-called", now=T) == circuits.snapshot("never-called", now=T + 1)

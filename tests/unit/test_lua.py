@@ -106,8 +106,8 @@ def test_every_script_the_code_loads_exists_and_every_file_is_loaded():
 
 def test_a_script_is_its_libraries_then_itself():
     source = scripts.source("ledger_finish")
-    assert scripts.requires(_text("ledger_finish")) == ["update_record", "record_result", "store_result",
-                                                         "circuit_record"]
+    assert scripts.requires(_text("ledger_finish")) == ["index_number", "update_record", "record_result",
+                                                         "store_result", "circuit_record"]
     positions = [source.index(f"-- library {lib}:") for lib in scripts.requires(_text("ledger_finish"))]
     assert positions == sorted(positions) and source.endswith(_text("ledger_finish"))
     assert "%(" not in source
@@ -143,3 +143,17 @@ def test_the_built_package_carries_the_scripts(tmp_path):
                     "--build-lib", str(out)], cwd=src, check=True, capture_output=True)
     built = {p.relative_to(out / "smsdispatch").as_posix() for p in (out / "smsdispatch" / "lua").rglob("*.lua")}
     assert built == {f"lua/{n}.lua" for n in SCRIPTS} | {f"lua/lib/{n}.lua" for n in LIBRARIES}
+
+
+def test_a_library_that_calls_another_comes_after_it_in_every_script():
+    """A library calling another library's function (update_record calls index_number) only works where
+    the script requires that one too, and earlier."""
+    defined = {lib: re.search(r"^local function (\w+)", (LUA / "lib" / f"{lib}.lua").read_text(), re.M).group(1)
+               for lib in LIBRARIES}
+    for name in SCRIPTS:
+        required = scripts.requires(_text(name))
+        for n, lib in enumerate(required):
+            body = _body((LUA / "lib" / f"{lib}.lua").read_text(encoding="utf-8"))
+            for other, function in defined.items():
+                if other != lib and re.search(rf"\b{function}\(", body):
+                    assert other in required[:n], f"{name}: {lib} calls {function}, so must require {other} first"

@@ -85,3 +85,35 @@ def test_update_many_writes_exactly_what_update_writes(redis_client):
         assert redis_client.ttl("b:msg:m1") > 0 and redis_client.ttl("b:msg:m1:history") > 0
     assert redis_client.get("b:gwid:eskiz:g-1") == b"m2"    # both messages got id g-1; the later wins
     assert one.by_gateway_id("eskiz", "g-1") == "m1"
+
+
+# --- the number index (the status page's search by the last digits of a number) ---
+
+def test_a_message_is_found_by_the_last_digits_of_its_number_written_with_its_record(redis_client):
+    records = Records(redis_client, Keys("t"), ttl=1000)
+    records.create("queued-only", {"payload": {"to": "+998 90 123-45-67"}}, number="+998 90 123-45-67")
+    records.update_many([("sent", MessageStatus.SENDING, "", {"to": "+998901114567", "attempts": 1}),
+                         ("other", MessageStatus.SENDING, "", {"to": "+998901119999", "attempts": 1})])
+    assert {r["message_id"] for r in records.by_number("4567")} == {"queued-only", "sent"}
+    assert [r["message_id"] for r in records.by_number("234567")] == ["queued-only"]
+    assert [r["message_id"] for r in records.by_number("+998 90 111-45-67")] == ["sent"]
+    assert records.by_number("567") == [] and records.by_number("0000") == []
+    found = records.by_number("1114567")[0]
+    assert found["to"] == "+998901114567" and found["status"] == "sending"
+    assert 0 < redis_client.ttl(Keys("t").number_index("4567")) <= 1000
+
+
+def test_the_number_index_drops_what_has_expired_and_skips_records_gone(redis_client):
+    records = Records(redis_client, Keys("t"), ttl=100)
+    index = Keys("t").number_index("4567")
+    redis_client.zadd(index, {"long-gone": 1.0})                # filed more than RECORD_TTL ago
+    records.update("m1", MessageStatus.SENDING, to="+998901234567")
+    assert redis_client.zrange(index, 0, -1) == [b"m1"]
+    redis_client.zadd(index, {"deleted-by-hand": 2e9})
+    assert [r["message_id"] for r in records.by_number("4567")] == ["m1"]
+
+
+def test_an_update_without_a_number_touches_no_index(redis_client):
+    records = Records(redis_client, Keys("t"))
+    records.update("m1", MessageStatus.FAILED, error={"code": "x", "message": "y"})
+    assert redis_client.keys("t:num:*") == []
