@@ -7,7 +7,7 @@ COPY requirements.lock ./
 RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY smsdispatch ./smsdispatch
-# The package itself: its dependencies (with the flower extra) are all in the lock already.
+# The package itself: its dependencies (with the flower and metrics extras) are all in the lock already.
 RUN pip install --no-deps --no-build-isolation . && useradd --system --uid 10001 smsdispatch
 USER smsdispatch
 CMD ["celery", "-A", "smsdispatch.worker", "worker", "--pool", "threads", "--concurrency", "20", "--loglevel", "INFO"]

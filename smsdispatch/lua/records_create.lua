@@ -3,6 +3,7 @@
 -- KEYS[1] the record hash
 -- KEYS[2] its history list
 -- KEYS[3] pending index
+-- KEYS[4] the metrics hash: `enqueued` counts a record created (metrics.py)
 -- ARGV[1] ttl (0 = keep)
 -- ARGV[2] history entry (JSON)
 -- ARGV[3] sweep deadline ('' = none)
@@ -18,4 +19,5 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
+redis.call('HINCRBY', KEYS[4], 'enqueued', 1)
 return 1
