@@ -1,7 +1,8 @@
 """Delivery-report webhooks: a small WSGI app for Eskiz, DevSMS and SMS.CX callbacks.
 
 Mount `smsdispatch.webhooks:application` under any WSGI server, or run `smsdispatch webhooks` (waitress,
-see `serve`). Routes: ``POST /<gateway>/<secret>`` where gateway is eskiz, devsms or smscx. None of the
+see `serve`). Routes: ``POST /<gateway>/<secret>`` where gateway is eskiz, devsms or smscx, and the
+operators' pages (pages.py: ``GET /metrics``, ``GET /healthz``), dispatched first, by path. None of the
 three signs its callbacks (docs/gateways/: eskiz, devsms, smscx), so the secret in the URL we hand them is what
 authenticates a report: each gateway has its own (WEBHOOK_SECRETS, else WEBHOOK_SECRET), and during a
 rotation the old ones listed in WEBHOOK_OLD_SECRETS are accepted too. A wrong or missing secret answers
@@ -25,7 +26,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -66,13 +67,19 @@ def reports(gateway: str, body: dict[str, Any]) -> list[registry.Report]:
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, records: Records) -> None:
+    def __init__(self, settings: Settings, records: Records,
+                 pages: Mapping[str, Callable[[dict, Callable], Iterable[bytes]]] | None = None) -> None:
+        """`pages`: WSGI apps by path served besides the reports (pages.py: /metrics, /healthz)."""
         self.settings, self.records = settings, records
         # current first, then the old ones still accepted during a rotation
         self.secrets = {g: [x.encode() for x in settings.accepted_webhook_secrets(g)]
                         for g in registry.webhook_names()}
+        self.pages = dict(pages or {})
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        page = self.pages.get(environ.get("PATH_INFO", ""))
+        if page is not None:        # one path part: never a report's /<gateway>/<secret>
+            return page(environ, start_response)
         try:
             status, body = self.handle(environ)
         except redis.RedisError as e:      # the store, not the report: let the gateway call again
@@ -218,9 +225,10 @@ def serve(app: Callable, host: str, port: int, *, threads: int = 8, connection_l
 
 
 def make_app(settings: Settings | None = None) -> Webhooks:
+    from .pages import pages
     from .worker import app
     runtime = app.runtime
-    return Webhooks(settings or runtime.settings, runtime.dispatcher.records)
+    return Webhooks(settings or runtime.settings, runtime.dispatcher.records, pages=pages(runtime))
 
 
 def __getattr__(name: str):

@@ -189,6 +189,9 @@ def _configure(app: Celery, settings: Settings) -> None:
         # Task events go out in batches, every 0.1 s (task_events.py), not one publish per event.
         worker_consumer="smsdispatch.task_events:Consumer",
         worker_hijack_root_logger=True,
+        # beat records every pass of its loop in Redis (beat.py, for health.py), and wakes often enough
+        # that an idle beat still does so well within BEAT_STALE_AFTER
+        beat_scheduler="smsdispatch.beat:Scheduler", beat_max_loop_interval=settings.beat_stale_after / 4,
     )
 
 
