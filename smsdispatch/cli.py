@@ -18,8 +18,8 @@ import redis
 
 from .errors import SmsDispatchError
 from .health import CHECKS, PING_TIMEOUT
+from .logs import install as install_logging
 from .phone import mask
-from .redact import install as install_redaction
 
 OK_STATUSES = ("accepted", "delivered")
 #: Where `smsdispatch metrics` listens by default.
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"seconds a worker has to answer (default {PING_TIMEOUT:g})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    install_redaction(logging.getLogger())     # numbers and credentials masked in every line we print
+    # numbers and credentials masked in every line we print; JSON lines with SMSDISPATCH_LOG_FORMAT=json
+    install_logging(logging.getLogger(), _log_format())
     try:
         if args.command in ("demo", "dev"):
             from .devtools import demo, stack
@@ -98,6 +99,15 @@ def _line_buffered() -> None:
 def _runtime():
     from .worker import app
     return app.runtime
+
+
+def _log_format() -> str:
+    """SMSDISPATCH_LOG_FORMAT; text when the settings cannot be read (the command then says why)."""
+    from .config import load_settings
+    try:
+        return load_settings().log_format
+    except SmsDispatchError:
+        return "text"
 
 
 def _print(data: Any) -> None:
