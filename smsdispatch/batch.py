@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from . import scripts
+from . import logs, scripts
 from .dispatch import Dispatcher, Route, message_id_for
 from .errors import (
     AmbiguousError,
@@ -552,7 +552,7 @@ class Batches:
         except (GatewayError, redis.RedisError) as e:   # a Redis error: our token store failed, nothing sent
             return e
         except Exception as e:  # a bug or an unexpected library error: the call may have gone out
-            log.exception("batch call to %s failed unexpectedly", gw.name)
+            log.exception("batch call to %s failed unexpectedly", gw.name, extra=logs.fields(gateway=gw.name))
             return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
         finally:
             self.d.slots.release(gw.name)              # taken by _admit
@@ -603,7 +603,7 @@ class Batches:
         moved = []
         for i, _ in by_action[Action.FAILOVER]:
             log.info("batch %s message %s: %s did not send it (%s); failing over", batch_id, i.message_id, gw.name,
-                     code)
+                     code, extra=logs.fields(i.message_id, gateway=gw.name, attempt=i.attempts, status="sending"))
             following = i.next_route()
             assert following is not None, "the policy fails over only where a next gateway exists"
             i.use(following)

@@ -85,11 +85,11 @@ class Circuits:
         the ledger's finish)."""
         return ([self.keys.circuit(gateway), self.keys.circuit_calls(gateway)],
                 [repr(now), int(failed), int(probe), self.window, self.min_calls, self.rate, self.cooloff,
-                 self.probes])
+                 self.probes, gateway])
 
     def record(self, gateway: str, *, now: float, failed: bool, probe: bool = False) -> Recorded:
         keys, args = self.record_args(gateway, now=now, failed=failed, probe=probe)
-        return parse_recorded(self._record(keys=keys, args=args))
+        return parse_recorded(self._record(keys=[*keys, self.keys.metrics()], args=args))
 
     def failure(self, gateway: str, *, now: float, probe: bool = False) -> bool:
         """Count a failed call; True if it opened the circuit."""

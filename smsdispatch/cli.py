@@ -14,11 +14,16 @@ import sys
 import time
 from typing import Any
 
+import redis
+
 from .errors import SmsDispatchError
+from .health import CHECKS, PING_TIMEOUT
+from .logs import install as install_logging
 from .phone import mask
-from .redact import install as install_redaction
 
 OK_STATUSES = ("accepted", "delivered")
+#: Where `smsdispatch metrics` listens by default.
+METRICS_PORT = 9755
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +62,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="open connections at most; more wait in the listen backlog (default 1000)")
     p.add_argument("--channel-timeout", type=float, default=10.0,
                    help="seconds a connection may stay silent before it is closed (default 10)")
+    p = sub.add_parser("metrics", help="serve /metrics (Prometheus) and /healthz, or print the metrics once")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=METRICS_PORT, help=f"(default {METRICS_PORT})")
+    p.add_argument("--once", action="store_true", help="print the metrics in Prometheus's text format and exit")
+    p = sub.add_parser("health", help="check Redis, workers and beat; exit 0 if healthy, 1 if not")
+    p.add_argument("checks", nargs="*", metavar="CHECK", help=f"any of {', '.join(CHECKS)} (default: all)")
+    p.add_argument("--node", help="the worker that must answer the ping, e.g. celery@$HOSTNAME (default: any)")
+    p.add_argument("--timeout", type=float, default=PING_TIMEOUT,
+                   help=f"seconds a worker has to answer (default {PING_TIMEOUT:g})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    install_redaction(logging.getLogger())     # numbers and credentials masked in every line we print
+    # numbers and credentials masked in every line we print; JSON lines with SMSDISPATCH_LOG_FORMAT=json
+    install_logging(logging.getLogger(), _log_format())
     try:
         if args.command in ("demo", "dev"):
             from .devtools import demo, stack
@@ -84,6 +99,15 @@ def _line_buffered() -> None:
 def _runtime():
     from .worker import app
     return app.runtime
+
+
+def _log_format() -> str:
+    """SMSDISPATCH_LOG_FORMAT; text when the settings cannot be read (the command then says why)."""
+    from .config import load_settings
+    try:
+        return load_settings().log_format
+    except SmsDispatchError:
+        return "text"
 
 
 def _print(data: Any) -> None:
@@ -236,8 +260,49 @@ def _webhooks(args) -> int:
     return 0
 
 
+def _metrics(args) -> int:
+    from .metrics import Metrics
+    from .pages import Pages, pages
+    from .webhooks import serve
+
+    routes = pages(_runtime())
+    if args.once:
+        metrics = routes["/metrics"]
+        assert isinstance(metrics, Metrics)
+        try:
+            sys.stdout.buffer.write(metrics.exposition())
+        except ImportError:
+            print("smsdispatch: metrics need prometheus_client: pip install 'smsdispatch[metrics]'", file=sys.stderr)
+            return 2
+        except redis.RedisError as e:
+            print(f"smsdispatch: Redis cannot be read: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    def listening(port: int) -> None:
+        print(f"smsdispatch metrics listening on http://{args.host}:{port}/metrics (and /healthz)", flush=True)
+    serve(Pages(routes), args.host, args.port, threads=4, on_listening=listening)
+    return 0
+
+
+def _health(args) -> int:
+    from .health import Health
+    from .pages import pages
+
+    unknown = [c for c in args.checks if c not in CHECKS]
+    if unknown:
+        print(f"smsdispatch: unknown check {', '.join(unknown)}; known: {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
+    health = pages(_runtime())["/healthz"]
+    assert isinstance(health, Health)
+    healthy, answer = health.run(dict.fromkeys(args.checks or CHECKS), node=args.node, timeout=args.timeout)
+    _print(answer)
+    return 0 if healthy else 1
+
+
 COMMANDS = {"send": _send, "webhooks": _webhooks, "batch": _batch, "status": _status, "batch-status": _batch_status,
-            "balance": _balance, "dead-letters": _dead_letters, "cancel": _cancel}
+            "balance": _balance, "dead-letters": _dead_letters, "cancel": _cancel, "metrics": _metrics,
+            "health": _health}
 
 
 if __name__ == "__main__":

@@ -204,6 +204,14 @@ class Settings(BaseSettings):
     smspm_base_url: str = "https://api.smspm.com"
     smspm_sender: str = "SMSPM.com"
 
+    # --- observability: log lines, health (metrics.py, health.py, logs.py, beat.py) ---
+    #: "text", or "json": one JSON object per line, with message_id, gateway, attempt and status as fields
+    #: where they apply, every field redacted (logs.py). Worker, beat, the CLI and the webhook server.
+    log_format: Literal["text", "json"] = "text"
+    #: Beat records each pass of its loop in Redis with this TTL (beat.py): a beat that has not ticked
+    #: for this long is unhealthy (health.py). Beat wakes at least every quarter of it.
+    beat_stale_after: float = Field(60.0, ge=2)
+
     @field_serializer("redis_url")
     def _masked_redis_url(self, value: str) -> str:
         return redact_url(value)

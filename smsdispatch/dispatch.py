@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 
+from . import logs
 from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .celery_results import Results, ResultSlot
 from .circuit import Circuits, Verdict, describe
@@ -226,7 +227,7 @@ class Dispatcher:
         try:
             request, routes, fp = self.prepare(kwargs, message_id)
         except ValidationError as e:
-            log.info("message %s rejected: %s", message_id, e)
+            log.info("message %s rejected: %s", message_id, e, extra=logs.fields(message_id, status="failed"))
             return Outcome(self.reject(message_id, task_id, kwargs, "validation", str(e)))
 
         usable, skipped = self.available(routes)
@@ -311,7 +312,7 @@ class Dispatcher:
         # a claim left `claimed` (its worker died mid-call) or `ambiguous`: a call may have gone out
         maybe_sent = bool(record.get("maybe_sent")) or state in ("claimed", "ambiguous")
         log.error("message %s: task %s handed out %d times without finishing; dead-lettered as a poison message",
-                  message_id, task_id, deliveries)
+                  message_id, task_id, deliveries, extra=logs.fields(message_id, status="failed"))
         return self._write_outcome(message_id, key, self.results.slot(task_id) if store_result else None,
                                    MessageStatus.FAILED, dead_letter=True, reopenable=not maybe_sent,
                             maybe_sent=int(maybe_sent), task_id=task_id, error=_error(
@@ -373,7 +374,8 @@ class Dispatcher:
             return self._finish(job, MessageStatus.UNKNOWN, maybe_sent=1, error=_error(
                 "unknown", f"may have been sent; cannot check at {gw.name}: {e}")), None
         if found.found:
-            log.info("message %s reconciled: %s had accepted it", job.message_id, gw.name)
+            log.info("message %s reconciled: %s had accepted it", job.message_id, gw.name,
+                     extra=logs.fields(job.message_id, gateway=gw.name, status="accepted"))
             status = found.status if found.status in (MessageStatus.DELIVERED, MessageStatus.FAILED) \
                 else MessageStatus.ACCEPTED
             return self._finish(job, status, gateway_message_id=found.gateway_message_id, error=None,
@@ -437,15 +439,16 @@ class Dispatcher:
                 walk.skipped.append(busy)
                 return None
             return self._wait(job, 0.5 + self.rng.uniform(0, 1), busy, attempts=walk.attempts)
-        called = self._call(job, route, probe)
+        called = self._call(job, route, probe, walk.attempts)
         if isinstance(called, Outcome):
             return called
         return self._call_failed(job, route, called, walk, probe=probe, following=following, pinned=pinned)
 
-    def _call(self, job: _Job, route: Route, probe: bool) -> Outcome | GatewayError | redis.RedisError:
+    def _call(self, job: _Job, route: Route, probe: bool, attempt: int) -> Outcome | GatewayError | redis.RedisError:
         """The gateway call, in the slot taken for it (given back here): the recorded outcome when the
         gateway accepts the message, else the error for the policy to judge. An unexpected exception
-        (a bug, a library's surprise) counts as ambiguous: the message may have been sent."""
+        (a bug, a library's surprise) counts as ambiguous: the message may have been sent. `attempt`:
+        its number, for the log line."""
         gw = route.gateway
         started = time.monotonic()
         try:
@@ -453,12 +456,14 @@ class Dispatcher:
         except (GatewayError, redis.RedisError) as e:
             return e
         except Exception as e:
-            log.exception("message %s: unexpected error from %s", job.message_id, gw.name)
+            log.exception("message %s: unexpected error from %s", job.message_id, gw.name,
+                          extra=logs.fields(job.message_id, gateway=gw.name, attempt=attempt))
             return AmbiguousError(f"unexpected: {e!r}"[:300], gateway=gw.name)
         else:
             slow = time.monotonic() - started > self.settings.circuit_slow_call
             log.info("message %s to %s accepted by %s as %s", job.message_id, mask(job.request.to), gw.name,
-                     accepted.gateway_message_id)
+                     accepted.gateway_message_id, extra=logs.fields(job.message_id, gateway=gw.name, attempt=attempt,
+                                                                    status="accepted"))
             return self._finish(job, MessageStatus.ACCEPTED, gateway_message_id=accepted.gateway_message_id,
                                 gateway=gw.name, error=None, pinned_gateway=None, call=(gw.name, slow, probe))
         finally:
@@ -478,7 +483,7 @@ class Dispatcher:
         walk.skipped.append(f"{gw.name}: {_code(error)}: {error}" + ("" if decision.health is Health.ANSWERED
                                                                       else "; not sent"))
         log.info("message %s: %s did not send it (%s); failing over to %s", job.message_id, gw.name, _code(error),
-                 following)
+                 following, extra=logs.fields(job.message_id, gateway=gw.name, attempt=walk.attempts, status="sending"))
         walk.last_error = _error(_code(error), str(error))
         return None
 
@@ -540,9 +545,10 @@ class Dispatcher:
         if recorded.event == "opened":
             log.warning("circuit of %s opened: %s; skipped for %gs", gw.name,
                         describe(recorded, self.settings.circuit_window) if not probe else "a probe failed",
-                        self.settings.circuit_cooloff)
+                        self.settings.circuit_cooloff, extra=logs.fields(gateway=gw.name))
         elif recorded.event == "closed":
-            log.warning("circuit of %s closed: %d probes went through", gw.name, self.settings.circuit_probes)
+            log.warning("circuit of %s closed: %d probes went through", gw.name, self.settings.circuit_probes,
+                        extra=logs.fields(gateway=gw.name))
 
     def _after(self, job: _Job, route: Route, attempt: int, e: GatewayError | redis.RedisError, decision: Decision,
                skipped: list[str], *, probe: bool, maybe_sent: bool) -> Outcome:
@@ -551,7 +557,8 @@ class Dispatcher:
         gw = route.gateway
         error = _error(_code(e), str(e))
         if decision.action is Action.FAIL:       # the gateway answered: counted with the outcome
-            log.info("message %s to %s failed at %s: %s", job.message_id, mask(job.request.to), gw.name, e)
+            log.info("message %s to %s failed at %s: %s", job.message_id, mask(job.request.to), gw.name, e,
+                     extra=logs.fields(job.message_id, gateway=gw.name, attempt=attempt, status="failed"))
             return self._finish(job, MessageStatus.FAILED, error=error, maybe_sent=int(maybe_sent),
                                 note=_with_skips("", skipped), call=(gw.name, False, probe))
         self.count_call(gw, e, decision, probe)
@@ -563,7 +570,8 @@ class Dispatcher:
         reconcile = decision.action is Action.RECONCILE
         self.ledger.release(job.key, job.claim.owner, ambiguous=reconcile)
         delay = self.backoff(attempt, e)
-        log.info("message %s: %s on attempt %d; retry in %.1fs", job.message_id, _code(e), attempt, delay)
+        log.info("message %s: %s on attempt %d; retry in %.1fs", job.message_id, _code(e), attempt, delay,
+                 extra=logs.fields(job.message_id, gateway=gw.name, attempt=attempt, status="retrying"))
         note = f"attempt {attempt} via {gw.name} failed; retry in {delay:.1f}s" + (
             "; will check the gateway first" if reconcile else f"; stays on {gw.name}" if decision.pin else "")
         self.records.update(job.message_id, MessageStatus.RETRYING, error=error, maybe_sent=int(maybe_sent),
@@ -605,9 +613,10 @@ class Dispatcher:
         values, event = self.ledger.finish(key, update, reopenable=reopenable, dead_letter=dead_letter,
                                            result=result, circuit=circuit)
         if call is not None and event == "closed":
-            log.warning("circuit of %s closed: %d probes went through", call[0], self.settings.circuit_probes)
+            log.warning("circuit of %s closed: %d probes went through", call[0], self.settings.circuit_probes,
+                        extra=logs.fields(gateway=call[0]))
         elif call is not None and event == "opened":
-            log.warning("circuit of %s opened: a slow call", call[0])
+            log.warning("circuit of %s opened: a slow call", call[0], extra=logs.fields(gateway=call[0]))
         return Outcome(self.records.result_from_fields(values), stored=result is not None)
 
     def reject(self, record_id: str, task_id: str, kwargs: dict, code: str, reason: str) -> dict:

@@ -32,6 +32,11 @@ With the default prefix ``sms`` the schema is (read it with redis-cli):
     sms:rate:<gateway>                 hash   token bucket: tokens, ts, factor, slow_until (ratelimit.py)
     sms:workers                        zset   consuming worker processes by their last heartbeat (redis_transport.py)
     sms:worker:<owner>:unacked         set    delivery tags of the messages one worker process holds unacknowledged
+    sms:metrics                        hash   counters for Prometheus, written by the Lua scripts a message passes
+                                              through anyway (metrics.py lists every field)
+    sms:beat                           string the time of celery beat's last tick, expiring after BEAT_STALE_AFTER
+                                              (beat.py writes it, health.py reads it)
+    sms:health                         string written by each health check: Redis takes writes (health.py; 60 s)
 
 Every key expires (RECORD_TTL, IDEMPOTENCY_TTL or a short TTL of its own) except those in
 `WITHOUT_TTL`, each bounded otherwise, as said there (tests/unit/test_keys.py checks it after a run).
@@ -59,6 +64,8 @@ WITHOUT_TTL = {
     "rem:due": "one member per scheduled reminder, removed when it is released",
     "rem:inflight": "one member per reminder being published, removed once it is",
     "workers": "one member per consuming worker process, removed when another finds it dead (redis_transport.py)",
+    "metrics": "one field per counter, gateway and status (metrics.py: a few hundred at most); counters must "
+               "not expire (Prometheus would read a reset)",
 }
 
 
@@ -134,6 +141,15 @@ class Keys:
 
     def worker_unacked(self, owner: str) -> str:
         return f"{self.prefix}:worker:{owner}:unacked"
+
+    def metrics(self) -> str:
+        return f"{self.prefix}:metrics"
+
+    def beat(self) -> str:
+        return f"{self.prefix}:beat"
+
+    def health(self) -> str:
+        return f"{self.prefix}:health"
 
     def gateway_token(self, gateway: str, account: str) -> str:
         return f"{self.prefix}:gw:{gateway}:{account}:token"

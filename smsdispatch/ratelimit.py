@@ -52,8 +52,8 @@ class RateLimiter:
         rate = self.limits.get(gateway)
         if rate is None:
             return Permit(True, 0.0)
-        granted, wait = self._acquire(keys=[self.keys.rate_bucket(gateway)],
-                                      args=[repr(now), rate, self.burst(gateway), n, max_wait])
+        granted, wait = self._acquire(keys=[self.keys.rate_bucket(gateway), self.keys.metrics()],
+                                      args=[repr(now), rate, self.burst(gateway), n, max_wait, gateway])
         return Permit(bool(granted), float(wait))
 
     def slow_down(self, gateway: str, *, now: float, retry_after: float | None) -> float | None:

@@ -67,10 +67,10 @@ def now() -> float:
 class RecordUpdate:
     """An update's KEYS and ARGV, for a script that calls update_record (lua/lib/update_record.lua).
     From `prepared`, one whole update: keys (record, history, gateway-id or '', number index or '',
-    inflight, pending) and args (ttl, now, message id, status, history entry, fields JSON, pending).
-    From `prepared_many`, the part many updates share (keys: inflight, pending; args: ttl, now) and each
-    message's own part (keys: record, history, gateway-id or '', number index or ''; args: the five from
-    message id on)."""
+    inflight, pending, metrics) and args (ttl, now, message id, status, history entry, fields JSON,
+    pending). From `prepared_many`, the part many updates share (keys: inflight, pending, metrics; args:
+    ttl, now) and each message's own part (keys: record, history, gateway-id or '', number index or '';
+    args: the five from message id on)."""
     keys: list[str]
     args: list
 
@@ -101,7 +101,7 @@ class Records:
         entry = _entry(MessageStatus.QUEUED, at, note)
         flat = [x for kv in _encode(fields).items() for x in kv]
         keys = [self.keys.message(message_id), self.keys.history(message_id), self.keys.pending(),
-                self._number_index(number)]
+                self._number_index(number), self.keys.metrics()]
         deadline = max(at, not_before or 0) + self.queued_grace if self.queued_grace is not None else ""
         return bool(self._create(keys=keys, args=[self.ttl, entry, deadline, message_id, *flat]))
 
@@ -140,7 +140,7 @@ class Records:
         """Many updates for a ledger step (Ledger.finish_many): the part they share (index keys; ttl,
         time) and each message's own part, in order."""
         at = now()
-        return (RecordUpdate([self.keys.inflight(), self.keys.pending()], [self.ttl, at]),
+        return (RecordUpdate([self.keys.inflight(), self.keys.pending(), self.keys.metrics()], [self.ttl, at]),
                 [self.update_args(message_id, status, note, fields, at) for message_id, status, note, fields in updates])
 
     def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
@@ -158,7 +158,8 @@ class Records:
         at = now()
         flat = [x for kv in _encode(fields).items() for x in kv]
         return bool(self._advance(
-            keys=[self.keys.message(message_id), self.keys.history(message_id), self.keys.inflight()],
+            keys=[self.keys.message(message_id), self.keys.history(message_id), self.keys.inflight(),
+                  self.keys.metrics()],
             args=[message_id, status.value, at, _entry(status, at, note, fields.get("error")), *flat]))
 
     def by_gateway_id(self, gateway: str, gateway_message_id: str) -> str | None:

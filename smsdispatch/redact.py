@@ -16,13 +16,16 @@ What is masked:
 - a JSON Web Token (a gateway's bearer token), with or without "Bearer";
 - the value of a credential in a URL's query (`?hash=…&token=…`), and a bearer or basic credential
   (`Authorization: Bearer …`).
-Exception tracebacks attached to a record are masked the same way.
+Exception tracebacks attached to a record are masked the same way, and so is every field a log call
+passes with `extra=` (message ids, gateways, Celery's `data`: whatever they hold; logs.py's JSON lines
+show them).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from urllib.parse import quote
 
 from .phone import mask
@@ -116,12 +119,38 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """`redact` applied to every string inside a value (dicts, lists, tuples); a number that reads as a
+    phone number becomes its masked string. Other values are returned as they are."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        masked = redact(str(value))
+        return value if masked == str(value) else masked
+    if depth >= _MAX_DEPTH:
+        return "<…>"
+    if isinstance(value, dict):
+        return {k: redact_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_value(v, depth + 1) for v in value]
+    return redact(str(value))
+
+
+#: The attributes every LogRecord has; any other came with the call's `extra=` (a field).
+STANDARD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
 class RedactPhones(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, ()
+        for name, value in list(vars(record).items()):      # the fields given with `extra=`, masked alike
+            if name not in STANDARD_FIELDS and value is not None:
+                setattr(record, name, redact_value(value))
         if record.exc_info and not record.exc_text:
             # Formatters use exc_text when it is set: format the traceback once, masked.
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -1,7 +1,8 @@
 """Delivery-report webhooks: a small WSGI app for Eskiz, DevSMS and SMS.CX callbacks.
 
 Mount `smsdispatch.webhooks:application` under any WSGI server, or run `smsdispatch webhooks` (waitress,
-see `serve`). Routes: ``POST /<gateway>/<secret>`` where gateway is eskiz, devsms or smscx. None of the
+see `serve`). Routes: ``POST /<gateway>/<secret>`` where gateway is eskiz, devsms or smscx, and the
+operators' pages (pages.py: ``GET /metrics``, ``GET /healthz``), dispatched first, by path. None of the
 three signs its callbacks (docs/gateways/: eskiz, devsms, smscx), so the secret in the URL we hand them is what
 authenticates a report: each gateway has its own (WEBHOOK_SECRETS, else WEBHOOK_SECRET), and during a
 rotation the old ones listed in WEBHOOK_OLD_SECRETS are accepted too. A wrong or missing secret answers
@@ -19,8 +20,8 @@ Payloads are read by the parser each gateway's spec declares (gateways/registry.
 report, JSON or form, one per request; SMS.CX `dlr_update` with up to 200 reports; DevSMS undocumented,
 inferred to relay Eskiz's fields), each with that gateway's own status map.
 
-Other apps share the port under a path prefix of their own (`mounts`): /status, the status page
-(statuspage/), when its credentials are set.
+Other apps share the port under a path prefix of their own (`mounts`): /metrics and /healthz
+(pages.py), and /status, the status page (statuspage/), when its credentials are set.
 """
 
 from __future__ import annotations
@@ -69,7 +70,11 @@ def reports(gateway: str, body: dict[str, Any]) -> list[registry.Report]:
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, records: Records, mounts: Mapping[str, Callable] | None = None) -> None:
+    def __init__(self, settings: Settings, records: Records,
+                 mounts: Mapping[str, Callable[[dict, Callable], Iterable[bytes]]] | None = None) -> None:
+        """`mounts`: WSGI apps by path prefix, served at that path and under it instead of the reports
+        (make_app: pages.py's /metrics and /healthz, statuspage/'s /status). A report's path has two
+        parts, `/<gateway>/<secret>`; a mount's prefix is never a gateway's name."""
         self.settings, self.records = settings, records
         self.mounts = dict(mounts or {})        # path prefix -> WSGI app served there instead
         # current first, then the old ones still accepted during a rotation
@@ -236,10 +241,14 @@ def serve(app: Callable, host: str, port: int, *, threads: int = 8, connection_l
 
 def make_app(settings: Settings | None = None) -> Webhooks:
     from . import statuspage
+    from .pages import pages
     from .worker import app
     runtime = app.runtime
-    page = statuspage.make(runtime)
-    return Webhooks(settings or runtime.settings, runtime.dispatcher.records, {"/status": page} if page else None)
+    mounts = pages(runtime)                 # /metrics, /healthz
+    page = statuspage.make(runtime)         # /status, when its credentials are set
+    if page is not None:
+        mounts["/status"] = page
+    return Webhooks(settings or runtime.settings, runtime.dispatcher.records, mounts)
 
 
 def __getattr__(name: str):

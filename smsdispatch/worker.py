@@ -29,8 +29,8 @@ from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .config import Settings, load_settings, settings_from
 from .dispatch import Dispatcher
 from .errors import ConfigError
+from .logs import install as install_logging
 from .polling import Poller
-from .redact import install as install_redaction
 from .redisclient import connect
 from .reminders import NewReminder, Reminders
 from .tasks import (
@@ -189,6 +189,9 @@ def _configure(app: Celery, settings: Settings) -> None:
         # Task events go out in batches, every 0.1 s (task_events.py), not one publish per event.
         worker_consumer="smsdispatch.task_events:Consumer",
         worker_hijack_root_logger=True,
+        # beat records every pass of its loop in Redis (beat.py, for health.py), and wakes often enough
+        # that an idle beat still does so well within BEAT_STALE_AFTER
+        beat_scheduler="smsdispatch.beat:Scheduler", beat_max_loop_interval=settings.beat_stale_after / 4,
     )
 
 
@@ -229,8 +232,17 @@ def _check_redis(sender=None, **_) -> None:
 
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
-def _redact_worker_logs(logger: logging.Logger, **_) -> None:
-    install_redaction(logger)
+def _worker_logs(logger: logging.Logger, **_) -> None:
+    """Every log line of worker and beat redacted, and as JSON with LOG_FORMAT=json (logs.py)."""
+    install_logging(logger, _log_format())
+
+
+def _log_format() -> str:
+    """The default app's LOG_FORMAT (the app `celery -A` runs), else the environment's."""
+    try:
+        return (_default.runtime.settings if _default is not None else load_settings()).log_format
+    except ConfigError:         # the worker stops on it with its own message; log lines stay text
+        return "text"
 
 
 _default_lock = threading.Lock()

@@ -9,7 +9,8 @@
 -- KEYS[5] number index of the update ('' = none)
 -- KEYS[6] inflight index
 -- KEYS[7] pending index
--- KEYS[8..] the circuit hash of each gateway of the route; KEYS[8] that of the gateway the update names
+-- KEYS[8] the metrics hash (the update's counts: lib/update_record.lua)
+-- KEYS[9..] the circuit hash of each gateway of the route; KEYS[9] that of the gateway the update names
 --   (the update is not written while it is open)
 -- ARGV[1..7] the claim's: fingerprint, message id, owner, now (ms), lease (ms), entry ttl (s), submission
 -- ARGV[8] '1' to write the update on a first attempt, else '0'
@@ -23,14 +24,14 @@ local r = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(
 if ARGV[8] == '1' and r[4] == 1 then
   local attempts = redis.call('HGET', KEYS[2], 'attempts')
   if (not attempts or attempts == '0' or attempts == '')
-     and (#KEYS < 8 or redis.call('HEXISTS', KEYS[8], 'open_until') == 0) then
-    update_record(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[9]), ARGV[10],
+     and (#KEYS < 9 or redis.call('HEXISTS', KEYS[9], 'open_until') == 0) then
+    update_record(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], tonumber(ARGV[9]), ARGV[10],
                   unpack(ARGV, 11, 15))
     r[4] = 2
   end
 end
 local circuits = {}
-for i = 8, #KEYS do circuits[#circuits + 1] = redis.call('HGET', KEYS[i], 'open_until') end
+for i = 9, #KEYS do circuits[#circuits + 1] = redis.call('HGET', KEYS[i], 'open_until') end
 r[5] = redis.call('HMGET', KEYS[2], unpack(ARGV, 16))
 r[6] = circuits
 return r

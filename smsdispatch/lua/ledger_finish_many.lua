@@ -3,8 +3,9 @@
 -- requires: index_number, update_record
 -- KEYS[1] inflight index
 -- KEYS[2] pending index
--- KEYS[3] dead letters list
--- KEYS[4..] per message, five: its ledger entry, record, history, gateway-id key ('' = none), number index
+-- KEYS[3] the metrics hash (the updates' counts, the dead letters')
+-- KEYS[4] dead letters list
+-- KEYS[5..] per message, five: its ledger entry, record, history, gateway-id key ('' = none), number index
 --   ('' = none)
 -- ARGV[1] reopenable (0/1)
 -- ARGV[2] dead letter (0/1)
@@ -15,9 +16,14 @@
 local ttl, at = tonumber(ARGV[3]), ARGV[4]
 local n = (#ARGV - 4) / 5
 for m = 0, n - 1 do
-  local k, a = 4 + 5 * m, 5 + 5 * m
-  update_record(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[1], KEYS[2], ttl, at, unpack(ARGV, a, a + 4))
+  local k, a = 5 + 5 * m, 5 + 5 * m
+  update_record(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[1], KEYS[2], KEYS[3], ttl, at,
+                unpack(ARGV, a, a + 4))
   redis.call('HSET', KEYS[k], 'state', 'done', 'reopenable', ARGV[1])
-  if ARGV[2] == '1' then redis.call('RPUSH', KEYS[3], ARGV[a]) end
+  if ARGV[2] == '1' then
+    redis.call('RPUSH', KEYS[4], ARGV[a])
+    local gw = redis.call('HGET', KEYS[k + 1], 'gateway')
+    redis.call('HINCRBY', KEYS[3], 'dead_letters|' .. ((gw and gw ~= '') and gw or 'none'), 1)
+  end
 end
 return n

@@ -5,6 +5,7 @@
 -- KEYS[2] its history list
 -- KEYS[3] pending index
 -- KEYS[4] number index of the message's number ('' = none)
+-- KEYS[5] the metrics hash: `enqueued` counts a record created (metrics.py)
 -- ARGV[1] ttl (0 = keep)
 -- ARGV[2] history entry (JSON)
 -- ARGV[3] sweep deadline ('' = none)
@@ -21,4 +22,5 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
+redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
 return 1

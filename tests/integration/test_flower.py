@@ -29,6 +29,10 @@ def test_flower_lists_a_finished_send_sms_with_the_number_masked(redis_url, fake
         assert task["name"] == "smsdispatch.send_sms"
         assert "+998*******67" in task["kwargs"] and "998901234567" not in str(task)
         assert requests.get(f"{flower.url}/api/tasks", timeout=5).status_code == 401   # no anonymous API
+        # what compose's health check of Flower asks, without credentials; and Flower's own /metrics,
+        # also served without them (README: keep its port on loopback)
+        assert requests.get(f"{flower.url}/healthcheck", timeout=5).text == "OK"
+        assert "flower_events_total" in requests.get(f"{flower.url}/metrics", timeout=5).text
     finally:
         worker.stop()
         flower.stop()

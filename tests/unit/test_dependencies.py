@@ -86,3 +86,34 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_prometheus_client_is_an_extra_that_dev_and_the_image_include():
+    assert "prometheus-client" not in REQUIRES
+    assert [Requirement(r).name for r in EXTRAS["metrics"]] == ["prometheus-client"]
+    assert "smsdispatch[metrics]" in EXTRAS["dev"]
+    pins = dict(re.findall(r"^([a-z0-9_.-]+)==(\S+)", LOCK, re.MULTILINE))
+    assert Requirement(EXTRAS["metrics"][0]).specifier.contains(pins["prometheus-client"])
+    assert "--extra metrics" in LOCK
+
+
+def test_the_package_runs_without_prometheus_client_and_says_what_metrics_need():
+    code = BLOCK_FLOWER.replace('("flower", "tornado")', '("prometheus_client",)') + """
+import os, pkgutil, importlib, django, smsdispatch
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.djangoproject.settings"     # as the test above, for contrib
+django.setup()
+for m in pkgutil.walk_packages(smsdispatch.__path__, "smsdispatch."):
+    importlib.import_module(m.name)
+import fakeredis
+from smsdispatch.config import load_settings
+from smsdispatch.keys import Keys
+from smsdispatch.metrics import Metrics
+seen = []
+body = b"".join(Metrics(fakeredis.FakeRedis(), Keys(), load_settings())(
+    {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET"}, lambda status, headers: seen.append(status)))
+assert seen == ["501 Not Implemented"] and b"smsdispatch[metrics]" in body, (seen, body)
+assert not [m for m in sys.modules if m.split(".")[0] == "prometheus_client"]
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

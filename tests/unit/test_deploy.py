@@ -1,5 +1,6 @@
 """The deployment files say what the README promises (docker-compose config checks the syntax in CI)."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -11,10 +12,33 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 
 
-def test_the_four_services_restart_by_themselves():
-    assert set(SERVICES) == {"redis", "worker", "beat", "flower"}
+def test_the_services_restart_by_themselves():
+    assert set(SERVICES) == {"redis", "worker", "beat", "flower", "metrics", "webhooks"}
     for name, service in SERVICES.items():
         assert service.get("restart") in ("unless-stopped", "always"), name
+
+
+def test_every_service_has_a_health_check_of_its_own():
+    checks = {name: " ".join(s["healthcheck"]["test"]) for name, s in SERVICES.items()}
+    assert set(checks) == set(SERVICES)
+    assert 'smsdispatch health workers --node "celery@$$HOSTNAME"' in checks["worker"]     # its own node
+    assert "smsdispatch health beat" in checks["beat"]
+    assert "5555/healthcheck" in checks["flower"]
+    for name in ("metrics", "webhooks"):        # only what the server needs itself: Redis
+        assert "/healthz?check=redis" in checks[name], name
+    for name in ("worker", "beat"):             # Docker reserves exit code 2, our CLI's usage error
+        assert checks[name].endswith("|| exit 1"), name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^HEALTHCHECK .*\\\n\s+CMD smsdispatch health workers --node "celery@\$HOSTNAME" \|\| exit 1$',
+                     dockerfile, re.MULTILINE)
+
+
+def test_the_receiver_runs_only_when_asked_and_the_pages_listen_on_loopback():
+    assert SERVICES["webhooks"]["profiles"] == ["webhooks"]       # it needs a secret: opt in
+    assert SERVICES["metrics"]["ports"] == ["127.0.0.1:9755:9755"]
+    assert SERVICES["webhooks"]["ports"] == ["127.0.0.1:8080:8080"]
+    env = SERVICES["worker"]["environment"]      # passed on only when set: "" would fail validation
+    assert env["SMSDISPATCH_WEBHOOK_SECRET"] is None and env["SMSDISPATCH_WEBHOOK_BASE_URL"] is None
 
 
 def test_redis_keeps_an_append_only_file_and_never_evicts():

@@ -1,19 +1,22 @@
 -- library circuit_record: count one gateway call's result for its circuit (circuit.py).
--- circuit_record(ckey, skey, now, failed, probe, window, min_calls, rate, cooloff, probes)
---   ckey: the circuit hash; skey: its calls hash (ten time buckets of `c<bucket>` / `f<bucket>`).
+-- circuit_record(ckey, skey, metrics, gateway, now, failed, probe, window, min_calls, rate, cooloff, probes)
+--   ckey: the circuit hash; skey: its calls hash (ten time buckets of `c<bucket>` / `f<bucket>`);
+--   metrics: the metrics hash, where each opening counts in `circuit_opens|<gateway>` (metrics.py).
 --   Returns {event, failures, calls}: event 'opened' (this result opened or re-opened the circuit),
 --   'closed' (the last probe closed it) or ''.
-local function circuit_open(ckey, skey, now, cooloff)
+local function circuit_open(ckey, skey, metrics, gateway, now, cooloff)
+  redis.call('HINCRBY', metrics, 'circuit_opens|' .. gateway, 1)
   redis.call('HSET', ckey, 'open_until', now + cooloff, 'probes', 0, 'probe_ok', 0, 'probe_until', 0)
   redis.call('EXPIRE', ckey, math.ceil(cooloff * 4 + 60))
   redis.call('DEL', skey)
 end
-local function circuit_record(ckey, skey, now, failed, probe, window, min_calls, rate, cooloff, probes)
+local function circuit_record(ckey, skey, metrics, gateway, now, failed, probe, window, min_calls, rate, cooloff,
+                              probes)
   local open_until = tonumber(redis.call('HGET', ckey, 'open_until'))
   if open_until then
     if not probe or now < open_until then return {'', 0, 0} end
     if failed then
-      circuit_open(ckey, skey, now, cooloff)
+      circuit_open(ckey, skey, metrics, gateway, now, cooloff)
       return {'opened', 1, 1}
     end
     if redis.call('HINCRBY', ckey, 'probe_ok', 1) >= probes then
@@ -40,7 +43,7 @@ local function circuit_record(ckey, skey, now, failed, probe, window, min_calls,
     end
   end
   if calls >= min_calls and fails * 100 >= rate * calls then
-    circuit_open(ckey, skey, now, cooloff)
+    circuit_open(ckey, skey, metrics, gateway, now, cooloff)
     return {'opened', fails, calls}
   end
   return {'', fails, calls}
