@@ -20,6 +20,13 @@ ends before Redis comes back is still lost; so a channel whose connection kombu 
 released answers with a connection error (which the worker ignores) instead of kombu's AttributeError
 (which stopped the worker, and with it every message it held in memory).
 
+Messages held when the connection died: a channel that closes (its connection lost) gives back the
+messages it took and did not finish (prefetched, not yet started), by tag from the unacked hash. With
+Redis gone (killed, restarting, or a primary being replaced) that fails, and kombu left them in the
+unacked hash for the visibility timeout: an hour by default, for messages nobody works on. Our QoS
+remembers their tags instead, and the next channel that reaches Redis gives them back the same way
+(kombu's transactional restore: a no-op for a tag already acknowledged or restored).
+
 A dead worker's messages come back in seconds. kombu puts a message that a worker took and never
 acknowledged back on its queue only after the visibility timeout (an hour by default): a worker
 killed by the OOM killer, a lost node or `docker kill` held its running and prefetched messages
@@ -62,7 +69,11 @@ log = logging.getLogger("smsdispatch.redis_transport")
 #: (payload, exchange, routing key) of messages this process took off a queue and could not record as
 #: unacknowledged, waiting for a channel that reaches Redis to put them back.
 _taken_not_recorded: list[tuple[dict, str, str]] = []
+#: Delivery tags of messages a channel held when its connection died and could not give back then.
+_held_when_lost: list[str] = []
 _taken_lock = threading.Lock()
+#: What a Redis that cannot be reached raises (MasterNotFoundError, behind Sentinel, is a ConnectionError).
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Liveness:
@@ -173,6 +184,20 @@ class QoS(kombu_redis.QoS):
                         "a channel reaches Redis again, then put back on its queue")
             raise
 
+    def restore_unacked(self, client=None):
+        """kombu's give-back of the messages this channel holds unfinished (when it closes); if Redis
+        cannot be reached, their tags wait for the next channel that reaches it (see the module's
+        docstring) instead of the visibility timeout."""
+        try:
+            return super().restore_unacked(client)
+        except _UNREACHABLE as e:
+            tags = [str(tag) for tag in self._delivered]
+            self._delivered.clear()
+            with _taken_lock:
+                _held_when_lost.extend(tags)
+            log.warning("could not give back %d unfinished message(s) as the connection closed (%s); a channel that "
+                        "reaches Redis again gives them back", len(tags), e)
+
     def _append(self, message, delivery_tag) -> None:
         """kombu's append (the unacked entry and its index, one pipeline), with the tag also in this
         process's own set, in the same pipeline."""
@@ -214,6 +239,7 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)       # it pings Redis: this channel reaches it
         self._put_back_taken()
+        self._give_back_held()
 
     def _put_back_taken(self) -> None:
         with _taken_lock:
@@ -234,6 +260,28 @@ class Channel(kombu_redis.Channel):
                         "the next channel", len(taken), e)
             return
         log.warning("put back %d message(s) taken off a queue but not recorded before Redis failed", len(taken))
+
+    def _give_back_held(self) -> None:
+        """The messages a channel held when its connection died (QoS.restore_unacked), back on their
+        queues, at the head, by tag."""
+        with _taken_lock:
+            held = list(_held_when_lost)
+            _held_when_lost.clear()
+        if not held:
+            return
+        done = 0
+        try:
+            with self.conn_or_acquire() as client:
+                for tag in held:
+                    self.qos.restore_by_tag(tag, client, leftmost=True)
+                    done += 1
+        except redis.RedisError as e:
+            with _taken_lock:
+                _held_when_lost[:0] = held[done:]
+            log.warning("could not give back %d message(s) held when the connection died (%s); trying again with "
+                        "the next channel", len(held) - done, e)
+            return
+        log.warning("gave back %d message(s) a channel held unfinished when its connection died", len(held))
 
     @contextmanager
     def conn_or_acquire(self, client=None):
