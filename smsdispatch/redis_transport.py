@@ -43,6 +43,14 @@ ledger makes that safe, as it does for the visibility timeout.
 Used by `worker.create_app` as the broker transport (``broker_transport``) for ``redis://`` URLs
 (``rediss://`` and ``unix://`` keep kombu's own, which takes its TLS defaults from the scheme);
 every other kombu behaviour is unchanged.
+
+Behind Sentinel (``sentinel://`` URLs, sentinel.py), `SentinelTransport` is kombu's Sentinel transport
+with the same channel: kombu's SentinelChannel finds the primary through the Sentinels, ours adds the
+above. All of it matters more during a failover than at any other time: the BRPOP that took a message
+from the primary that then died is the "taken, not recorded" case, and every worker that loses its
+connection at once must not stop for kombu's AttributeError. Messages a dead worker held come back in
+seconds as above; the heartbeats and the per-process tag sets live on the new primary as soon as it
+takes writes (what the old one had not passed on is beaten again within a fifth of WORKER_LOST_AFTER).
 """
 
 from __future__ import annotations
@@ -301,3 +309,15 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's SentinelChannel (the pool of the primary the Sentinels name) with our channel's client
+    reuse, heartbeats and restores."""
+
+    from_transport_options = tuple(dict.fromkeys(  # type: ignore[assignment]
+        Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options))
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
