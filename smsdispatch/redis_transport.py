@@ -21,11 +21,12 @@ released answers with a connection error (which the worker ignores) instead of k
 (which stopped the worker, and with it every message it held in memory).
 
 Messages held when the connection died: a channel that closes (its connection lost) gives back the
-messages it took and did not finish (prefetched, not yet started), by tag from the unacked hash. With
-Redis gone (killed, restarting, or a primary being replaced) that fails, and kombu left them in the
-unacked hash for the visibility timeout: an hour by default, for messages nobody works on. Our QoS
-remembers their tags instead, and the next channel that reaches Redis gives them back the same way
-(kombu's transactional restore: a no-op for a tag already acknowledged or restored).
+messages it took and did not finish (prefetched, not yet started), by tag from the unacked hash, and
+a task that hands its message back (a reject with requeue) does the same. With Redis gone (killed,
+restarting, or a primary being replaced) that fails, and kombu left them in the unacked hash for the
+visibility timeout: an hour by default, for messages nobody works on. Our QoS remembers their tags
+instead, and the next channel that reaches Redis gives them back the same way (kombu's transactional
+restore: a no-op for a tag already acknowledged or restored).
 
 A dead worker's messages come back in seconds. kombu puts a message that a worker took and never
 acknowledged back on its queue only after the visibility timeout (an hour by default): a worker
@@ -206,6 +207,20 @@ class QoS(kombu_redis.QoS):
             log.warning("could not give back %d unfinished message(s) as the connection closed (%s); a channel that "
                         "reaches Redis again gives them back", len(tags), e)
 
+    def reject(self, delivery_tag, requeue=False):
+        """kombu's reject; a requeue that cannot reach Redis (a task handing its message back while Redis
+        is away) is given back by the next channel that reaches Redis, as restore_unacked's are."""
+        try:
+            return super().reject(delivery_tag, requeue=requeue)
+        except _UNREACHABLE as e:
+            if not requeue:
+                raise
+            virtual.QoS.ack(self, delivery_tag)       # no longer held by this channel
+            with _taken_lock:
+                _held_when_lost.append(str(delivery_tag))
+            log.warning("could not put a message back on its queue (%s); a channel that reaches Redis again "
+                        "does", e)
+
     def _append(self, message, delivery_tag) -> None:
         """kombu's append (the unacked entry and its index, one pipeline), with the tag also in this
         process's own set, in the same pipeline."""
@@ -296,10 +311,12 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
-        if self._pool is None and self.connection.client is None:
+        connection = self.connection
+        if self._pool is None and (connection is None or connection.client is None):
             # The connection was released (kombu clears it before closing the channels, after a lost
-            # connection): a new pool cannot be built. Say so the way a connection error does, which
-            # callers expect, instead of kombu's AttributeError, which stops the worker.
+            # connection), or the channel closed: a new pool cannot be built. Say so the way a
+            # connection error does, which callers expect, instead of kombu's AttributeError, which
+            # stops the worker (seen when a task rejected its message after a failover).
             raise redis.ConnectionError("the channel's connection is closed")
         shared = self._shared_client
         if shared is None or shared.connection_pool is not self.pool:

@@ -53,6 +53,12 @@ def test_a_channel_whose_connection_was_released_raises_a_connection_error(redis
                 pass
         finally:
             channel.connection.client = client
+        connection, channel.connection = channel.connection, None       # the channel itself closed
+        try:
+            with pytest.raises(redis.ConnectionError), channel.conn_or_acquire():
+                pass
+        finally:
+            channel.connection = connection
 
 
 def test_a_message_taken_but_not_recorded_goes_back_on_its_queue(redis_url, monkeypatch):
@@ -105,6 +111,32 @@ def test_messages_a_channel_held_when_its_connection_died_go_back_on_their_queue
         assert again.payload == {"n": 2} and again.headers.get("redelivered") is True
         again.ack()
         assert transport._held_when_lost == [] and not r.hexists("unacked", held.delivery_tag)
+        queue.close()
+
+
+def test_a_message_handed_back_while_redis_is_away_goes_back_on_its_queue_when_it_returns(redis_url, monkeypatch):
+    """A task handing its message back (reject, requeue) while Redis is away: kombu raised and left it in
+    the unacked hash for the visibility timeout; the next channel that reaches Redis gives it back."""
+    name = f"it-requeue-{uuid.uuid4().hex[:8]}"
+    r = redis.Redis.from_url(redis_url)
+
+    def redis_is_gone(qos, tag, client=None, leftmost=False):
+        raise redis.ConnectionError("Error 111 connecting")
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)
+        queue.put({"n": 3})
+        message = queue.get(timeout=5)
+        monkeypatch.setattr(transport.QoS, "restore_by_tag", redis_is_gone)
+        message.reject(requeue=True)                 # no error: it is remembered
+        monkeypatch.undo()
+        assert transport._held_when_lost == [message.delivery_tag] and r.llen(name) == 0
+        queue.close()
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": 3} and again.headers.get("redelivered") is True
+        again.ack()
+        assert transport._held_when_lost == []
         queue.close()
 
 
