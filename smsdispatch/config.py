@@ -69,11 +69,16 @@ class Settings(BaseSettings):
     allow_unsafe_redis: bool = False
     queue: str = "sms"
 
-    # --- Redis Sentinel (sentinel.py) ---
+    # --- Redis Sentinel, and claims that survive a failover (sentinel.py, ledger.py) ---
     #: With a sentinel:// REDIS_URL: the name the Sentinels monitor the primary under (required then).
     sentinel_master: str | None = None
     #: The Sentinels' own password (requirepass in sentinel.conf); the primary's goes in REDIS_URL.
     sentinel_password: SecretStr | None = None
+    #: Replicas that must hold a claim before its gateway call (Redis WAIT after the claim); 0: off.
+    claim_replicas: int = Field(0, ge=0, le=16)
+    #: Seconds a claim waits for them. Fewer acknowledge it in time: no gateway call, the claim is given
+    #: back and the message runs again shortly, without using an attempt (dispatch.py, batch.py).
+    claim_replica_timeout: float = Field(0.5, gt=0, le=10)
 
     # --- routing and input ---
     #: The gateway for numbers no route matches; "smscx|smspm" lists fallbacks in priority order.
