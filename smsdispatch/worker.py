@@ -242,7 +242,8 @@ def _check_redis(sender=None, **_) -> None:
     if not isinstance(runtime, Runtime):
         return
     try:
-        redischeck.check(runtime.redis, allow_unsafe=runtime.settings.allow_unsafe_redis)
+        redischeck.check(runtime.redis, allow_unsafe=runtime.settings.allow_unsafe_redis,
+                         claim_replicas=runtime.settings.claim_replicas)
     except ConfigError as e:
         log.critical("not starting: %s", e)
         raise SystemExit(f"smsdispatch worker not started: {e}") from None
