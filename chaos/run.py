@@ -3,6 +3,7 @@
     python -m chaos.run                         # scenario failover, 10,000 messages (make chaos runs both)
     python -m chaos.run --ci                    # failover, 800 messages, well under 3 minutes on 2 cores
     python -m chaos.run --scenario single --ci  # single: a baseline run, then the faulty run (make chaos-ci)
+    python -m chaos.run --scenario sentinel --ci  # sentinel: Redis behind Sentinel, the primary killed halfway
 
 Two scenarios. ``--scenario failover`` (the default) is described below. ``--scenario single`` is what
 production met: Eskiz the ONLY gateway (``DEFAULT_GATEWAY=eskiz``, no routes, no failover), a quarter of
@@ -17,6 +18,13 @@ come at shares of the messages that have a final record, or at the same shares o
 the throughput floor would take, whichever is first: while messages are being worked off, in the
 first third of the work (SINGLE_KILL_AT). Besides the checks below it exits 1 when the faulty
 throughput is below 40% of the baseline's (--no-throughput-check skips that).
+
+``--scenario sentinel`` (SentinelChaosRun, sentinel_scenario) is failover's gateways and faults with
+Redis behind Sentinel (a primary, two replicas, three Sentinels; workers, beat and the producer reach it
+through the Sentinels only; CLAIM_REPLICAS=1) and no worker kills: at half the messages published the
+primary is killed with SIGKILL and a replica is promoted; the old primary is started again once that
+happened, and rejoins as a replica. Besides the verdict below it prints the failover's times (kill to
+promotion, kill to the first write through the Sentinels, the gap in acceptances around the kill).
 
 Everything runs on 127.0.0.1 and is started here, nothing is mocked:
 
@@ -78,6 +86,7 @@ from smsdispatch.devtools.fakes.eskiz import FakeEskiz
 from smsdispatch.devtools.fakes.smscx import FakeSmsCx
 from smsdispatch.devtools.processes import BeatProcess, CeleryProcess, WorkerProcess
 from smsdispatch.devtools.redis_server import EmbeddedRedis, find_redis_server
+from smsdispatch.devtools.sentinel import SentinelCluster
 from smsdispatch.dispatch import message_id_for
 from smsdispatch.gateways.smscx import idempotency_id
 from smsdispatch.tasks import SEND_SMS, queue_names
@@ -86,7 +95,7 @@ from smsdispatch.worker import create_app
 ESKIZ_EMAIL, ESKIZ_PASSWORD = "chaos@example.com", "chaos-password-never-logged"
 SMSCX_API_KEY = "chaos-smscx-key"
 TERMINAL = {"accepted", "delivered", "failed", "unknown", "expired"}
-SCENARIOS = ("failover", "single")
+SCENARIOS = ("failover", "single", "sentinel")
 #: How often each kind of chaos fault is drawn, relative to the others. A refusal closes the port for
 #: 0.2-0.5 s and so fails every call in that window: it is drawn less often.
 FAULT_WEIGHTS = {"http_5xx": 0.35, "reset_before": 0.25, "reset_after": 0.35, "refuse": 0.05}
@@ -356,7 +365,7 @@ class ChaosRun:
 
     def start(self) -> None:
         a = self.args
-        self.redis = EmbeddedRedis(appendonly=True).start()
+        redis_url = self.start_redis()
         self.eskiz = FakeEskiz(email=ESKIZ_EMAIL, password=ESKIZ_PASSWORD, balance=10**12).start()
         self.smscx = FakeSmsCx(api_key=SMSCX_API_KEY, balance=10**9).start()
         for gateway, fake in (("eskiz", self.eskiz), ("smscx", self.smscx)):
@@ -369,8 +378,8 @@ class ChaosRun:
                            statuses=SINGLE_STATUSES, slow_seconds=SLOW_SECONDS)
             else:
                 fake.chaos(a.fault_rate, seed=f"{a.seed}-{gateway}", kinds=FAULT_WEIGHTS)
-        self.settings = settings_for(self.redis.url, self.eskiz, self.smscx, self.run, visibility=a.visibility,
-                                     scenario=a.scenario)
+        self.settings = settings_for(redis_url, self.eskiz, self.smscx, self.run, visibility=a.visibility,
+                                     scenario=a.scenario) | self.more_settings()
         values = {k.removeprefix("SMSDISPATCH_").lower(): v for k, v in self.settings.items()}
         self.app = create_app(load_settings(**values))
         self.send_sms = self.app.tasks[SEND_SMS]
@@ -386,8 +395,17 @@ class ChaosRun:
         for proc in [*workers, beat]:
             self.procs.append(proc.start())
         smscx = "unused" if a.scenario == "single" else self.smscx.base_url
-        self.timeline.add(f"{self.label}: redis {self.redis.url} (AOF on), eskiz {self.eskiz.base_url}, smscx {smscx}, "
+        self.timeline.add(f"{self.label}: redis {redis_url} (AOF on), eskiz {self.eskiz.base_url}, smscx {smscx}, "
                           f"workers w1 w2 (threads x{a.concurrency}), beat: up")
+
+    def start_redis(self) -> str:
+        """The Redis of the run; returns its URL (scenario sentinel starts a Sentinel deployment instead)."""
+        self.redis = EmbeddedRedis(appendonly=True).start()
+        return self.redis.url
+
+    def more_settings(self) -> dict[str, str]:
+        """SMSDISPATCH_* a scenario adds to settings_for's."""
+        return {}
 
     def stop_processes(self) -> None:
         """Stop workers and beat (SIGTERM, as compose does): their logs are then complete for the judge."""
@@ -999,20 +1017,160 @@ def save_logs(run: ChaosRun, directory: str) -> None:
     print(f"logs written to {directory}")
 
 
+# --------------------------------------------------------------------------- scenario sentinel
+
+#: Scenario "sentinel": the primary is killed once this share of the messages has been published.
+SENTINEL_KILL_AT = 0.50
+#: ... with this many replicas, of which CLAIM_REPLICAS must hold every claim: one replica may be the
+#: promoted one and the other still acknowledges, so sends need not wait for the old primary to rejoin.
+SENTINEL_REPLICAS, SENTINEL_CLAIM_REPLICAS = 2, 1
+
+
+class SentinelChaosRun(ChaosRun):
+    """Scenario sentinel: Redis behind Sentinel (smsdispatch.devtools.sentinel.SentinelCluster: a primary,
+    two replicas, three Sentinels), every worker, beat and the producer reaching it through the Sentinels
+    only, claims durable on a replica (CLAIM_REPLICAS=1). The gateways and their faults are failover's;
+    no worker is killed. At SENTINEL_KILL_AT of the messages published the primary is killed (SIGKILL)
+    and not restarted until the Sentinels promoted a replica; then it is started again from its AOF, as
+    a restart policy would, and the Sentinels make it a replica of the new primary."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.cluster: SentinelCluster | None = None
+        self.kill_index = max(1, int(args.messages * SENTINEL_KILL_AT))
+        self.failover: dict[str, float] = {}
+
+    def start_redis(self) -> str:
+        self.cluster = SentinelCluster(replicas=SENTINEL_REPLICAS).start()
+        self.redis = self.cluster.primary
+        return self.cluster.url
+
+    def more_settings(self) -> dict[str, str]:
+        assert self.cluster is not None
+        return {"SMSDISPATCH_SENTINEL_MASTER": self.cluster.master,
+                "SMSDISPATCH_CLAIM_REPLICAS": str(SENTINEL_CLAIM_REPLICAS)}
+
+    def publish(self, m: Message) -> None:
+        if m.index == self.kill_index and self.faults:
+            self.in_background(self.fail_over, "sentinel-failover")
+        super().publish(m)
+
+    def fail_over(self) -> None:
+        """Kill the primary; time the Sentinels' promotion and the first write a client of ours gets
+        through; start the old primary again and time its return as a replica."""
+        assert self.cluster is not None
+        client = self.dispatcher.records.redis       # ours: finds the primary through the Sentinels
+        self.redis_up.clear()
+        old = self.cluster.kill_primary()
+        killed = time.monotonic()
+        self.failover["killed_at"] = killed
+        self.timeline.add(f"redis: primary on port {old.port} killed with SIGKILL ({self.kill_index} of "
+                          f"{len(self.messages)} messages published)")
+        new = self.cluster.wait_for_failover(old, timeout=90)
+        self.failover["promoted_s"] = time.monotonic() - killed
+        while True:  # the first write through the Sentinels: polled, nothing to wait on
+            try:
+                client.set(f"chaos:{self.run}:failover-probe", "1", ex=600)
+                break
+            except redis.RedisError:
+                if time.monotonic() - killed > 120:
+                    raise
+                time.sleep(0.01)
+        self.failover["first_write_s"] = time.monotonic() - killed
+        self.stats.redis_down_seconds = round(self.failover["first_write_s"], 1)
+        self.stats.redis_restarts += 1
+        self.redis_up.set()
+        self.timeline.add(f"redis: the Sentinels promoted port {new.port} after {self.failover['promoted_s']:.1f}s; "
+                          f"first write through them {self.failover['first_write_s']:.1f}s after the kill")
+        old.start()                     # a restart policy: back from its AOF, a primary until the Sentinels say
+        self.cluster.wait_for_replicas(SENTINEL_REPLICAS, timeout=120)
+        self.failover["rejoined_s"] = time.monotonic() - killed
+        self.timeline.add(f"redis: the old primary (port {old.port}) is a replica of port {new.port} again, "
+                          f"{self.failover['rejoined_s']:.1f}s after the kill")
+
+    def send_gap(self) -> tuple[float, float]:
+        """(seconds between the last acceptance before the kill and the first after it, the longest gap
+        between two acceptances from the kill to the end), from the fakes' own logs."""
+        killed = self.failover.get("killed_at")
+        assert self.eskiz is not None and self.smscx is not None
+        times = sorted(a.received_at for a in [*self.eskiz.accepted, *self.smscx.accepted])
+        if killed is None or not times:
+            return 0.0, 0.0
+        before = [t for t in times if t <= killed]
+        after = [t for t in times if t > killed]
+        around = (after[0] - before[-1]) if before and after else float("inf")
+        longest = max((b - a for a, b in zip(after, after[1:], strict=False)), default=0.0)
+        return around, max(around, longest)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+def sentinel_scenario(args: argparse.Namespace) -> int:
+    """Scenario sentinel end to end: the run, the judge's verdict (as every scenario's), and the
+    failover's own figures; fails when no failover happened or any message was lost or sent twice."""
+    run = SentinelChaosRun(args)
+    try:
+        run.start()
+        run.produce()
+        statuses = run.drain()
+        elapsed = time.monotonic() - run.timeline.t0
+        run.stop_processes()
+        verdict = judge(run, statuses, elapsed)
+        around, longest = run.send_gap()
+        f = run.failover
+        not_durable = sum(1 for w in run.workers for line in w.lines() if "claim not durable" in line)
+        failed_over = "first_write_s" in f
+        verdict.rows[1:1] = [
+            ("Redis failover: primary killed (SIGKILL), a replica promoted (must be 1)", int(failed_over), False),
+            ("  failovers that did not happen", 0 if failed_over else 1, True),
+            ("  kill -> the Sentinels name a new primary that takes writes (s)", round(f.get("promoted_s", -1), 2), False),
+            ("  kill -> first write through the Sentinels, our client (s)", round(f.get("first_write_s", -1), 2), False),
+            ("  send gap: last acceptance before the kill -> first after (s)", round(around, 2), False),
+            ("  longest gap between two acceptances after the kill (s)", round(longest, 2), False),
+            ("  old primary back as a replica after (s)", round(f.get("rejoined_s", -1), 1), False),
+            (f"  claims not durable (CLAIM_REPLICAS={SENTINEL_CLAIM_REPLICAS}; worker log)", not_durable, False),
+        ]
+        verdict.summary |= {"failover_promoted_s": round(f.get("promoted_s", -1), 2),
+                            "failover_first_write_s": round(f.get("first_write_s", -1), 2),
+                            "send_gap_s": round(around, 2), "longest_gap_after_kill_s": round(longest, 2),
+                            "old_primary_rejoined_s": round(f.get("rejoined_s", -1), 1),
+                            "claims_not_durable": not_durable, "claim_replicas": SENTINEL_CLAIM_REPLICAS,
+                            "replicas": SENTINEL_REPLICAS}
+        ok = print_report(run, verdict) and failed_over
+        if args.logs or not ok:
+            logs = args.logs or tempfile.mkdtemp(prefix="smsdispatch-chaos-sentinel-logs-")
+            save_logs(run, logs)
+            assert run.cluster is not None
+            for node in run.cluster.nodes:          # every node's and Sentinel's own log
+                if (node.dir / "redis.log").exists():
+                    shutil.copy(node.dir / "redis.log", os.path.join(logs, f"redis-{node.port}.log"))
+            for sentinel in run.cluster.sentinels:
+                if (sentinel.dir / "sentinel.log").exists():
+                    shutil.copy(sentinel.dir / "sentinel.log", os.path.join(logs, f"sentinel-{sentinel.port}.log"))
+    finally:
+        run.stop()
+    return 0 if ok else 1
+
+
 # --------------------------------------------------------------------------- main
 
 
 #: Messages per scenario: (full size, CI size).
-SIZES = {"failover": (10_000, 800), "single": (6_000, 800)}
+SIZES = {"failover": (10_000, 800), "single": (6_000, 800), "sentinel": (4_000, 800)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m chaos.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", choices=SCENARIOS, default="failover",
                    help="failover: two gateways, each the other's fallback, circuit tuned (the default); single: "
-                        "Eskiz alone, shipped circuit settings, a fault-free baseline first, then the faulty run")
+                        "Eskiz alone, shipped circuit settings, a fault-free baseline first, then the faulty run; "
+                        "sentinel: Redis behind Sentinel, the primary killed halfway and a replica promoted")
     p.add_argument("--messages", type=int, default=None,
                    help="messages to send (failover: default 10000, 800 with --ci; single: 6000, 800 with --ci; "
+                        "sentinel: 4000, 800 with --ci; "
                         "single sends them twice, baseline then faulty)")
     p.add_argument("--ci", action="store_true", help="the CI size: a few minutes on 2 cores")
     p.add_argument("--per-second", type=float, default=None,
@@ -1135,6 +1293,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.fault_rate:g} ({', '.join(f'{k} {w:g}' for k, w in weights.items())}), visibility timeout "
           f"{args.visibility}s, 2 workers x {args.concurrency} threads + beat"
           + ("; a fault-free baseline run first" if single else ""), flush=True)
+    if args.scenario == "sentinel":
+        return sentinel_scenario(args)
     if not single:
         ok, _, _ = run_once(args)
         return 0 if ok else 1

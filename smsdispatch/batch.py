@@ -266,6 +266,9 @@ class Batches:
         batch_key = meta.get("idempotency_key") or batch_id
         items = self._validate(json.loads(blob), base, batch_key, meta, batch_id, submission, out)
         to_send = self._claim(items, batch_id, submission, out)
+        if any(not i.claimed.durable for i in items if i.claim):
+            self._not_durable([i for i in items if i.claim and i.claim.taken], out)
+            return out
         if poisoned:
             self._poison(to_send + [i for i in items if i.claim and i.claim.answer is Claim.RECONCILE], poisoned,
                          batch_id, submission, out)
@@ -363,6 +366,21 @@ class Batches:
                 self.d.records.reopen(i.message_id, note="batch resubmitted after retries_exhausted")
                 i.attempts = i.lookups = 0
         return [i for i in items if i.claimed.answer in (Claim.CLAIMED, Claim.REOPENED)]
+
+    def _not_durable(self, items: list[_Item], out: ChunkOutcome) -> None:
+        """The chunk's claims reached fewer than CLAIM_REPLICAS replicas in time (Dispatcher.not_durable):
+        no gateway call; each claim is given back as taken (a reconcile stays to be done) and the chunk
+        runs again in 1 to 3 s, without using an attempt."""
+        durability = self.d.ledger.durability
+        acked = items[0].claimed.replicas_acked if items else None
+        delay = 1.0 + self.d.rng.uniform(0, 2)
+        note = (f"claim not durable: {acked} of {durability.replicas} replicas acknowledged it within "
+                f"{durability.timeout:g}s (SMSDISPATCH_CLAIM_REPLICAS); not sent, again in {delay:.1f}s")
+        log.warning("%d messages of a batch chunk: %s", len(items), note)
+        for ambiguous in (False, True):
+            self._release([i for i in items if (i.claimed.answer is Claim.RECONCILE) is ambiguous],
+                          ambiguous=ambiguous, note=note)
+        out.retry_in = _sooner(out.retry_in, delay)
 
     def _stick(self, items: list[_Item], name_of, batch_id: str, submission: str, out: ChunkOutcome) -> list[_Item]:
         """Move each item to the gateway `name_of(item)` names (None: keep its choice); an item whose

@@ -36,6 +36,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from . import sentinel
 from .errors import ConfigError
 from .redact import redact_url, remember_secrets
 
@@ -67,6 +68,17 @@ class Settings(BaseSettings):
     #: true lets it run anyway (a throwaway Redis for tests or a demo).
     allow_unsafe_redis: bool = False
     queue: str = "sms"
+
+    # --- Redis Sentinel, and claims that survive a failover (sentinel.py, ledger.py) ---
+    #: With a sentinel:// REDIS_URL: the name the Sentinels monitor the primary under (required then).
+    sentinel_master: str | None = None
+    #: The Sentinels' own password (requirepass in sentinel.conf); the primary's goes in REDIS_URL.
+    sentinel_password: SecretStr | None = None
+    #: Replicas that must hold a claim before its gateway call (Redis WAIT after the claim); 0: off.
+    claim_replicas: int = Field(0, ge=0, le=16)
+    #: Seconds a claim waits for them. Fewer acknowledge it in time: no gateway call, the claim is given
+    #: back and the message runs again shortly, without using an attempt (dispatch.py, batch.py).
+    claim_replica_timeout: float = Field(0.5, gt=0, le=10)
 
     # --- routing and input ---
     #: The gateway for numbers no route matches; "smscx|smspm" lists fallbacks in priority order.
@@ -220,15 +232,18 @@ class Settings(BaseSettings):
     def _remember_secrets(self) -> Settings:
         """Every secret we hold is masked by redact.py wherever it shows up (a gateway error body that
         echoes our key, a library's message quoting the Redis URL)."""
-        remember_secrets(urlparse(self.redis_url).password,
+        remember_secrets(_url_password(self.redis_url),
                          *(v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr)))
         return self
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
+        if sentinel.is_sentinel(value):
+            sentinel.parse(value)
+            return value
         if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
         return value
 
     @field_validator("key_prefix", "queue")
@@ -391,7 +406,18 @@ class Settings(BaseSettings):
         self._check_status_page()
         self._check_retention()
         self._check_routes()
+        self._check_sentinel()
         return self
+
+    def _check_sentinel(self) -> None:
+        """A sentinel:// URL names no primary by itself: SENTINEL_MASTER does; set without one, it
+        would be ignored."""
+        behind_sentinel = sentinel.is_sentinel(self.redis_url)
+        if behind_sentinel and not self.sentinel_master:
+            raise ValueError("REDIS_URL is a sentinel:// URL: set SENTINEL_MASTER to the name the Sentinels "
+                             "monitor the primary under")
+        if not behind_sentinel and (self.sentinel_master or self.sentinel_password):
+            raise ValueError("SENTINEL_MASTER / SENTINEL_PASSWORD are set but REDIS_URL is not a sentinel:// URL")
 
     def _check_timing(self) -> None:
         """A claim outlives a call; a retry or a reminder ends before Redis hands its message out again."""
@@ -552,6 +578,16 @@ def _check_webhook_secret(secret: str) -> None:
     if not set(secret) <= WEBHOOK_SECRET_CHARS:
         raise ValueError("a webhook secret may hold only A-Z, a-z, 0-9, '_' and '-' (it is part of the callback "
                          "URL's path, where '/', '?' or '#' would cut it)")
+
+
+def _url_password(url: str) -> str | None:
+    """The Redis (data) password a URL carries, if any (for sentinel://, on its first address)."""
+    if sentinel.is_sentinel(url):
+        try:
+            return sentinel.parse(url).password
+        except ValueError:
+            return None
+    return urlparse(url).password
 
 
 def _secret(value: SecretStr | None) -> str:

@@ -48,7 +48,7 @@ from .errors import (
 from .gateways import Gateways
 from .gateways.base import Gateway, OutboundSms
 from .keys import Keys
-from .ledger import Begun, Claim, ClaimResult, Ledger, fingerprint
+from .ledger import Begun, Claim, ClaimResult, Durability, Ledger, fingerprint
 from .phone import mask
 from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
@@ -129,7 +129,8 @@ class Dispatcher:
         self.keys = Keys(settings.key_prefix)
         self.records = Records(client, self.keys, ttl=settings.record_ttl, queued_grace=settings.queued_grace,
                                active_grace=settings.active_grace)
-        self.ledger = Ledger(client, self.keys, lease=settings.claim_lease, ttl=settings.idempotency_ttl)
+        self.ledger = Ledger(client, self.keys, lease=settings.claim_lease, ttl=settings.idempotency_ttl,
+                             durability=Durability(settings.claim_replicas, settings.claim_replica_timeout))
         self.results = Results(client, self.keys, ttl=result_ttl)
         self.gateways = gateways or Gateways(settings, client, self.keys)
         self.circuits = Circuits(client, self.keys, failure_rate=settings.circuit_failure_rate,
@@ -244,6 +245,8 @@ class Dispatcher:
         if begun.claim.answer is Claim.REOPENED:
             self.records.reopen(message_id, note="resubmitted after retries_exhausted: trying again")
             record = dict(record, attempts=0, lookups=0)
+        if not begun.claim.durable:
+            return self.not_durable(job)
         pinned = record.get("pinned_gateway")
         if begun.claim.answer is Claim.RECONCILE:     # an earlier call may have gone out: ask before sending
             record["maybe_sent"] = 1
@@ -530,6 +533,23 @@ class Dispatcher:
         """Not sent, and no call failed: give the claim back and run again after `delay`."""
         self.ledger.release(job.key, job.claim.owner, ambiguous=False)
         self.records.update(job.message_id, MessageStatus.RETRYING, note=f"{why}; again in {delay:.1f}s", **fields)
+        return Outcome(retry_in=delay)
+
+    def not_durable(self, job: _Job) -> Outcome:
+        """The claim reached fewer than CLAIM_REPLICAS replicas within CLAIM_REPLICA_TIMEOUT: a failover
+        now could lose it, and the promoted replica would let another execution claim and send again.
+        So no gateway call: the claim is given back as it was taken (a reconcile stays to be done), the
+        record says why, and the message runs again in 1 to 3 s, without using an attempt (`sending`
+        written by the claim is undone). It waits so, again and again, until the replicas answer."""
+        claim = job.claim
+        self.ledger.release(job.key, claim.owner, ambiguous=claim.answer is Claim.RECONCILE)
+        delay = 1.0 + self.rng.uniform(0, 2)
+        durability = self.ledger.durability
+        why = (f"claim not durable: {claim.replicas_acked} of {durability.replicas} replicas acknowledged it within "
+               f"{durability.timeout:g}s (SMSDISPATCH_CLAIM_REPLICAS); not sent, again in {delay:.1f}s")
+        log.warning("message %s: %s", job.message_id, why)
+        undo: dict[str, Any] = {"attempts": 0} if claim.started else {}
+        self.records.update(job.message_id, MessageStatus.RETRYING, note=why, **undo)
         return Outcome(retry_in=delay)
 
     def count_call(self, gw: Gateway, error: BaseException, decision: Decision, probe: bool) -> None:

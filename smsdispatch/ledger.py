@@ -32,6 +32,18 @@ circuits read back) and `finish` (the outcome, `done`, and the task's result for
 
 Each step is a script in smsdispatch/lua/ (ledger_*.lua; the claim itself is lua/lib/claim.lua), whose
 header lists its KEYS and ARGV.
+
+Claims that survive a failover (`Durability`, SMSDISPATCH_CLAIM_REPLICAS). Redis replicates
+asynchronously: a primary that dies right after a claim may not have passed it on, the promoted
+replica has no claim, and the task message (still in the queue there, or restored) claims and sends
+again. With CLAIM_REPLICAS = n > 0, `begin` and `claim_many` send Redis's ``WAIT n timeout`` in the
+same pipeline as the claim script, on the same connection (WAIT counts the replicas that have every
+write *this connection* made, the claim included): no extra round trip, but the answer comes once the
+replicas acknowledged it, or after CLAIM_REPLICA_TIMEOUT. A claim taken (claimed, reopened, reconcile)
+that fewer replicas acknowledged comes back with ``durable=False``, and the caller does not call the
+gateway: it gives the claim back and runs the message again later (dispatch.py, batch.py). WAITAOF
+(Redis 7.2+: the claim also fsynced to the AOF) is not used: the Redis this is tested with (7.0) has
+no WAITAOF, and replication is what a failover needs.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import redis
@@ -69,6 +81,15 @@ class ClaimResult:
     lease_until: float = 0.0        # BUSY: when the other holder's lease ends (s since the epoch)
     first_claimed_at: float = 0.0   # CLAIMED / RECONCILE: when the first send of this key began
     started: bool = False           # the claim also wrote the record's `sending` update (begin)
+    #: A claim taken (CLAIMED, REOPENED, RECONCILE) reached CLAIM_REPLICAS replicas in time (always
+    #: True when none are asked for). False: no gateway call may follow, a failover could lose it.
+    durable: bool = True
+    replicas_acked: int | None = None   # what WAIT answered (None: not asked)
+
+    @property
+    def taken(self) -> bool:
+        """This execution holds the claim: the gateway may be called (if durable)."""
+        return self.answer in (Claim.CLAIMED, Claim.REOPENED, Claim.RECONCILE)
 
 
 @dataclass(frozen=True)
@@ -86,12 +107,31 @@ def fingerprint(payload: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Durability:
+    """How many replicas must hold a claim before its gateway call (CLAIM_REPLICAS; 0: not asked), and
+    how long a claim waits for them (CLAIM_REPLICA_TIMEOUT, seconds)."""
+    replicas: int = 0
+    timeout: float = 0.5
+
+    def ask(self, pipe: redis.client.Pipeline) -> None:
+        """Queue WAIT after the claim, in its pipeline: its answer is the number of replicas that
+        acknowledged every write of the connection so far."""
+        pipe.execute_command("WAIT", self.replicas, max(1, round(self.timeout * 1000)))
+
+    def judge(self, claim: ClaimResult, acked: object) -> ClaimResult:
+        count = int(acked)  # type: ignore[call-overload]   # WAIT answers an integer
+        return replace(claim, durable=not claim.taken or count >= self.replicas, replicas_acked=count)
+
+
 class Ledger:
-    def __init__(self, client: redis.Redis, keys: Keys, *, lease: float, ttl: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, lease: float, ttl: int,
+                 durability: Durability | None = None) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ms = int(lease * 1000)
         self.ttl = ttl
+        self.durability = durability or Durability()
         self._claim = scripts.register(client, "ledger_claim")
         self._begin = scripts.register(client, "ledger_begin")
         self._finish = scripts.register(client, "ledger_finish")
@@ -117,19 +157,33 @@ class Ledger:
         """The claim of one send, in one round trip (lua/ledger_begin.lua): with `write_start`, a first
         claim also writes `start` (the record's `sending` update, Records.prepared) unless the first
         circuit of `circuits` (that of the gateway the update names) is open; then the record's
-        `fields` as they stand and the `open_until` of each circuit are read."""
+        `fields` as they stand and the `open_until` of each circuit are read. With CLAIM_REPLICAS, the
+        claim says whether it is durable (`Durability`)."""
         owner = uuid.uuid4().hex
         keys = [self.keys.idempotency(key), *start.keys, *circuits]
         args = [fp, message_id, owner, int(now * 1000), self.lease_ms, self.ttl, submission,
                 "1" if write_start else "0", *start.args, *fields]
-        reply = self._begin(keys=keys, args=args)
+        reply, acked = self._with_wait(self._begin, keys, args)
         record: RawHash = {name.encode(): v for name, v in zip(fields, reply[4], strict=True) if v is not None}
-        return Begun(self.parse(reply[:4], owner), record, list(reply[5]))
+        claim = self.parse(reply[:4], owner)
+        return Begun(claim if acked is None else self.durability.judge(claim, acked), record, list(reply[5]))
+
+    def _with_wait(self, script, keys: list, args: list) -> tuple[list, object]:
+        """Run a claiming script; with CLAIM_REPLICAS, WAIT in the same pipeline (one round trip, on
+        the claim's connection). Returns the script's reply and WAIT's (None when not asked)."""
+        if not self.durability.replicas:
+            return script(keys=keys, args=args), None
+        pipe = self.redis.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        self.durability.ask(pipe)
+        reply, acked = pipe.execute()
+        return reply, acked
 
     def claim_many(self, claims: list[tuple[str, str, str]], *, now: float, submission: str,
                    fields: tuple[str, ...] = ()) -> list[tuple[ClaimResult, dict[str, bytes | None]]]:
         """Claim many keys in one call: (key, fp, message_id) each. Returns each claim with its
-        record's `fields` as they stand (raw; None where absent)."""
+        record's `fields` as they stand (raw; None where absent). With CLAIM_REPLICAS, one WAIT for
+        them all: each claim taken is durable, or none is."""
         if not claims:
             return []
         owners = [uuid.uuid4().hex for _ in claims]
@@ -138,11 +192,12 @@ class Ledger:
         for (key, fp, message_id), owner in zip(claims, owners, strict=True):
             keys += [self.keys.idempotency(key), self.keys.message(message_id)]
             args += [fp, message_id, owner]
-        flat = self._claim_many(keys=keys, args=args)
+        flat, acked = self._with_wait(self._claim_many, keys, args)
         width = 4 + len(fields)
-        return [(self.parse(flat[i * width:i * width + 4], owner),
+        claimed = [self.parse(flat[i * width:i * width + 4], owner) for i, owner in enumerate(owners)]
+        return [(claim if acked is None else self.durability.judge(claim, acked),
                  dict(zip(fields, flat[i * width + 4:(i + 1) * width], strict=True)))
-                for i, owner in enumerate(owners)]
+                for i, claim in enumerate(claimed)]
 
     def finish_many(self, done: list[tuple[str, RecordUpdate]], update: RecordUpdate, *, reopenable: bool = False,
                     dead_letter: bool = False, pipe: redis.client.Pipeline | None = None) -> None:

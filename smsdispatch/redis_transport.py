@@ -20,6 +20,14 @@ ends before Redis comes back is still lost; so a channel whose connection kombu 
 released answers with a connection error (which the worker ignores) instead of kombu's AttributeError
 (which stopped the worker, and with it every message it held in memory).
 
+Messages held when the connection died: a channel that closes (its connection lost) gives back the
+messages it took and did not finish (prefetched, not yet started), by tag from the unacked hash, and
+a task that hands its message back (a reject with requeue) does the same. With Redis gone (killed,
+restarting, or a primary being replaced) that fails, and kombu left them in the unacked hash for the
+visibility timeout: an hour by default, for messages nobody works on. Our QoS remembers their tags
+instead, and the next channel that reaches Redis gives them back the same way (kombu's transactional
+restore: a no-op for a tag already acknowledged or restored).
+
 A dead worker's messages come back in seconds. kombu puts a message that a worker took and never
 acknowledged back on its queue only after the visibility timeout (an hour by default): a worker
 killed by the OOM killer, a lost node or `docker kill` held its running and prefetched messages
@@ -36,6 +44,14 @@ ledger makes that safe, as it does for the visibility timeout.
 Used by `worker.create_app` as the broker transport (``broker_transport``) for ``redis://`` URLs
 (``rediss://`` and ``unix://`` keep kombu's own, which takes its TLS defaults from the scheme);
 every other kombu behaviour is unchanged.
+
+Behind Sentinel (``sentinel://`` URLs, sentinel.py), `SentinelTransport` is kombu's Sentinel transport
+with the same channel: kombu's SentinelChannel finds the primary through the Sentinels, ours adds the
+above. All of it matters more during a failover than at any other time: the BRPOP that took a message
+from the primary that then died is the "taken, not recorded" case, and every worker that loses its
+connection at once must not stop for kombu's AttributeError. Messages a dead worker held come back in
+seconds as above; the heartbeats and the per-process tag sets live on the new primary as soon as it
+takes writes (what the old one had not passed on is beaten again within a fifth of WORKER_LOST_AFTER).
 """
 
 from __future__ import annotations
@@ -62,7 +78,11 @@ log = logging.getLogger("smsdispatch.redis_transport")
 #: (payload, exchange, routing key) of messages this process took off a queue and could not record as
 #: unacknowledged, waiting for a channel that reaches Redis to put them back.
 _taken_not_recorded: list[tuple[dict, str, str]] = []
+#: Delivery tags of messages a channel held when its connection died and could not give back then.
+_held_when_lost: list[str] = []
 _taken_lock = threading.Lock()
+#: What a Redis that cannot be reached raises (MasterNotFoundError, behind Sentinel, is a ConnectionError).
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Liveness:
@@ -173,6 +193,34 @@ class QoS(kombu_redis.QoS):
                         "a channel reaches Redis again, then put back on its queue")
             raise
 
+    def restore_unacked(self, client=None):
+        """kombu's give-back of the messages this channel holds unfinished (when it closes); if Redis
+        cannot be reached, their tags wait for the next channel that reaches it (see the module's
+        docstring) instead of the visibility timeout."""
+        try:
+            return super().restore_unacked(client)
+        except _UNREACHABLE as e:
+            tags = [str(tag) for tag in self._delivered]
+            self._delivered.clear()
+            with _taken_lock:
+                _held_when_lost.extend(tags)
+            log.warning("could not give back %d unfinished message(s) as the connection closed (%s); a channel that "
+                        "reaches Redis again gives them back", len(tags), e)
+
+    def reject(self, delivery_tag, requeue=False):
+        """kombu's reject; a requeue that cannot reach Redis (a task handing its message back while Redis
+        is away) is given back by the next channel that reaches Redis, as restore_unacked's are."""
+        try:
+            return super().reject(delivery_tag, requeue=requeue)
+        except _UNREACHABLE as e:
+            if not requeue:
+                raise
+            virtual.QoS.ack(self, delivery_tag)       # no longer held by this channel
+            with _taken_lock:
+                _held_when_lost.append(str(delivery_tag))
+            log.warning("could not put a message back on its queue (%s); a channel that reaches Redis again "
+                        "does", e)
+
     def _append(self, message, delivery_tag) -> None:
         """kombu's append (the unacked entry and its index, one pipeline), with the tag also in this
         process's own set, in the same pipeline."""
@@ -214,6 +262,7 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)       # it pings Redis: this channel reaches it
         self._put_back_taken()
+        self._give_back_held()
 
     def _put_back_taken(self) -> None:
         with _taken_lock:
@@ -235,15 +284,39 @@ class Channel(kombu_redis.Channel):
             return
         log.warning("put back %d message(s) taken off a queue but not recorded before Redis failed", len(taken))
 
+    def _give_back_held(self) -> None:
+        """The messages a channel held when its connection died (QoS.restore_unacked), back on their
+        queues, at the head, by tag."""
+        with _taken_lock:
+            held = list(_held_when_lost)
+            _held_when_lost.clear()
+        if not held:
+            return
+        done = 0
+        try:
+            with self.conn_or_acquire() as client:
+                for tag in held:
+                    self.qos.restore_by_tag(tag, client, leftmost=True)
+                    done += 1
+        except redis.RedisError as e:
+            with _taken_lock:
+                _held_when_lost[:0] = held[done:]
+            log.warning("could not give back %d message(s) held when the connection died (%s); trying again with "
+                        "the next channel", len(held) - done, e)
+            return
+        log.warning("gave back %d message(s) a channel held unfinished when its connection died", len(held))
+
     @contextmanager
     def conn_or_acquire(self, client=None):
         if client:
             yield client
             return
-        if self._pool is None and self.connection.client is None:
+        connection = self.connection
+        if self._pool is None and (connection is None or connection.client is None):
             # The connection was released (kombu clears it before closing the channels, after a lost
-            # connection): a new pool cannot be built. Say so the way a connection error does, which
-            # callers expect, instead of kombu's AttributeError, which stops the worker.
+            # connection), or the channel closed: a new pool cannot be built. Say so the way a
+            # connection error does, which callers expect, instead of kombu's AttributeError, which
+            # stops the worker (seen when a task rejected its message after a failover).
             raise redis.ConnectionError("the channel's connection is closed")
         shared = self._shared_client
         if shared is None or shared.connection_pool is not self.pool:
@@ -253,3 +326,15 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's SentinelChannel (the pool of the primary the Sentinels name) with our channel's client
+    reuse, heartbeats and restores."""
+
+    from_transport_options = tuple(dict.fromkeys(  # type: ignore[assignment]
+        Channel.from_transport_options + kombu_redis.SentinelChannel.from_transport_options))
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -9,6 +9,9 @@
 - ``appendonly`` off: a restart loses whatever was written since the last snapshot (queued messages,
   claims); the worker starts, with a warning.
 
+- fewer replicas connected than SMSDISPATCH_CLAIM_REPLICAS: no claim is durable, so no message is sent
+  until enough replicas answer (ledger.py); the worker starts, with a warning saying so.
+
 Read with ``CONFIG GET``; where CONFIG is renamed or refused (managed Redis services), from ``INFO``
 (``maxmemory_policy``, ``aof_enabled``); where neither answers, with a warning and no check.
 """
@@ -50,10 +53,30 @@ def read_safety(client: redis.Redis) -> RedisSafety:
     return RedisSafety(_text(policy), None if aof is None else str(aof) == "1", "INFO")
 
 
-def check(client: redis.Redis, *, allow_unsafe: bool) -> RedisSafety:
-    """Raise ConfigError for an evicting Redis (unless `allow_unsafe`); warn about AOF off or settings
-    that cannot be read. A Redis that cannot be reached at all is not checked (warned): the worker's
-    broker connection retries on its own."""
+def check(client: redis.Redis, *, allow_unsafe: bool, claim_replicas: int = 0) -> RedisSafety:
+    """Raise ConfigError for an evicting Redis (unless `allow_unsafe`); warn about AOF off, fewer replicas
+    than `claim_replicas`, or settings that cannot be read. A Redis that cannot be reached at all is not
+    checked (warned): the worker's broker connection retries on its own."""
+    safety = _check_safety(client, allow_unsafe=allow_unsafe)
+    if claim_replicas:
+        _check_replicas(client, claim_replicas)
+    return safety
+
+
+def _check_replicas(client: redis.Redis, wanted: int) -> None:
+    try:
+        connected = int(client.info("replication").get("connected_slaves", 0))
+    except (redis.RedisError, ValueError, TypeError) as e:
+        log.warning("could not read how many replicas Redis has (%s): SMSDISPATCH_CLAIM_REPLICAS=%d not checked",
+                    e, wanted)
+        return
+    if connected < wanted:
+        log.warning("SMSDISPATCH_CLAIM_REPLICAS=%d but the primary has %d replica(s) connected: no claim is durable, "
+                    "so no message is sent until enough replicas answer (each waits, without using an attempt)",
+                    wanted, connected)
+
+
+def _check_safety(client: redis.Redis, *, allow_unsafe: bool) -> RedisSafety:
     try:
         safety = read_safety(client)
     except redis.RedisError as e:

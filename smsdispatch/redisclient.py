@@ -10,6 +10,12 @@ at once. A pipeline that still meets ``NOSCRIPT`` (someone ran ``SCRIPT FLUSH``)
 and raises: its caller retries, as after any Redis error. Plain `redis.Redis` clients (fakeredis in
 the unit tests) work too; they just keep redis-py's check.
 
+Behind Sentinel (a ``sentinel://`` URL, sentinel.py) the pool is redis-py's SentinelConnectionPool with
+the same loading: a connection asks the Sentinels for the primary each time it connects, so after a
+failover every connection reconnects to the promoted replica and loads the scripts there (a replica's
+script cache is its own: scripts are not replicated, only what they write). A plain script call that
+still meets ``NOSCRIPT`` loads it and runs again (redis-py's Script does); a pipeline raises as above.
+
 Replies: redis-py types every string reply `bytes | str`, since it cannot know whether a client was
 made with ``decode_responses``. Ours are not: they answer bytes (UTF-8). `text`, `text_fields` and
 `members` read a reply as text either way, so the types say what the code relies on.
@@ -24,6 +30,9 @@ from typing import Any
 import redis
 from redis.client import Pipeline as _Pipeline
 from redis.exceptions import NoScriptError
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from . import sentinel
 
 
 class ScriptPool(redis.ConnectionPool):
@@ -55,6 +64,10 @@ class ScriptPool(redis.ConnectionPool):
                 return False
             self.scripts[script.sha] = script.script if isinstance(script.script, bytes) else script.script.encode()
             return True
+
+
+class SentinelScriptPool(ScriptPool, SentinelConnectionPool):
+    """The primary's pool behind Sentinel (found anew on each connect), loading our scripts likewise."""
 
 
 class Pipeline(_Pipeline):
@@ -89,10 +102,29 @@ class Client(redis.Redis):
 CLIENT_NAME = "smsdispatch"
 
 
-def connect(url: str, **kwargs: Any) -> Client:
-    """A client for `url` whose connections load our scripts (kwargs as for redis.Redis.from_url)."""
+#: Behind Sentinel, a command waits at most this long for its answer: a primary that vanished without
+#: closing its connections (a host gone, not a process) is given up and the Sentinels asked again.
+#: Above SMSDISPATCH_CLAIM_REPLICA_TIMEOUT's maximum (config.py), which a WAIT may take.
+SENTINEL_COMMAND_TIMEOUT = 15.0
+
+
+def connect(url: str, *, sentinel_master: str | None = None, sentinel_password: str | None = None,
+            **kwargs: Any) -> Client:
+    """A client for `url` whose connections load our scripts (kwargs as for redis.Redis.from_url). A
+    ``sentinel://`` URL (sentinel.py) needs `sentinel_master`, and `sentinel_password` if the Sentinels
+    have one."""
     kwargs.setdefault("client_name", CLIENT_NAME)
-    return Client(connection_pool=ScriptPool.from_url(url, **kwargs))
+    if not sentinel.is_sentinel(url):
+        return Client(connection_pool=ScriptPool.from_url(url, **kwargs))
+    if not sentinel_master:
+        raise ValueError("a sentinel:// URL needs the primary's name (SMSDISPATCH_SENTINEL_MASTER)")
+    parsed = sentinel.parse(url)
+    kwargs.setdefault("socket_timeout", SENTINEL_COMMAND_TIMEOUT)
+    kwargs.setdefault("socket_connect_timeout", sentinel.SENTINEL_SOCKET_TIMEOUT * 5)
+    manager = Sentinel(list(parsed.addresses), sentinel_kwargs=sentinel.sentinel_kwargs(sentinel_password))
+    pool = SentinelScriptPool(sentinel_master, manager, is_master=True, db=parsed.db, username=parsed.username,
+                              password=parsed.password, **kwargs)
+    return Client(connection_pool=pool)
 
 
 #: An HGETALL reply as redis-py types it (bytes from our clients).

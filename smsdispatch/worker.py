@@ -23,7 +23,7 @@ import redis
 from celery import Celery, signals
 from kombu import Queue
 
-from . import redischeck
+from . import redischeck, sentinel
 from .batch import Batches
 from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .config import Settings, load_settings, settings_from
@@ -82,7 +82,10 @@ class Runtime:
 
     @property
     def redis(self) -> redis.Redis:
-        return self._part("_redis", lambda: connect(self.settings.redis_url, health_check_interval=30))
+        s = self.settings
+        return self._part("_redis", lambda: connect(
+            s.redis_url, health_check_interval=30, sentinel_master=s.sentinel_master,
+            sentinel_password=s.sentinel_password.get_secret_value() if s.sentinel_password else None))
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -159,6 +162,8 @@ def _configure(app: Celery, settings: Settings) -> None:
         # Redis query per sweep.
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # behind Sentinel: the primary's name and how to reach the Sentinels (sentinel.py)
+        **_sentinel_options(settings),
     }
     app.conf.update(
         # JSON only: a pickle message is refused by the consumer and never deserialised.
@@ -183,9 +188,9 @@ def _configure(app: Celery, settings: Settings) -> None:
         result_extended=False, result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
         # kombu's Redis transport, reusing one client per channel (redis_transport.py): a publish, an ack
-        # or a task event no longer builds a redis-py client first. For redis:// only: kombu picks
-        # its TLS defaults for rediss:// from the URL's scheme, which a named transport would hide.
-        broker_transport="smsdispatch.redis_transport:Transport" if urlparse(settings.redis_url).scheme == "redis" else None,
+        # or a task event no longer builds a redis-py client first. For redis:// and sentinel:// only:
+        # kombu picks its TLS defaults for rediss:// from the URL's scheme, which a named transport would hide.
+        broker_transport=_broker_transport(settings.redis_url),
         # Task events go out in batches, every 0.1 s (task_events.py), not one publish per event.
         worker_consumer="smsdispatch.task_events:Consumer",
         worker_hijack_root_logger=True,
@@ -193,6 +198,22 @@ def _configure(app: Celery, settings: Settings) -> None:
         # that an idle beat still does so well within BEAT_STALE_AFTER
         beat_scheduler="smsdispatch.beat:Scheduler", beat_max_loop_interval=settings.beat_stale_after / 4,
     )
+
+
+def _broker_transport(url: str) -> str | None:
+    """Our kombu transport for the URL's scheme (redis_transport.py), or None: kombu's own."""
+    scheme = urlparse(url.split(";", 1)[0]).scheme
+    return {"redis": "smsdispatch.redis_transport:Transport",
+            "sentinel": "smsdispatch.redis_transport:SentinelTransport"}.get(scheme)
+
+
+def _sentinel_options(settings: Settings) -> dict[str, Any]:
+    """kombu's and Celery's transport options for a sentinel:// REDIS_URL (the same for the broker and
+    the result backend); none for any other URL."""
+    if not sentinel.is_sentinel(settings.redis_url) or not settings.sentinel_master:
+        return {}
+    password = settings.sentinel_password.get_secret_value() if settings.sentinel_password else None
+    return sentinel.transport_options(settings.sentinel_master, password)
 
 
 def _route(app: Celery, settings: Settings) -> None:
@@ -224,7 +245,8 @@ def _check_redis(sender=None, **_) -> None:
     if not isinstance(runtime, Runtime):
         return
     try:
-        redischeck.check(runtime.redis, allow_unsafe=runtime.settings.allow_unsafe_redis)
+        redischeck.check(runtime.redis, allow_unsafe=runtime.settings.allow_unsafe_redis,
+                         claim_replicas=runtime.settings.claim_replicas)
     except ConfigError as e:
         log.critical("not starting: %s", e)
         raise SystemExit(f"smsdispatch worker not started: {e}") from None

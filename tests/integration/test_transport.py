@@ -1,6 +1,6 @@
 """Our kombu transport (redis_transport.py) and consumer (task_events.py) against the real Redis and a real worker:
-one redis-py client per channel, a message taken off its queue but not recorded put back, and every task
-event still published, in batches."""
+one redis-py client per channel, a message taken off its queue but not recorded put back, messages held
+when the connection died given back, and every task event still published, in batches."""
 
 from __future__ import annotations
 
@@ -53,6 +53,12 @@ def test_a_channel_whose_connection_was_released_raises_a_connection_error(redis
                 pass
         finally:
             channel.connection.client = client
+        connection, channel.connection = channel.connection, None       # the channel itself closed
+        try:
+            with pytest.raises(redis.ConnectionError), channel.conn_or_acquire():
+                pass
+        finally:
+            channel.connection = connection
 
 
 def test_a_message_taken_but_not_recorded_goes_back_on_its_queue(redis_url, monkeypatch):
@@ -77,6 +83,60 @@ def test_a_message_taken_but_not_recorded_goes_back_on_its_queue(redis_url, monk
         assert message.payload == {"n": 1} and message.headers.get("redelivered") is True
         message.ack()
         assert transport._taken_not_recorded == []
+        queue.close()
+
+
+def test_messages_a_channel_held_when_its_connection_died_go_back_on_their_queue(redis_url, monkeypatch):
+    """A channel closing after its connection died (Redis killed, or a primary being replaced) cannot
+    give back what it held unfinished; kombu left it in the unacked hash for the visibility timeout. The
+    next channel that reaches Redis gives it back."""
+    name = f"it-held-{uuid.uuid4().hex[:8]}"
+    r = redis.Redis.from_url(redis_url)
+
+    def redis_is_gone(qos, tag, client=None, leftmost=False):
+        raise redis.ConnectionError("Error 111 connecting")
+    conn = Connection(redis_url, transport=Transport)
+    queue = conn.SimpleQueue(name)
+    queue.put({"n": 2})
+    held = queue.get(timeout=5)                      # taken and recorded unacknowledged, never finished
+    assert r.hexists("unacked", held.delivery_tag) and r.llen(name) == 0
+    monkeypatch.setattr(transport.QoS, "restore_by_tag", redis_is_gone)
+    conn.close()                                     # its channel closes; the give-back meets a dead Redis
+    monkeypatch.undo()
+    assert transport._held_when_lost == [held.delivery_tag]
+    assert r.hexists("unacked", held.delivery_tag)   # kombu's fallback: the visibility timeout
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)               # a channel that reaches Redis gives it back
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": 2} and again.headers.get("redelivered") is True
+        again.ack()
+        assert transport._held_when_lost == [] and not r.hexists("unacked", held.delivery_tag)
+        queue.close()
+
+
+def test_a_message_handed_back_while_redis_is_away_goes_back_on_its_queue_when_it_returns(redis_url, monkeypatch):
+    """A task handing its message back (reject, requeue) while Redis is away: kombu raised and left it in
+    the unacked hash for the visibility timeout; the next channel that reaches Redis gives it back."""
+    name = f"it-requeue-{uuid.uuid4().hex[:8]}"
+    r = redis.Redis.from_url(redis_url)
+
+    def redis_is_gone(qos, tag, client=None, leftmost=False):
+        raise redis.ConnectionError("Error 111 connecting")
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)
+        queue.put({"n": 3})
+        message = queue.get(timeout=5)
+        monkeypatch.setattr(transport.QoS, "restore_by_tag", redis_is_gone)
+        message.reject(requeue=True)                 # no error: it is remembered
+        monkeypatch.undo()
+        assert transport._held_when_lost == [message.delivery_tag] and r.llen(name) == 0
+        queue.close()
+    with Connection(redis_url, transport=Transport) as conn:
+        queue = conn.SimpleQueue(name)
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": 3} and again.headers.get("redelivered") is True
+        again.ack()
+        assert transport._held_when_lost == []
         queue.close()
 
 

@@ -67,3 +67,14 @@ def test_a_redis_that_answers_neither_is_warned_about_not_refused(caplog):
     with caplog.at_level(logging.WARNING, "smsdispatch.redischeck"):
         assert redischeck.check(Locked("x", 0), allow_unsafe=False).policy is None
     assert "not checked" in caplog.text
+
+
+def test_fewer_replicas_than_claim_replicas_is_warned_about(caplog):
+    class WithReplicas(_ManagedRedis):
+        def info(self, section):
+            return {"connected_slaves": 1} if section == "replication" else super().info(section)
+    with caplog.at_level(logging.WARNING, "smsdispatch.redischeck"):
+        redischeck.check(WithReplicas("noeviction", 1), allow_unsafe=False, claim_replicas=1)
+        assert "CLAIM_REPLICAS" not in caplog.text
+        redischeck.check(WithReplicas("noeviction", 1), allow_unsafe=False, claim_replicas=2)
+    assert "SMSDISPATCH_CLAIM_REPLICAS=2 but the primary has 1 replica(s) connected" in caplog.text
