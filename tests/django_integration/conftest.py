@@ -28,6 +28,8 @@ import pytest
 from smsdispatch.devtools.processes import BeatProcess, WorkerProcess
 from tests.integration.conftest import fake_eskiz, redis_url, wait_until, worker_settings  # noqa: F401
 
+from ..unavailable import unavailable
+
 SETTINGS_MODULE = "tests.djangoproject.settings"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -39,9 +41,7 @@ def pytest_collection_modifyitems(items):
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 @pytest.fixture(scope="session")

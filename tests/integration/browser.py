@@ -8,11 +8,10 @@ chromium, chromium-driver or selenium fails the test instead of skipping it (.ci
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 from pathlib import Path
 
-import pytest
+from ..unavailable import unavailable
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "status-page"
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
@@ -26,9 +25,7 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
 
 
 def _missing(why: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and no browser for the status page tests: {why}")
-    pytest.skip(f"no browser for the status page tests: {why}")
+    unavailable(f"no browser for the status page tests: {why}")
 
 
 def chromium(user: str, password: str):
