@@ -102,6 +102,8 @@ class PrivateRabbitMQ:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         (self.dir / "enabled_plugins").write_text("[].\n")
+        # queue statistics (what `queue_counts` reads) every 0.5 s instead of every 5 s
+        (self.dir / "rabbitmq.conf").write_text("collect_statistics_interval = 500\n")
         cookie = self.dir / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
@@ -150,6 +152,22 @@ class PrivateRabbitMQ:
             return True
         except Exception:   # noqa: BLE001 - still booting (the port may listen before the vhost exists)
             return False
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """`rabbitmqctl` against this node (its name and Erlang cookie); returns its output."""
+        done = subprocess.run([_sbin("rabbitmqctl"), "-n", self.name, *args], env=self._env(), capture_output=True,
+                              text=True, timeout=timeout, check=True)
+        return done.stdout
+
+    def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """Every queue's (ready, unacknowledged) messages."""
+        out = self.ctl("list_queues", "-q", "name", "messages_ready", "messages_unacknowledged")
+        counts = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[1].isdigit():
+                counts[parts[0]] = (int(parts[1]), int(parts[2]))
+        return counts
 
     def kill(self) -> None:
         """A crash: SIGKILL to the node's whole process group (the Erlang VM and its helpers)."""

@@ -74,3 +74,8 @@ def test_delays_are_rounded_up_to_whole_seconds():
     past = now - timedelta(seconds=5)
     assert whole_seconds(None, past, now=now) == (None, past)       # due already: as given
     assert whole_seconds(0, None) == (0, None) and whole_seconds(None, None) == (None, None)
+
+
+def test_an_empty_broker_url_means_redis_as_in_compose_without_the_profile():
+    settings = load_settings(broker_url="")
+    assert settings.broker_url is None and settings.celery_broker_url == settings.redis_url
