@@ -79,3 +79,18 @@ def test_delays_are_rounded_up_to_whole_seconds():
 def test_an_empty_broker_url_means_redis_as_in_compose_without_the_profile():
     settings = load_settings(broker_url="")
     assert settings.broker_url is None and settings.celery_broker_url == settings.redis_url
+
+
+def test_task_events_are_published_without_confirms_on_rabbitmq_and_tasks_with_them():
+    """Celery's Events step publishes through the consumer's connection_for_write: ours drops the
+    confirms there (a confirm wait inside the worker's event loop stalls it); the app's own connection,
+    which task messages and retries go through, keeps them."""
+    from types import SimpleNamespace
+
+    from smsdispatch.task_events import Consumer
+
+    app = create_app(load_settings(broker_url=AMQP))
+    consumer = SimpleNamespace(app=app, ensure_connected=lambda conn: conn)
+    events = Consumer.connection_for_write(consumer)
+    assert events.transport_options["confirm_publish"] is False
+    assert app.connection_for_write().transport_options["confirm_publish"] is True
