@@ -8,6 +8,7 @@ share one HTTP connection pool per gateway and one Redis pool, and use far less 
 A worker consumes three queues: SMSDISPATCH_QUEUE (sends, batches, reminders), the same name with
 ".retry" (retries, and messages the sweeper publishes again) and with ".periodic" (beat's work); a
 worker started with ``-Q`` must name all three.
+The broker (Redis, or RabbitMQ with SMSDISPATCH_BROKER_URL=amqp://...) is configured by broker.py.
 """
 
 from __future__ import annotations
