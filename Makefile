@@ -39,7 +39,9 @@ integration: $(BIN)/.installed
 #           timed test, and CI judges what must never happen (a duplicate, a lost message).
 # sentinel: Redis behind Sentinel (a primary, two replicas, three Sentinels), the primary killed halfway
 #           and a replica promoted (4,000 messages; 800 in chaos-ci).
-CHAOS_SCENARIOS ?= failover single sentinel
+# rabbitmq: RabbitMQ as the broker (a private node), five worker kills and RabbitMQ killed and restarted
+#           (4,000 messages; 800 in chaos-ci).
+CHAOS_SCENARIOS ?= failover single sentinel rabbitmq
 .PHONY: chaos chaos-ci
 chaos: $(BIN)/.installed
 	@rc=0; for s in $(CHAOS_SCENARIOS); do \

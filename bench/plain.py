@@ -9,6 +9,9 @@ Two tasks:
 
 The worker runs it as `celery -A bench.plain worker ...`, configured by BENCH_REDIS_URL, BENCH_QUEUE,
 BENCH_GATEWAY_URL (the fake's base URL, with /api) and BENCH_ESKIZ_EMAIL / BENCH_ESKIZ_PASSWORD.
+With BENCH_BROKER_URL (amqp://: `python -m bench.run --broker rabbitmq`) the broker is RabbitMQ, set up
+as smsdispatch's is there, so the comparison stays fair: a quorum queue on a topic exchange and
+publisher confirms (results still in Redis).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 
 import requests
 from celery import Celery
+from kombu import Exchange, Queue
 from requests.adapters import HTTPAdapter
 
 from smsdispatch.gateways.eskiz import dispatch_id_for
@@ -72,11 +76,17 @@ def gateway() -> _Gateway:
     return _gateway
 
 
-def make_app(redis_url: str, queue: str, *, backend: bool = True) -> Celery:
-    app = Celery("bench_plain", broker=redis_url, backend=redis_url if backend else None, set_as_current=False)
+def make_app(redis_url: str, queue: str, *, backend: bool = True, broker_url: str | None = None) -> Celery:
+    app = Celery("bench_plain", broker=broker_url or redis_url, backend=redis_url if backend else None,
+                 set_as_current=False)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
                     result_accept_content=["json"], task_default_queue=queue,
                     broker_connection_retry_on_startup=True)
+    if broker_url and broker_url.startswith("amqp"):
+        app.conf.update(task_queues=[Queue(queue, Exchange(queue, type="topic"), routing_key=queue,
+                                           queue_arguments={"x-queue-type": "quorum"})],
+                        task_default_exchange_type="topic", task_default_queue_type="quorum",
+                        broker_transport_options={"confirm_publish": True})
 
     @app.task(name=NOOP, shared=False)
     def noop(*args, **kwargs) -> None:
@@ -89,4 +99,5 @@ def make_app(redis_url: str, queue: str, *, backend: bool = True) -> Celery:
     return app
 
 
-app = make_app(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), os.environ.get("BENCH_QUEUE", "bench-plain"))
+app = make_app(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), os.environ.get("BENCH_QUEUE", "bench-plain"),
+               broker_url=os.environ.get("BENCH_BROKER_URL") or None)

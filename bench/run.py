@@ -16,6 +16,10 @@ Parts (all in one run, each bounded in count and time):
   d    latency enqueue -> gateway (p50/p99) with the producer paced at 20 msg/s
   c    a 100,000-recipient batch through Eskiz's send-batch, from `.delay()` until the batch is done
 
+--broker rabbitmq: the broker is RabbitMQ (a throwaway vhost on the machine's RabbitMQ, 127.0.0.1:5672) for
+ours (SMSDISPATCH_BROKER_URL) and plain (a quorum queue and publisher confirms, as ours), the store and
+results still in the private Redis; (b) then adds RabbitMQ's CPU per message. Parts a and b.
+
 Options: --only a,b,c,d,e,cap; sizes (--single N, --batch N, ...); --profile DIR attaches py-spy to our
 worker during (b) and (c) and adds where its time goes (bench/spy.py). Progress goes to stderr.
 """
@@ -46,6 +50,7 @@ from bench.redisstats import ClientRoundTrips, Trace, delta, per_message, ports_
 from bench.spy import Spy, find_py_spy, summarize
 from bench.workers import CeleryWorker
 from smsdispatch.config import load_settings
+from smsdispatch.devtools.rabbitmq_server import TemporaryVhost
 from smsdispatch.devtools.redis_server import EmbeddedRedis
 from smsdispatch.redisclient import CLIENT_NAME
 from smsdispatch.tasks import SEND_BATCH, SEND_SMS
@@ -107,11 +112,26 @@ def wait_quiet(max_wait: float, busy_pct: float = 20.0) -> float:
         log(f"machine busy ({used:.0f}% CPU by other processes); waiting for it to calm down")
 
 
+def _rabbitmq_process() -> psutil.Process | None:
+    """The RabbitMQ node listening on 127.0.0.1:5672 (its Erlang VM), for its CPU time."""
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "beam.smp":
+            try:
+                if any(c.laddr and c.laddr.port == 5672 for c in proc.net_connections(kind="tcp")):
+                    return proc
+            except psutil.Error:
+                continue
+    return None
+
+
 # ----------------------------------------------------------------------------------------- bench
 class Bench:
-    def __init__(self, args: argparse.Namespace, redis_server: EmbeddedRedis, fake: SlowEskiz, log_dir: Path):
+    def __init__(self, args: argparse.Namespace, redis_server: EmbeddedRedis, fake: SlowEskiz, log_dir: Path,
+                 broker_url: str | None = None):
         self.args, self.redis_server, self.fake, self.log_dir = args, redis_server, fake, log_dir
         self.url = redis_server.url
+        self.broker_url = broker_url       # None: the Redis above is the broker too
+        self.broker_ps = _rabbitmq_process() if broker_url else None
         self.r = redis.Redis.from_url(self.url)
         self.me = psutil.Process()
         self.redis_ps = psutil.Process(redis_server.process.pid)
@@ -121,7 +141,11 @@ class Bench:
     def our_settings(self, queue: str) -> dict[str, str]:
         return {"SMSDISPATCH_REDIS_URL": self.url, "SMSDISPATCH_KEY_PREFIX": "bench", "SMSDISPATCH_QUEUE": queue,
                 "SMSDISPATCH_DEFAULT_GATEWAY": "eskiz", "SMSDISPATCH_ESKIZ_BASE_URL": self.fake.base_url,
-                "SMSDISPATCH_ESKIZ_EMAIL": EMAIL, "SMSDISPATCH_ESKIZ_PASSWORD": PASSWORD}
+                "SMSDISPATCH_ESKIZ_EMAIL": EMAIL, "SMSDISPATCH_ESKIZ_PASSWORD": PASSWORD} \
+            | ({"SMSDISPATCH_BROKER_URL": self.broker_url} if self.broker_url else {})
+
+    def plain_app(self, queue: str, *, backend: bool = True):
+        return plain.make_app(self.url, queue, backend=backend, broker_url=self.broker_url)
 
     def our_app(self, queue: str):
         from smsdispatch.worker import create_app  # noqa: PLC0415 - imported late: it builds an app from env
@@ -130,7 +154,8 @@ class Bench:
 
     def plain_env(self, queue: str) -> dict[str, str]:
         return {"BENCH_REDIS_URL": self.url, "BENCH_QUEUE": queue, "BENCH_GATEWAY_URL": self.fake.base_url,
-                "BENCH_ESKIZ_EMAIL": EMAIL, "BENCH_ESKIZ_PASSWORD": PASSWORD}
+                "BENCH_ESKIZ_EMAIL": EMAIL, "BENCH_ESKIZ_PASSWORD": PASSWORD} \
+            | ({"BENCH_BROKER_URL": self.broker_url} if self.broker_url else {})
 
     def start_worker(self, kind: str, queue: str, *, concurrency: int | None = None) -> CeleryWorker:
         self.seq += 1
@@ -161,6 +186,14 @@ class Bench:
         other = (after[1] - before[1]) - (after[2] - before[2])
         return round(max(0.0, 100 * other / (wall * (os.cpu_count() or 1))), 1)
 
+    def broker_cpu(self) -> float:
+        """CPU seconds of the RabbitMQ node (with --broker rabbitmq; 0 otherwise). Shared with whatever
+        else uses that node: nothing else here, but read it as an upper bound."""
+        if self.broker_ps is None:
+            return 0.0
+        t = self.broker_ps.cpu_times()
+        return t.user + t.system
+
     def cpu(self) -> tuple[float, float]:
         r, me = self.redis_ps.cpu_times(), self.me.cpu_times()
         return r.user + r.system, me.user + me.system
@@ -184,8 +217,8 @@ class Bench:
     def part_a(self, spy_dir: Path | None) -> dict[str, Any]:
         n, runs = self.args.producer, self.args.runs
         ours_app = self.our_app("bench-a-ours")
-        plain_app = plain.make_app(self.url, "bench-a-plain")
-        bare_app = plain.make_app(self.url, "bench-a-plain-nobackend", backend=False)
+        plain_app = self.plain_app("bench-a-plain")
+        bare_app = self.plain_app("bench-a-plain-nobackend", backend=False)
         variants: list[tuple[str, Callable]] = [("ours", ours_app.tasks[SEND_SMS].delay),
                                                  ("plain", plain_app.tasks[plain.NOOP].delay),
                                                  ("plain_no_result_backend", bare_app.tasks[plain.NOOP].delay)]
@@ -254,7 +287,7 @@ class Bench:
             rs = results[label]
             side: dict[str, Any] = {k: round(med([r[k] for r in rs]), 3) for k in
                                     ("msgs_per_s", "worker_cpu_ms_per_msg", "worker_system_cpu_ms_per_msg",
-                                     "redis_cpu_ms_per_msg",
+                                     "redis_cpu_ms_per_msg", "rabbitmq_cpu_ms_per_msg",
                                      "driver_cpu_ms_per_msg", "worker_cpu_busy_pct")}
             side.update(n=n, runs=rs, problems=worker.problems(), all_completed=all(r["completed"] for r in rs),
                         foreign_cpu_pct_max=max(r["foreign_cpu_pct"] for r in rs),
@@ -270,20 +303,21 @@ class Bench:
         self.settle(0.5)
         base = worker.succeeded
         u0 = self.usage(worker)
-        w0, k0, (r0, d0) = worker.cpu_seconds(), worker.system_seconds(), self.cpu()
+        w0, k0, (r0, d0), b0 = worker.cpu_seconds(), worker.system_seconds(), self.cpu(), self.broker_cpu()
         t0 = time.perf_counter()
         for i in range(n):
             delay(number(i), TEXT)
         t_enq = time.perf_counter()
         ok = worker.wait_succeeded(base + n, timeout=max(60.0, n / 10))
         t1 = time.perf_counter()
-        w1, k1, (r1, d1) = worker.cpu_seconds(), worker.system_seconds(), self.cpu()
+        w1, k1, (r1, d1), b1 = worker.cpu_seconds(), worker.system_seconds(), self.cpu(), self.broker_cpu()
         sends = len(self.fake.send_calls())
         return {"msgs_per_s": round(n / (t1 - t0), 1), "seconds": round(t1 - t0, 2),
                 "enqueue_seconds": round(t_enq - t0, 2), "completed": ok,
                 "worker_cpu_ms_per_msg": round(1000 * (w1 - w0) / n, 3),
                 "worker_system_cpu_ms_per_msg": round(1000 * (k1 - k0) / n, 3),
                 "redis_cpu_ms_per_msg": round(1000 * (r1 - r0) / n, 3),
+                "rabbitmq_cpu_ms_per_msg": round(1000 * (b1 - b0) / n, 3),
                 "driver_cpu_ms_per_msg": round(1000 * (d1 - d0) / n, 3),
                 "worker_cpu_busy_pct": round(100 * (w1 - w0) / (t1 - t0)),
                 "gateway_sends": sends, "foreign_cpu_pct": self.foreign_pct(u0, self.usage(worker))}
@@ -418,6 +452,15 @@ class Bench:
 
 # ----------------------------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    vhost = TemporaryVhost().start() if args.broker == "rabbitmq" else None
+    try:
+        return _run(args, vhost)
+    finally:
+        if vhost is not None:
+            vhost.stop()
+
+
+def _run(args: argparse.Namespace, vhost: TemporaryVhost | None) -> dict[str, Any]:
     parts = set(args.only.split(",")) if args.only else set(PARTS)
     unknown = parts - set(PARTS)
     if unknown:
@@ -435,10 +478,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                              "loglevel INFO)",
                                          "runs": args.runs, "log_dir": str(log_dir), "profiled": bool(spy_dir)},
                               "targets": TARGETS, "reference_issue6": REFERENCE}
+    result["config"]["broker"] = args.broker
     with EmbeddedRedis() as server, SlowEskiz(latency_ms=args.latency_ms) as fake:
         result["machine"] = machine_info(server.url) | {"cpu_busy_pct_before": round(busy, 1)}
-        log(f"redis {server.url}, fake gateway {fake.base_url} ({args.latency_ms:g} ms), logs in {log_dir}")
-        bench = Bench(args, server, fake, log_dir)
+        log(f"redis {server.url}, fake gateway {fake.base_url} ({args.latency_ms:g} ms), logs in {log_dir}"
+            + (f", broker RabbitMQ vhost {vhost.name}" if vhost else ""))
+        bench = Bench(args, server, fake, log_dir, broker_url=vhost.url if vhost else None)
         if "cap" in parts:
             result["gateway_capacity"] = bench.part_cap()
         if "a" in parts:
@@ -451,7 +496,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for kind in ("ours", "plain"):
                     queue = f"bench-{kind}"
                     worker = bench.start_worker(kind, queue)
-                    app = bench.our_app(queue) if kind == "ours" else plain.make_app(server.url, queue)
+                    app = bench.our_app(queue) if kind == "ours" else bench.plain_app(queue)
                     sides[kind] = (worker, app, app.tasks[SEND_SMS] if kind == "ours" else app.tasks[plain.SEND])
                 if "b" in parts:
                     result["b_single"] = bench.throughput({k: (w, t.delay) for k, (w, _, t) in sides.items()}, spy_dir)
@@ -626,6 +671,9 @@ def table(r: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis",
+                   help="the broker of ours and plain: the private Redis (default), or RabbitMQ (a throwaway vhost "
+                        "on 127.0.0.1:5672; parts a and b)")
     p.add_argument("--only", help=f"comma-separated parts to run ({','.join(PARTS)}); default all")
     p.add_argument("--concurrency", type=int, default=20, help="worker threads, ours and plain (compose: 20)")
     p.add_argument("--worker-args", default="", help="extra `celery worker` arguments for both workers")

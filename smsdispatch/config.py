@@ -42,6 +42,12 @@ from .redact import redact_url, remember_secrets
 
 ENV_PREFIX = "SMSDISPATCH_"
 M = TypeVar("M", bound=BaseSettings)
+#: BROKER_URL schemes that mean RabbitMQ (broker.py).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+
+def broker_scheme(url: str) -> str:
+    return urlparse(url.split(";", 1)[0]).scheme
 
 
 
@@ -68,6 +74,14 @@ class Settings(BaseSettings):
     #: true lets it run anyway (a throwaway Redis for tests or a demo).
     allow_unsafe_redis: bool = False
     queue: str = "sms"
+    #: Celery's broker, when it is not REDIS_URL: an amqp:// URL puts the task messages on RabbitMQ
+    #: (quorum queues, native delayed delivery, publisher confirms: broker.py); records, ledger and
+    #: Celery's results stay in REDIS_URL. Unset: REDIS_URL is the broker too.
+    broker_url: str | None = Field(None, repr=False)    # may carry a password, like redis_url
+    #: With a RabbitMQ broker: its consumer_timeout (rabbitmq.conf; RabbitMQ's default is 30 minutes).
+    #: A message a worker holds unacknowledged longer than this makes RabbitMQ close the worker's
+    #: channel and deliver the message again; our checks keep every run (CLAIM_LEASE) well below it.
+    rabbitmq_consumer_timeout: int = Field(1800, ge=60)
 
     # --- Redis Sentinel, and claims that survive a failover (sentinel.py, ledger.py) ---
     #: With a sentinel:// REDIS_URL: the name the Sentinels monitor the primary under (required then).
@@ -224,15 +238,31 @@ class Settings(BaseSettings):
     #: for this long is unhealthy (health.py). Beat wakes at least every quarter of it.
     beat_stale_after: float = Field(60.0, ge=2)
 
-    @field_serializer("redis_url")
-    def _masked_redis_url(self, value: str) -> str:
-        return redact_url(value)
+    @field_serializer("redis_url", "broker_url")
+    def _masked_redis_url(self, value: str | None) -> str | None:
+        return redact_url(value) if value is not None else None
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Celery's broker: BROKER_URL, else REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def amqp_broker(self) -> bool:
+        """True when the broker is RabbitMQ (an amqp:// or amqps:// BROKER_URL)."""
+        return broker_scheme(self.celery_broker_url) in AMQP_SCHEMES
+
+    @property
+    def redelivery_after(self) -> int:
+        """The longest a task message can stay with a worker, unacknowledged, before the broker hands it
+        out again: the visibility timeout (Redis broker) or RabbitMQ's consumer_timeout."""
+        return self.rabbitmq_consumer_timeout if self.amqp_broker else self.visibility_timeout
 
     @model_validator(mode="after")
     def _remember_secrets(self) -> Settings:
         """Every secret we hold is masked by redact.py wherever it shows up (a gateway error body that
         echoes our key, a library's message quoting the Redis URL)."""
-        remember_secrets(_url_password(self.redis_url),
+        remember_secrets(_url_password(self.redis_url), _url_password(self.broker_url or ""),
                          *(v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr)))
         return self
 
@@ -244,6 +274,16 @@ class Settings(BaseSettings):
             return value
         if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if broker_scheme(value) not in AMQP_SCHEMES | {"redis", "rediss", "unix"}:
+            raise ValueError("must be an amqp:// or amqps:// URL (RabbitMQ), or a redis://, rediss:// or unix:// "
+                             "URL (leave it unset to use REDIS_URL, Sentinel included)")
         return value
 
     @field_validator("key_prefix", "queue")
@@ -429,6 +469,13 @@ class Settings(BaseSettings):
                      else f"unset: HTTP_CONNECT_TIMEOUT + HTTP_READ_TIMEOUT = {one_call:g}s")
             raise ValueError(f"CLAIM_LEASE ({self.claim_lease}s) must be at least 4 x HTTP_TOTAL_TIMEOUT "
                              f"({total}) = {4 * one_call:g}s")
+        if self.amqp_broker:
+            # RabbitMQ holds back countdowns, ETAs and retries itself (native delayed delivery): a worker
+            # holds a message only while running it, which must end before consumer_timeout.
+            if self.claim_lease >= self.rabbitmq_consumer_timeout:
+                raise ValueError(f"CLAIM_LEASE ({self.claim_lease}s) must stay below RABBITMQ_CONSUMER_TIMEOUT "
+                                 f"({self.rabbitmq_consumer_timeout}s), RabbitMQ's consumer_timeout")
+            return
         if self.claim_lease + self.backoff_max >= self.visibility_timeout:
             # A retry countdown plus one run must end before Redis hands the message to another worker.
             raise ValueError(
@@ -467,12 +514,13 @@ class Settings(BaseSettings):
 
     def _check_retention(self) -> None:
         """A ledger entry outlives every copy of its task message; a record outlives its ledger entry."""
-        redelivery = self.visibility_timeout + max(self.active_grace, self.queued_grace)
+        redelivery = self.redelivery_after + max(self.active_grace, self.queued_grace)
         if self.idempotency_ttl <= redelivery:
             # A task message can come back (redelivery, the sweeper's republish) until then: its ledger
             # entry must still be there, or its key would be claimed as new.
-            raise ValueError(f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s) must exceed VISIBILITY_TIMEOUT "
-                             f"({self.visibility_timeout}s) + the sweeper's grace (the longer of QUEUED_GRACE, "
+            held = "RABBITMQ_CONSUMER_TIMEOUT" if self.amqp_broker else "VISIBILITY_TIMEOUT"
+            raise ValueError(f"IDEMPOTENCY_TTL ({self.idempotency_ttl}s) must exceed {held} "
+                             f"({self.redelivery_after}s) + the sweeper's grace (the longer of QUEUED_GRACE, "
                              f"{self.queued_grace}s, and CLAIM_LEASE + BACKOFF_MAX + min(60, CLAIM_LEASE), "
                              f"{self.active_grace:g}s) = {redelivery:g}s")
         if 0 < self.record_ttl < self.idempotency_ttl:

@@ -30,8 +30,9 @@ into (not cumulative: one HINCRBY per observation); the collector adds them up.
 Read at scrape time, as gauges: circuit state per gateway, last polled balance (and its threshold and
 age), messages in flight (accepted, awaiting a report), unsettled messages (queued, sending,
 retrying), the dead-letter list's length, the length of each of the three queues (kombu's priority
-lists included), messages taken by workers and not yet acknowledged (kombu's `unacked` hash), and
-beat's last tick (beat.py). Whether workers answer is /healthz's question (health.py): the heartbeats
+lists included; on a RabbitMQ broker, its ready messages, asked of RabbitMQ at scrape time), messages
+taken by workers and not yet acknowledged (kombu's `unacked` hash; absent on RabbitMQ, which tells a
+passive queue.declare nothing about them: RabbitMQ's own metrics do), and beat's last tick (beat.py). Whether workers answer is /healthz's question (health.py): the heartbeats
 in `sms:workers` are those of every process consuming from the broker, Flower's too.
 
 prometheus_client is the `metrics` extra: only the process that serves /metrics imports it, on the
@@ -46,8 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
 from kombu.transport import redis as kombu_redis
 
+from . import broker
 from .config import Settings
 from .keys import Keys
 from .tasks import queue_names
@@ -94,7 +98,7 @@ class Snapshot:
     unsettled: int = 0
     dead_letters: int = 0
     queues: dict[str, int] = field(default_factory=dict)
-    unacked: int = 0
+    unacked: int | None = None     # kombu's unacked hash (Redis broker); RabbitMQ does not say
     beat_tick: float | None = None
     circuits: dict[str, str] = field(default_factory=dict)        # gateway → one of CIRCUIT_STATES
     balances: dict[str, dict[str, Any]] = field(default_factory=dict)   # gateway → amount, currency, at
@@ -130,18 +134,23 @@ class Metrics:
         pipe.zcard(self.keys.inflight())
         pipe.zcard(self.keys.pending())
         pipe.llen(self.keys.dead_letters())
-        for queue in queues:
-            for priority in kombu_redis.PRIORITY_STEPS:    # kombu's list per priority; 0 is the queue itself
-                pipe.llen(f"{queue}{kombu_redis.Channel.sep}{priority}" if priority else queue)
-        pipe.hlen(kombu_redis.Channel.unacked_key)
         pipe.get(self.keys.beat())
-        (seconds, micros), raw, in_flight, unsettled, dead, *rest = pipe.execute()
-        steps = len(kombu_redis.PRIORITY_STEPS)
-        lengths, (unacked, beat) = rest[:len(queues) * steps], rest[len(queues) * steps:]
+        on_redis = not self.settings.amqp_broker
+        if on_redis:
+            for queue in queues:
+                for priority in kombu_redis.PRIORITY_STEPS:    # kombu's list per priority; 0 is the queue itself
+                    pipe.llen(f"{queue}{kombu_redis.Channel.sep}{priority}" if priority else queue)
+            pipe.hlen(kombu_redis.Channel.unacked_key)
+        (seconds, micros), raw, in_flight, unsettled, dead, beat, *rest = pipe.execute()
         snap = Snapshot(now=seconds + micros / 1e6, in_flight=in_flight, unsettled=unsettled, dead_letters=dead,
-                        unacked=unacked, beat_tick=float(beat) if beat else None)
+                        beat_tick=float(beat) if beat else None)
         snap.counters = {k.decode(): float(v) for k, v in raw.items()}
-        snap.queues = {q: sum(lengths[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
+        if on_redis:
+            steps = len(kombu_redis.PRIORITY_STEPS)
+            snap.queues = {q: sum(rest[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
+            snap.unacked = rest[-1]
+        else:
+            snap.queues = self._rabbitmq_queues(queues)
 
         gateways = sorted(set(self.settings.configured_gateways()) | gateways_counted(snap.counters))
         pipe = self.redis.pipeline(transaction=False)
@@ -157,6 +166,16 @@ class Metrics:
                 snap.balances[gateway] = {"amount": float(b["amount"]), "currency": b.get("currency") or "",
                                           "at": float(b.get("at") or 0)}
         return snap
+
+    def _rabbitmq_queues(self, names: tuple[str, ...]) -> dict[str, int]:
+        """Ready messages per queue, from RabbitMQ (broker.queue_lengths); none when it does not answer
+        (the scrape still shows everything read from Redis)."""
+        try:
+            lengths = broker.queue_lengths(self.settings, names)
+        except (OSError, KombuError, AMQPError) as e:
+            log.warning("queue lengths not read from RabbitMQ: %s", type(e).__name__)
+            return {}
+        return {name: length for name, length in lengths.items() if length is not None}
 
     # --- Prometheus ---------------------------------------------------------------------------
 
@@ -252,7 +271,7 @@ def families(snap: Snapshot, settings: Settings) -> list[Any]:
     for queue, length in snap.queues.items():
         queues.add_metric([queue], length)
     gauge("queue_unacked", "Task messages taken by workers and not yet acknowledged (kombu's unacked hash, shared "
-          "by every Celery app of this Redis database).", snap.unacked)
+          "by every Celery app of this Redis database; absent with a RabbitMQ broker).", snap.unacked)
     gauge("beat_last_tick_timestamp_seconds", "When celery beat last ran its scheduler loop (absent: never, or "
           "not within a day).", snap.beat_tick)
     return out

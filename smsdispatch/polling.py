@@ -189,7 +189,10 @@ class Poller:
 
     def _oldest_waiting(self) -> float | None:
         """When the send queue's next message was published (our producers stamp it), or None when the
-        queue is empty or its next message carries no stamp (a by-name producer, another broker)."""
+        queue is empty or its next message carries no stamp (a by-name producer, another broker).
+        On RabbitMQ there is no list to peek at: QUEUED_GRACE alone decides."""
+        if self.settings.amqp_broker:
+            return None
         try:
             raw = self.redis.lindex(self.settings.queue, -1)      # kombu: LPUSH to publish, BRPOP to consume
             stamp = json.loads(raw)["headers"].get(QUEUED_AT_HEADER) if raw else None

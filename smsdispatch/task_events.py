@@ -8,6 +8,10 @@ This consumer publishes them every EVENT_FLUSH_INTERVAL instead, all buffered ev
 `task-multi` message (Celery's EventDispatcher still flushes at once when 24 are buffered). Every
 event still reaches Flower, at most EVENT_FLUSH_INTERVAL later; at worker shutdown Celery flushes
 what is left. Used through the ``worker_consumer`` setting (worker.py).
+
+On RabbitMQ the events' connection has no publisher confirms (broker.event_transport_options): a
+publish with confirms waits for RabbitMQ's answer, and that wait, in the worker's event loop, froze
+consumption. An event is worth no such wait; a task message still is (its publishes keep confirms).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.request import Request
 
+from . import broker
 from .redact import shown_arguments
 from .tasks import SEND_BATCH, SEND_SMS
 
@@ -32,6 +37,16 @@ class Consumer(CeleryConsumer):
 
     def on_send_event_buffered(self) -> None:
         """Nothing to do now: the timer publishes the buffer."""
+
+    def connection_for_write(self, url=None, heartbeat=None):
+        """The connection Celery's Events step publishes task events through: on RabbitMQ, one
+        without publisher confirms (see the module's docstring)."""
+        runtime = getattr(self.app, "runtime", None)
+        options = broker.event_transport_options(runtime.settings) if runtime is not None else None
+        if options is None:
+            return super().connection_for_write(url=url, heartbeat=heartbeat)
+        return self.ensure_connected(self.app.connection_for_write(url=url, heartbeat=heartbeat,
+                                                                   transport_options=options))
 
 
 class MaskedRequest(Request):

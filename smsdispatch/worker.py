@@ -8,6 +8,7 @@ share one HTTP connection pool per gateway and one Redis pool, and use far less 
 A worker consumes three queues: SMSDISPATCH_QUEUE (sends, batches, reminders), the same name with
 ".retry" (retries, and messages the sweeper publishes again) and with ".periodic" (beat's work); a
 worker started with ``-Q`` must name all three.
+The broker (Redis, or RabbitMQ with SMSDISPATCH_BROKER_URL=amqp://...) is configured by broker.py.
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar, cast
-from urllib.parse import urlparse
 
 import redis
 from celery import Celery, signals
-from kombu import Queue
 
-from . import redischeck, sentinel
+from . import broker, redischeck
 from .batch import Batches
 from .celery_results import DEFAULT_TTL as DEFAULT_RESULT_TTL
 from .config import Settings, load_settings, settings_from
@@ -138,12 +137,20 @@ class SmsApp(Celery):
     def send_batch(self) -> SendBatch:
         return cast(SendBatch, self.tasks[SEND_BATCH])
 
+    def send_task(self, name: str, args: Any = None, kwargs: Any = None, countdown: Any = None,
+                  eta: Any = None, *rest: Any, **options: Any) -> Any:
+        """Celery's, with a delay rounded up to whole seconds on RabbitMQ (broker.whole_seconds): every
+        publish ends here (`.delay`, `apply_async`, a retry, a reminder's release)."""
+        if self.runtime.settings.amqp_broker and (countdown is not None or eta is not None):
+            countdown, eta = broker.whole_seconds(countdown, eta)
+        return super().send_task(name, args, kwargs, countdown, eta, *rest, **options)
+
 
 def create_app(settings: Settings | None = None) -> SmsApp:
     """An app with every smsdispatch task, for `settings` (default: read from the environment). A web
     app may build its own with its own settings; nothing connects until a task is sent or run."""
     settings = settings or load_settings()
-    app = SmsApp("smsdispatch", broker=settings.redis_url, backend=settings.redis_url,
+    app = SmsApp("smsdispatch", broker=settings.celery_broker_url, backend=settings.redis_url,
                  set_as_current=False, task_cls=PrivateTask)
     _configure(app, settings)
     _route(app, settings)
@@ -153,18 +160,7 @@ def create_app(settings: Settings | None = None) -> SmsApp:
 
 
 def _configure(app: Celery, settings: Settings) -> None:
-    """Celery's and kombu's settings: JSON only, late acks, the visibility timeout, our transport."""
-    transport = {
-        "visibility_timeout": settings.visibility_timeout,
-        # kombu sweeps unacknowledged messages of dead workers back into the queue only every
-        # interval x throttle seconds (10 x 10 by default). Sweep every min(10 s, VT/4) instead: a
-        # crashed worker's messages come back soon after the visibility timeout, for one cheap
-        # Redis query per sweep.
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
-        "unacked_restore_throttle": 1,
-        # behind Sentinel: the primary's name and how to reach the Sentinels (sentinel.py)
-        **_sentinel_options(settings),
-    }
+    """Celery's and kombu's settings: JSON only, late acks, the broker's own options (broker.py)."""
     app.conf.update(
         # JSON only: a pickle message is refused by the consumer and never deserialised.
         task_serializer="json", result_serializer="json",
@@ -173,13 +169,8 @@ def _configure(app: Celery, settings: Settings) -> None:
         # makes that safe (no second send).
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        # The visibility timeout in all three places (celery#7651).
-        # The broker's transport also takes our key prefix and WORKER_LOST_AFTER (redis_transport.py: a dead
-        # worker's messages come back in seconds, not after the visibility timeout).
-        broker_transport_options={**transport, "smsdispatch_key_prefix": settings.key_prefix,
-                                  "worker_lost_after": settings.worker_lost_after},
-        result_backend_transport_options=transport,
-        visibility_timeout=settings.visibility_timeout,
+        # The result backend is Redis whatever the broker (the visibility timeout, Sentinel's options).
+        result_backend_transport_options=broker.result_transport_options(settings),
         task_default_queue=settings.queue,
         # Events for Flower. Workers send them (received, started, succeeded, retried, failed); the
         # producer's "task-sent" event is off: it cost a fifth of every .delay() (bench/), and a message
@@ -187,33 +178,15 @@ def _configure(app: Celery, settings: Settings) -> None:
         worker_send_task_events=True, task_send_sent_event=False,
         result_extended=False, result_backend_thread_safe=True,
         broker_connection_retry_on_startup=True,
-        # kombu's Redis transport, reusing one client per channel (redis_transport.py): a publish, an ack
-        # or a task event no longer builds a redis-py client first. For redis:// and sentinel:// only:
-        # kombu picks its TLS defaults for rediss:// from the URL's scheme, which a named transport would hide.
-        broker_transport=_broker_transport(settings.redis_url),
         # Task events go out in batches, every 0.1 s (task_events.py), not one publish per event.
         worker_consumer="smsdispatch.task_events:Consumer",
         worker_hijack_root_logger=True,
         # beat records every pass of its loop in Redis (beat.py, for health.py), and wakes often enough
         # that an idle beat still does so well within BEAT_STALE_AFTER
         beat_scheduler="smsdispatch.beat:Scheduler", beat_max_loop_interval=settings.beat_stale_after / 4,
+        # the broker: URL, transport and its options, for Redis or RabbitMQ
+        **broker.celery_options(settings),
     )
-
-
-def _broker_transport(url: str) -> str | None:
-    """Our kombu transport for the URL's scheme (redis_transport.py), or None: kombu's own."""
-    scheme = urlparse(url.split(";", 1)[0]).scheme
-    return {"redis": "smsdispatch.redis_transport:Transport",
-            "sentinel": "smsdispatch.redis_transport:SentinelTransport"}.get(scheme)
-
-
-def _sentinel_options(settings: Settings) -> dict[str, Any]:
-    """kombu's and Celery's transport options for a sentinel:// REDIS_URL (the same for the broker and
-    the result backend); none for any other URL."""
-    if not sentinel.is_sentinel(settings.redis_url) or not settings.sentinel_master:
-        return {}
-    password = settings.sentinel_password.get_secret_value() if settings.sentinel_password else None
-    return sentinel.transport_options(settings.sentinel_master, password)
 
 
 def _route(app: Celery, settings: Settings) -> None:
@@ -226,7 +199,7 @@ def _route(app: Celery, settings: Settings) -> None:
     # long past its countdown, and the sweeper took it for lost and published it again (the single-
     # gateway chaos run under 25% faults: 519 such republishes for 6,000 messages).
     sends, retries, periodic = queue_names(settings.queue)
-    app.conf.task_queues = [Queue(sends), Queue(retries), Queue(periodic)]
+    app.conf.task_queues = broker.task_queues(settings, (sends, retries, periodic))
     app.conf.task_routes = {task: {"queue": periodic} for task in PERIODIC_TASKS}
     app.conf.beat_schedule = {
         f"smsdispatch-{name}": {"task": task, "schedule": every, "options": {"expires": max(every * 2, 10)}}

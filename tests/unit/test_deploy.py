@@ -13,7 +13,7 @@ SERVICES = COMPOSE["services"]
 
 
 def test_the_services_restart_by_themselves():
-    assert set(SERVICES) == {"redis", "worker", "beat", "flower", "metrics", "webhooks"}
+    assert set(SERVICES) == {"redis", "rabbitmq", "worker", "beat", "flower", "metrics", "webhooks"}
     for name, service in SERVICES.items():
         assert service.get("restart") in ("unless-stopped", "always"), name
 
@@ -26,6 +26,7 @@ def test_every_service_has_a_health_check_of_its_own():
     assert "5555/healthcheck" in checks["flower"]
     for name in ("metrics", "webhooks"):        # only what the server needs itself: Redis
         assert "/healthz?check=redis" in checks[name], name
+    assert "rabbitmq-diagnostics" in checks["rabbitmq"]
     for name in ("worker", "beat"):             # Docker reserves exit code 2, our CLI's usage error
         assert checks[name].endswith("|| exit 1"), name
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -100,5 +101,16 @@ def test_our_kombu_transport_and_consumer_are_configured_and_rediss_keeps_kombus
 def test_flower_listens_on_loopback_and_gets_no_gateway_credentials():
     flower = SERVICES["flower"]
     assert flower["ports"] == ["127.0.0.1:5555:5555"]
-    assert set(flower["environment"]) == {"SMSDISPATCH_REDIS_URL", "FLOWER_BASIC_AUTH"}
+    assert set(flower["environment"]) == {"SMSDISPATCH_REDIS_URL", "SMSDISPATCH_BROKER_URL", "FLOWER_BASIC_AUTH"}
     assert "FLOWER_UNAUTHENTICATED_API" not in str(COMPOSE)
+
+
+def test_rabbitmq_runs_only_when_asked_and_every_celery_process_gets_the_broker_url():
+    """`--profile rabbitmq` adds RabbitMQ; SMSDISPATCH_BROKER_URL (empty: Redis is the broker) reaches
+    worker, beat, Flower and the metrics page alike, so all of them talk to the same broker."""
+    rabbit = SERVICES["rabbitmq"]
+    assert rabbit["profiles"] == ["rabbitmq"] and re.fullmatch(r"rabbitmq:\d+\.\d+\.\d+", rabbit["image"])
+    assert any(v.endswith(":/var/lib/rabbitmq") for v in rabbit["volumes"])
+    assert "ports" not in rabbit        # reached by the services only
+    for name in ("worker", "beat", "flower", "metrics"):
+        assert SERVICES[name]["environment"]["SMSDISPATCH_BROKER_URL"] == "${SMSDISPATCH_BROKER_URL:-}", name

@@ -206,3 +206,18 @@ def test_the_sweeper_leaves_a_queued_message_alone_while_it_may_still_wait_in_th
     new_tick(poller, "sweep")
     later = late + poller.settings.queued_grace + 1
     assert [t for t, _ in poller.sweep(at=later)] == ["tw"]     # the queue moved past it: lost, published again
+
+
+def test_on_rabbitmq_the_sweeper_goes_by_queued_grace_alone(settings, redis_client, stub, clock):
+    """A RabbitMQ broker has no Redis list to peek at: a Redis list of the queue's name (another app's,
+    a leftover of a former Redis broker) must not make the sweeper wait."""
+    import json
+
+    from smsdispatch.polling import QUEUED_AT_HEADER
+    s = settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:5672/"})
+    assert s.amqp_broker
+    poller = Poller(Dispatcher(s, redis_client, gateways=StubGateways(stub), clock=clock))
+    mid = poller.d.record_queued({"to": "+998901234567", "text": "Lost", "idempotency_key": "kr"}, task_id="tr")
+    created = poller.d.records.get(mid)["created_at"]
+    poller.redis.lpush(s.queue, json.dumps({"headers": {"id": "older", QUEUED_AT_HEADER: created - 5}}))
+    assert [t for t, _ in poller.sweep(at=created + s.queued_grace + 1)] == ["tr"]

@@ -130,9 +130,11 @@ def test_every_app_is_covered_built_before_during_or_after_the_kit_starts():
 
 def test_the_kit_leaves_nothing_behind():
     app = create_app(settings_from({"REDIS_URL": NOWHERE}))
+    send_task, part = SmsApp.__dict__["send_task"], Runtime.__dict__["_part"]
     with capture_sms():
         app.send_sms.delay(NUMBER, "hi")
-    assert "send_task" not in SmsApp.__dict__ and "_part" in Runtime.__dict__
+        assert SmsApp.__dict__["send_task"] is not send_task        # the kit's, while it is active
+    assert SmsApp.__dict__["send_task"] is send_task and Runtime.__dict__["_part"] is part    # ours again
     assert Runtime.schedule_reminder.__qualname__ == "Runtime.schedule_reminder"
     assert app.runtime._redis is None and app.runtime._dispatcher is None    # its own parts were never built
     assert Harness._active is None

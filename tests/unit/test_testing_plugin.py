@@ -34,7 +34,7 @@ def test_signup_records_it(sms_eager):
 
 
 def test_a_test_without_the_fixtures_sees_no_kit():
-    assert "send_task" not in SmsApp.__dict__
+    assert SmsApp.send_task.__qualname__ == "SmsApp.send_task"      # ours, not the kit's stand-in
 '''
 
 
