@@ -18,8 +18,8 @@ Parts (all in one run, each bounded in count and time):
   d    latency enqueue -> gateway (p50/p99) with the producer paced at 20 msg/s
   c    a 100,000-recipient batch through Eskiz's send-batch, from `.delay()` until the batch is done
 
-Options: --only a,b,bb,c,d,e,cap; sizes (--single N, --batch N, ...); --profile DIR attaches py-spy to our
-worker during (b) and (c) and adds where its time goes (bench/spy.py). Progress goes to stderr.
+Options: --only a,b,bb,c,d,e,cap; sizes (--single N, --batch N, ...); --profile DIR attaches py-spy to both
+workers during (b) and (bb), ours during (c), and adds where their time goes (bench/spy.py). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ class Bench:
                 raise TimeoutError(f"{label}: warm-up did not finish; log {worker.log_path}")
         part = "bb" if holds else "b"
         spies = {label: Spy(worker.pid, spy_dir / f"{part}-{label}.raw")
-                 for label, (worker, _) in sides.items() if spy_dir and label == "ours"}
+                 for label, (worker, _) in sides.items() if spy_dir}
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in sides}
         try:
             for run in range(runs):
@@ -658,7 +658,9 @@ def table(r: dict[str, Any]) -> str:
     profiles = [("a: producer ours (driver)", r.get("a_producer", {}).get("ours", {}).get("profile")),
                 ("a: producer plain (driver)", r.get("a_producer", {}).get("plain", {}).get("profile")),
                 ("b: our worker, single sends", r.get("b_single", {}).get("ours", {}).get("profile")),
+                ("b: plain's worker, single sends", r.get("b_single", {}).get("plain", {}).get("profile")),
                 ("bb: our worker, a backlog of single sends", r.get("bb_backlog", {}).get("ours", {}).get("profile")),
+                ("bb: plain's worker, a backlog of single sends", r.get("bb_backlog", {}).get("plain", {}).get("profile")),
                 ("c: our worker, batch", r.get("c_batch", {}).get("profile"))]
     for label, prof in profiles:
         if prof:
@@ -690,7 +692,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=5.0, help="(e) idle window for the background rate")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to this many seconds for other processes to leave the CPU before starting")
-    p.add_argument("--profile", metavar="DIR", help="attach py-spy to our worker during (b) and (c); raw stacks in DIR")
+    p.add_argument("--profile", metavar="DIR", help="attach py-spy to the workers during (b), (bb) and (c); raw stacks in DIR")
     p.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
     a = p.parse_args(argv)
     for name in ("producer", "single", "batch", "redis_n", "runs", "concurrency"):
