@@ -12,6 +12,8 @@ Parts (all in one run, each bounded in count and time):
   a    producer rate: our `send_sms.delay()` vs a plain `.delay()` of a no-op task (median of 3)
   b    single sends end to end: enqueue N, until N tasks succeeded; msgs/s and worker CPU per message
        (median of 3), ours vs plain on the same pool and concurrency
+  bb   the same with a backlog: each run enqueues its N while the worker does not consume its queue
+       (remote control cancel_consumer), then lets it take them (add_consumer); timed from then
   e    Redis commands and round trips per message on the send path (bench/redisstats.py)
   d    latency enqueue -> gateway (p50/p99) with the producer paced at 20 msg/s
   c    a 100,000-recipient batch through Eskiz's send-batch, from `.delay()` until the batch is done
@@ -20,8 +22,8 @@ Parts (all in one run, each bounded in count and time):
 ours (SMSDISPATCH_BROKER_URL) and plain (a quorum queue and publisher confirms, as ours), the store and
 results still in the private Redis; (b) then adds RabbitMQ's CPU per message. Parts a and b.
 
-Options: --only a,b,c,d,e,cap; sizes (--single N, --batch N, ...); --profile DIR attaches py-spy to our
-worker during (b) and (c) and adds where its time goes (bench/spy.py). Progress goes to stderr.
+Options: --only a,b,bb,c,d,e,cap; sizes (--single N, --batch N, ...); --profile DIR attaches py-spy to both
+workers during (b) and (bb), ours during (c), and adds where their time goes (bench/spy.py). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ from smsdispatch.redisclient import CLIENT_NAME
 from smsdispatch.tasks import SEND_BATCH, SEND_SMS
 
 TEXT = "Your code is 4821"
-PARTS = ("cap", "a", "b", "e", "d", "c")
-TARGETS = {"a": 0.9, "b": 1.0, "c": 10_000, "e": 3.0}
+PARTS = ("cap", "a", "b", "bb", "e", "d", "c")
+TARGETS = {"a": 0.9, "b": 1.0, "bb": 1.2, "c": 10_000, "e": 3.0}
 REFERENCE = {"plain_bare_delay_per_s": 782, "plain_threads_c50_pooled_session_msgs_per_s": 149,
              "plain_noop_prefork_c2_per_s": 451, "machine": "2 cores, 50 ms gateway (issue 6)"}
 
@@ -125,6 +127,22 @@ def _rabbitmq_process() -> psutil.Process | None:
 
 
 # ----------------------------------------------------------------------------------------- bench
+class Hold:
+    """(bb) One worker's consuming of its send queue stopped and started again (Celery's remote control
+    `cancel_consumer` / `add_consumer`), so that a backlog can be enqueued before it takes any of it."""
+
+    def __init__(self, app, queue: str, hostname: str) -> None:
+        self.app, self.queue, self.hostname = app, queue, hostname
+
+    def pause(self) -> None:
+        if not self.app.control.cancel_consumer(self.queue, destination=[self.hostname], reply=True, timeout=5):
+            raise RuntimeError(f"{self.hostname} did not answer cancel_consumer({self.queue})")
+
+    def resume(self) -> None:
+        if not self.app.control.add_consumer(self.queue, destination=[self.hostname], reply=True, timeout=5):
+            raise RuntimeError(f"{self.hostname} did not answer add_consumer({self.queue})")
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, redis_server: EmbeddedRedis, fake: SlowEskiz, log_dir: Path,
                  broker_url: str | None = None):
@@ -259,9 +277,12 @@ class Bench:
         out["ratio"] = round(out["ours"]["per_s"] / out["plain"]["per_s"], 2)
         return out
 
-    def throughput(self, sides: dict[str, tuple[CeleryWorker, Callable]], spy_dir: Path | None) -> dict[str, Any]:
+    def throughput(self, sides: dict[str, tuple[CeleryWorker, Callable]], spy_dir: Path | None, *,
+                   holds: dict[str, Hold] | None = None) -> dict[str, Any]:
         """(b) for every side ({kind: (worker, delay)}), its runs interleaved (ours, plain, ours, ...) so
-        that a drift of the machine's speed falls on both alike; medians per side."""
+        that a drift of the machine's speed falls on both alike; medians per side. With `holds` (bb, the
+        backlog variant): each run enqueues its N messages while the side's worker does not consume its
+        queue, then lets it consume them all at once; timed from that moment."""
         n, runs = self.args.single, self.args.runs
         for label, (worker, delay) in sides.items():
             base = worker.succeeded
@@ -269,15 +290,16 @@ class Bench:
                 delay(number(i), TEXT)
             if not worker.wait_succeeded(base + self.args.warmup, timeout=60):
                 raise TimeoutError(f"{label}: warm-up did not finish; log {worker.log_path}")
-        spies = {label: Spy(worker.pid, spy_dir / f"b-{label}.raw")
-                 for label, (worker, _) in sides.items() if spy_dir and label == "ours"}
+        part = "bb" if holds else "b"
+        spies = {label: Spy(worker.pid, spy_dir / f"{part}-{label}.raw")
+                 for label, (worker, _) in sides.items() if spy_dir}
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in sides}
         try:
             for run in range(runs):
                 for label, (worker, delay) in sides.items():
-                    res = self.throughput_run(worker, delay, n)
+                    res = self.throughput_run(worker, delay, n, hold=holds[label] if holds else None)
                     results[label].append(res)
-                    log(f"(b) {label} run {run + 1}: {res['msgs_per_s']} msg/s, worker {res['worker_cpu_ms_per_msg']} "
+                    log(f"({part}) {label} run {run + 1}: {res['msgs_per_s']} msg/s, worker {res['worker_cpu_ms_per_msg']} "
                         f"ms CPU/msg, {res['gateway_sends']} gateway sends{'' if res['completed'] else ' (TIMED OUT)'}")
         finally:
             for spy in spies.values():
@@ -297,16 +319,26 @@ class Bench:
             out[label] = side
         return out
 
-    def throughput_run(self, worker: CeleryWorker, delay: Callable, n: int) -> dict[str, Any]:
-        """Enqueue n single sends, wait until the worker has finished n more tasks."""
+    def throughput_run(self, worker: CeleryWorker, delay: Callable, n: int, *, hold: Hold | None = None
+                       ) -> dict[str, Any]:
+        """Enqueue n single sends, wait until the worker has finished n more tasks. With `hold`, the
+        n are enqueued while the worker does not consume, and the run starts when it consumes again."""
         self.fake.reset()
         self.settle(0.5)
         base = worker.succeeded
+        if hold is not None:
+            hold.pause()
+            for i in range(n):
+                delay(number(i), TEXT)
+            self.settle(0.5)
         u0 = self.usage(worker)
         w0, k0, (r0, d0), b0 = worker.cpu_seconds(), worker.system_seconds(), self.cpu(), self.broker_cpu()
         t0 = time.perf_counter()
-        for i in range(n):
-            delay(number(i), TEXT)
+        if hold is not None:
+            hold.resume()
+        else:
+            for i in range(n):
+                delay(number(i), TEXT)
         t_enq = time.perf_counter()
         ok = worker.wait_succeeded(base + n, timeout=max(60.0, n / 10))
         t1 = time.perf_counter()
@@ -488,7 +520,7 @@ def _run(args: argparse.Namespace, vhost: TemporaryVhost | None) -> dict[str, An
             result["gateway_capacity"] = bench.part_cap()
         if "a" in parts:
             result["a_producer"] = bench.part_a(spy_dir)
-        if parts & {"b", "d", "e"}:
+        if parts & {"b", "bb", "d", "e"}:
             # Both workers run side by side (each idle while the other is measured), so the runs of
             # (b) can alternate between them.
             sides: dict[str, tuple[CeleryWorker, Any, Any]] = {}
@@ -500,6 +532,10 @@ def _run(args: argparse.Namespace, vhost: TemporaryVhost | None) -> dict[str, An
                     sides[kind] = (worker, app, app.tasks[SEND_SMS] if kind == "ours" else app.tasks[plain.SEND])
                 if "b" in parts:
                     result["b_single"] = bench.throughput({k: (w, t.delay) for k, (w, _, t) in sides.items()}, spy_dir)
+                if "bb" in parts:
+                    result["bb_backlog"] = bench.throughput(
+                        {k: (w, t.delay) for k, (w, _, t) in sides.items()}, spy_dir,
+                        holds={k: Hold(a, f"bench-{k}", w.hostname) for k, (w, a, _) in sides.items()})
                 for kind, (worker, _, task) in sides.items():
                     if "e" in parts:
                         result.setdefault("e_redis", {})[kind] = bench.redis_cost(worker, task, kind)
@@ -509,8 +545,10 @@ def _run(args: argparse.Namespace, vhost: TemporaryVhost | None) -> dict[str, An
                 for worker, app, _ in sides.values():
                     worker.stop()
                     app.close()
-            if "b" in parts:
-                b = result["b_single"]
+            for key in ("b_single", "bb_backlog"):
+                if key not in result:
+                    continue
+                b = result[key]
                 b["ratio"] = round(b["ours"]["msgs_per_s"] / b["plain"]["msgs_per_s"], 2)
                 b["cpu_ratio"] = round(b["ours"]["worker_cpu_ms_per_msg"] / b["plain"]["worker_cpu_ms_per_msg"], 2)
                 # each run of ours against the run of plain just after it (the machine's speed drifts)
@@ -540,6 +578,8 @@ def verdict(r: dict[str, Any]) -> dict[str, Any]:
         v["a_producer_ratio_ge_0.9"] = r["a_producer"]["ratio"] >= TARGETS["a"]
     if "b_single" in r and "ratio" in r["b_single"]:
         v["b_single_ratio_ge_1.0"] = r["b_single"]["ratio"] >= TARGETS["b"]
+    if "bb_backlog" in r and "ratio" in r["bb_backlog"]:
+        v["bb_backlog_ratio_ge_1.2"] = r["bb_backlog"]["ratio"] >= TARGETS["bb"]
     if "c_batch" in r:
         v["c_batch_ge_10000_per_s"] = bool(r["c_batch"]["completed"]) and r["c_batch"]["msgs_per_s"] >= TARGETS["c"]
     if "e_redis" in r and "ours" in r["e_redis"]:
@@ -560,6 +600,8 @@ def table(r: dict[str, Any]) -> str:
     foreign = {"a": r.get("a_producer", {}).get("foreign_cpu_pct_max"),
                "b ours": r.get("b_single", {}).get("ours", {}).get("foreign_cpu_pct_max"),
                "b plain": r.get("b_single", {}).get("plain", {}).get("foreign_cpu_pct_max"),
+               "bb ours": r.get("bb_backlog", {}).get("ours", {}).get("foreign_cpu_pct_max"),
+               "bb plain": r.get("bb_backlog", {}).get("plain", {}).get("foreign_cpu_pct_max"),
                "c": r.get("c_batch", {}).get("foreign_cpu_pct"),
                "d ours": r.get("d_latency", {}).get("ours", {}).get("foreign_cpu_pct"),
                "d plain": r.get("d_latency", {}).get("plain", {}).get("foreign_cpu_pct")}
@@ -588,20 +630,23 @@ def table(r: dict[str, Any]) -> str:
         row("a", "producer CPU us/msg", a["ours"]["producer_cpu_us_per_msg"], a["plain"]["producer_cpu_us_per_msg"])
         row("a", "plain without result backend", "", a["plain_no_result_backend"]["per_s"], "",
             f"ref: bare .delay() {REFERENCE['plain_bare_delay_per_s']}/s")
-    if "b_single" in r:
-        b = r["b_single"]
+    for key, part, what, check in (("b_single", "b", "single sends e2e msg/s", "b_single_ratio_ge_1.0"),
+                                   ("bb_backlog", "bb", "backlog of single sends msg/s", "bb_backlog_ratio_ge_1.2")):
+        if key not in r:
+            continue
+        b = r[key]
         o, p = b.get("ours", {}), b.get("plain", {})
-        row("b", f"single sends e2e msg/s (N={o.get('n')})", o.get("msgs_per_s"), p.get("msgs_per_s"),
-            f"{b.get('ratio')}x", f">= 1.0x {mark(v.get('b_single_ratio_ge_1.0'))}")
-        row("b", "  ratio of each run to plain's next run", "", "",
+        row(part, f"{what} (N={o.get('n')})", o.get("msgs_per_s"), p.get("msgs_per_s"),
+            f"{b.get('ratio')}x", f">= {TARGETS[part]}x {mark(v.get(check))}")
+        row(part, "  ratio of each run to plain's next run", "", "",
             " ".join(f"{x}x" for x in b.get("pair_ratios", [])))
-        row("b", "worker CPU ms/msg", o.get("worker_cpu_ms_per_msg"), p.get("worker_cpu_ms_per_msg"),
+        row(part, "worker CPU ms/msg", o.get("worker_cpu_ms_per_msg"), p.get("worker_cpu_ms_per_msg"),
             f"{b.get('cpu_ratio')}x")
-        row("b", "  of which in the kernel (system calls)", o.get("worker_system_cpu_ms_per_msg"),
+        row(part, "  of which in the kernel (system calls)", o.get("worker_system_cpu_ms_per_msg"),
             p.get("worker_system_cpu_ms_per_msg"))
-        row("b", "worker CPU busy % of one core", o.get("worker_cpu_busy_pct"), p.get("worker_cpu_busy_pct"))
-        row("b", "redis-server CPU ms/msg", o.get("redis_cpu_ms_per_msg"), p.get("redis_cpu_ms_per_msg"))
-        row("b", "driver (producer+fake) CPU ms/msg", o.get("driver_cpu_ms_per_msg"), p.get("driver_cpu_ms_per_msg"),
+        row(part, "worker CPU busy % of one core", o.get("worker_cpu_busy_pct"), p.get("worker_cpu_busy_pct"))
+        row(part, "redis-server CPU ms/msg", o.get("redis_cpu_ms_per_msg"), p.get("redis_cpu_ms_per_msg"))
+        row(part, "driver (producer+fake) CPU ms/msg", o.get("driver_cpu_ms_per_msg"), p.get("driver_cpu_ms_per_msg"),
             "", f"ref: plain threads c=50 {REFERENCE['plain_threads_c50_pooled_session_msgs_per_s']}/s")
     if "c_batch" in r:
         c = r["c_batch"]
@@ -658,6 +703,9 @@ def table(r: dict[str, Any]) -> str:
     profiles = [("a: producer ours (driver)", r.get("a_producer", {}).get("ours", {}).get("profile")),
                 ("a: producer plain (driver)", r.get("a_producer", {}).get("plain", {}).get("profile")),
                 ("b: our worker, single sends", r.get("b_single", {}).get("ours", {}).get("profile")),
+                ("b: plain's worker, single sends", r.get("b_single", {}).get("plain", {}).get("profile")),
+                ("bb: our worker, a backlog of single sends", r.get("bb_backlog", {}).get("ours", {}).get("profile")),
+                ("bb: plain's worker, a backlog of single sends", r.get("bb_backlog", {}).get("plain", {}).get("profile")),
                 ("c: our worker, batch", r.get("c_batch", {}).get("profile"))]
     for label, prof in profiles:
         if prof:
@@ -692,7 +740,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=5.0, help="(e) idle window for the background rate")
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="wait up to this many seconds for other processes to leave the CPU before starting")
-    p.add_argument("--profile", metavar="DIR", help="attach py-spy to our worker during (b) and (c); raw stacks in DIR")
+    p.add_argument("--profile", metavar="DIR", help="attach py-spy to the workers during (b), (bb) and (c); raw stacks in DIR")
     p.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
     a = p.parse_args(argv)
     for name in ("producer", "single", "batch", "redis_n", "runs", "concurrency"):

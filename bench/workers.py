@@ -9,6 +9,7 @@ read from psutil (i.e. /proc/<pid>/stat): with the threads pool the worker is on
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ class CeleryWorker:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def hostname(self) -> str:
+        """The worker's node name, as remote control commands address it (`--hostname name@%h`)."""
+        return f"{self.name}@{socket.gethostname()}"
 
     def scan(self) -> None:
         data = self._reader.read()

@@ -148,8 +148,10 @@ class RedactPhones(logging.Filter):
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, ()
-        for name, value in list(vars(record).items()):      # the fields given with `extra=`, masked alike
-            if name not in STANDARD_FIELDS and value is not None:
+        fields = vars(record)
+        for name in fields.keys() - STANDARD_FIELDS:        # the fields given with `extra=`, masked alike
+            value = fields[name]
+            if value is not None:
                 setattr(record, name, redact_value(value))
         if record.exc_info and not record.exc_text:
             # Formatters use exc_text when it is set: format the traceback once, masked.

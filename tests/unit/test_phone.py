@@ -38,3 +38,19 @@ def test_mask_keeps_prefix_and_last_two_digits():
     assert mask("+998901234567") == "+998*******67"
     assert mask("+27821234567") == "+278******67"
     assert mask("123") == "***"
+
+
+def _mask_digit_by_digit(text: str) -> str:
+    """mask's rule spelled out: the first three and the last two digits stay, other digits become '*'."""
+    digits = [i for i, c in enumerate(text) if c.isdigit()]
+    if len(digits) <= 5:
+        return "*" * len(text)
+    keep = set(digits[:3] + digits[-2:])
+    return "".join(c if i in keep or not c.isdigit() else "*" for i, c in enumerate(text))
+
+
+@pytest.mark.parametrize("number", ["+", "+1", "+12345", "+123456", "+1234567", "+998901234567",
+                                    "+9989012345678901", "+\u0669\u0669\u0668\u0669\u0660\u0661\u0662\u0663",
+                                    "+12\u00b2345678", "998901234567", "+998 90 123-45-67", "+99890123456a"])
+def test_mask_of_an_e164_number_follows_the_digit_by_digit_rule(number):
+    assert mask(number) == _mask_digit_by_digit(number)

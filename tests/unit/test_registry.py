@@ -170,6 +170,16 @@ def test_an_unknown_gateway_names_the_known_ones(redis_client):
         build_gateway("pigeon", load_settings(), redis_client, Keys("t"))
 
 
+def test_gateways_builds_each_once_and_still_refuses_an_unconfigured_one(redis_client):
+    gateways = Gateways(load_settings(default_gateway="console"), redis_client, Keys("t"))
+    first = gateways.get("console")
+    assert gateways.get("console") is first         # built once, then answered without listing them again
+    with pytest.raises(UnknownGatewayError, match="'eskiz' is not configured here"):
+        gateways.get("eskiz")
+    with pytest.raises(UnknownGatewayError):
+        gateways.get("eskiz")                       # a refusal is not remembered as a gateway
+
+
 def post(hooks, path, body):
     raw = json.dumps(body).encode()
     status, answer = hooks.handle({"PATH_INFO": path, "REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(len(raw)),
