@@ -128,7 +128,7 @@ class Records:
             [self.keys.message(message_id), self.keys.history(message_id),
              self.keys.gateway_id(fields["gateway"], gwid) if gwid else "", self._number_index(fields.get("to"))],
             [message_id, status.value, _entry(status, at, note, fields.get("error")),
-             json.dumps(_encode(fields), ensure_ascii=False), pending])
+             _dumps(_encode(fields)), pending])
 
     def prepared(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> RecordUpdate:
         """`update`'s write, to be carried out by a ledger step (begin or finish) in the same script."""
@@ -273,8 +273,12 @@ def _entry(status: MessageStatus, at: float, note: str, error: dict | None = Non
         entry["note"] = note
     if error:
         entry["error"] = error
-    return json.dumps(entry, ensure_ascii=False)
+    return _dumps(entry)
 
+
+#: json.dumps(value, ensure_ascii=False), the same text, without building an encoder per call (json.dumps
+#: does that whenever an option is not its default): records are written several times per message.
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 # Hash values are strings; structured fields are stored as JSON and typed fields converted back.
 JSON_FIELDS = {"error", "metadata", "payload", "options"}
@@ -286,7 +290,7 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
     out = {}
     for k, v in fields.items():
         if k in JSON_FIELDS:
-            out[k] = json.dumps(v, ensure_ascii=False)
+            out[k] = _dumps(v)
         elif isinstance(v, Enum):
             out[k] = v.value
         else:

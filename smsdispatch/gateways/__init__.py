@@ -28,6 +28,9 @@ class Gateways:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Gateway:
+        built = self._built.get(name)     # built once, so configured: no settings walk per message
+        if built is not None:
+            return built
         if name not in self.settings.configured_gateways():
             known = ", ".join(self.settings.configured_gateways())
             raise UnknownGatewayError(f"gateway {name!r} is not configured here (configured: {known})")
