@@ -112,3 +112,19 @@ def test_an_unconfigured_gateway_is_refused_after_others_are_built(settings, red
     assert gateways.get("console") is console
     with pytest.raises(UnknownGatewayError):
         gateways.get("eskiz")          # no credentials in these settings
+
+
+def test_shared_fields_write_the_same_record_as_each_messages_own(redis_client):
+    from smsdispatch.records import shared_fields
+    one, many = Records(redis_client, Keys("own"), ttl=60), Records(redis_client, Keys("shared"), ttl=60)
+    alike = {"gateway": "eskiz", "call_ref": "c-1", "options": None, "sender": "Shop", "batch_id": "b ✓"}
+    own = [{"attempts": 1, "to": "+998901234567", "text": "Привет", "metadata": {"k": [1]}}, {}]
+    one.update_many([(f"m{n}", MessageStatus.SENDING, "attempt 1", {**fields, **alike}) for n, fields in enumerate(own)])
+    many.update_many([(f"m{n}", MessageStatus.SENDING, "attempt 1", fields) for n, fields in enumerate(own)],
+                     shared=[shared_fields(alike)] * 2)
+    for n in range(2):
+        a, b = one.get(f"m{n}"), many.get(f"m{n}")
+        for rec in (a, b):
+            rec.pop("updated_at"), rec.pop("created_at")
+        assert a == b and b["sender"] == "Shop" and b["batch_id"] == "b ✓" and b["options"] is None
+    assert many.by_number("4567")[0]["message_id"] == "m0"
