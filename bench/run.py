@@ -50,7 +50,7 @@ from bench import plain
 from bench.gateway import EMAIL, PASSWORD, SlowEskiz, capacity
 from bench.redisstats import ClientRoundTrips, Trace, delta, per_message, ports_named, snapshot
 from bench.spy import Spy, find_py_spy, summarize
-from bench.workers import CeleryWorker
+from bench.workers import CeleryWorker, WorkerGroup
 from smsdispatch.config import load_settings
 from smsdispatch.devtools.rabbitmq_server import TemporaryVhost
 from smsdispatch.devtools.redis_server import EmbeddedRedis
@@ -433,7 +433,7 @@ class Bench:
                 "idle_per_s": {"commands": round(sum(idle["commands"].values()) / idle["seconds"], 1),
                                "reads": round(idle["reads"] / idle["seconds"], 1)}}
 
-    def batch(self, worker: CeleryWorker, app, spy_dir: Path | None) -> dict[str, Any]:
+    def batch(self, worker: WorkerGroup, app, spy_dir: Path | None) -> dict[str, Any]:
         n = self.args.batch
         messages = [{"to": number(i), "text": f"Batch message {i % 10}"} for i in range(n)]
         self.fake.reset()
@@ -474,7 +474,10 @@ class Bench:
                "worker_cpu_seconds": round(w1 - w0, 2), "worker_cpu_ms_per_1000_msgs": round(1e6 * (w1 - w0) / n, 1),
                "worker_cpu_busy_pct": round(100 * (w1 - w0) / (t1 - t0)), "redis": redis_cost,
                "redis_cpu_seconds": round(r1 - r0, 2), "driver_cpu_seconds": round(d1 - d0, 2),
-               "problems": worker.problems(), "concurrency": worker.concurrency, "foreign_cpu_pct": foreign}
+               "worker_cpu_us_per_msg": round(1e6 * (w1 - w0) / n), "redis_cpu_us_per_msg": round(1e6 * (r1 - r0) / n),
+               "total_cpu_us_per_msg": round(1e6 * ((w1 - w0) + (r1 - r0)) / n),
+               "problems": worker.problems(), "concurrency": worker.concurrency, "workers": len(worker.workers),
+               "foreign_cpu_pct": foreign}
         if spy:
             out["profile"] = summarize(spy.out, seconds=spy.seconds, rate=spy.rate)
         log(f"(c) batch of {n:,}: {out['msgs_per_s']} msg/s in {out['seconds']} s "
@@ -559,7 +562,8 @@ def _run(args: argparse.Namespace, vhost: TemporaryVhost | None) -> dict[str, An
                 e["ours_minus_plain_round_trips_per_msg"] = round(
                     e["ours"]["send_path"]["round_trips_per_msg"] - e["plain"]["send_path"]["round_trips_per_msg"], 2)
         if "c" in parts:
-            worker = bench.start_worker("ours", "bench-batch", concurrency=args.batch_concurrency)
+            worker = WorkerGroup([bench.start_worker("ours", "bench-batch", concurrency=args.batch_concurrency)
+                                  for _ in range(args.batch_workers)])
             app = bench.our_app("bench-batch")
             try:
                 result["c_batch"] = bench.batch(worker, app, spy_dir)
@@ -650,13 +654,16 @@ def table(r: dict[str, Any]) -> str:
             "", f"ref: plain threads c=50 {REFERENCE['plain_threads_c50_pooled_session_msgs_per_s']}/s")
     if "c_batch" in r:
         c = r["c_batch"]
-        row("c", f"batch of {c['n']:,} via send-batch msg/s (c={c['concurrency']})", c["msgs_per_s"], "-", "",
+        row("c", f"batch of {c['n']:,} via send-batch msg/s ({c.get('workers', 1)} x c={c['concurrency']})",
+            c["msgs_per_s"], "-", "",
             f">= 10,000 {mark(v.get('c_batch_ge_10000_per_s'))}")
         row("c", "  s: total / store+publish / 1st call / calls window",
             f"{c['seconds']} / {c['store_and_publish_seconds']} / {c['first_gateway_call_after_seconds']} / "
             f"{c['gateway_window_seconds']}", "-")
         row("c", "  gateway calls / accepted; worker CPU s (busy %)", f"{c['gateway_calls']} / {c['gateway_accepted']}; "
             f"{c['worker_cpu_seconds']} ({c.get('worker_cpu_busy_pct')}%)", "-")
+        row("c", "  CPU us/msg: worker + redis-server = total", f"{c.get('worker_cpu_us_per_msg')} + "
+            f"{c.get('redis_cpu_us_per_msg')} = {c.get('total_cpu_us_per_msg')}", "-", "", "<= 100 (2nd target)")
         row("c", "  Redis commands / round trips per message", f"{c['redis']['commands_per_msg']} / "
             f"{c['redis']['round_trips_per_msg']}", "-")
     if "d_latency" in r:
@@ -731,6 +738,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--single", type=int, default=2000, help="(b) messages per run")
     p.add_argument("--warmup", type=int, default=100, help="(b) messages before the measured runs")
     p.add_argument("--batch", type=int, default=100_000, help="(c) recipients in the batch")
+    p.add_argument("--batch-workers", type=int, default=1,
+                   help="(c) worker processes on the batch queue (one per core uses every core)")
     p.add_argument("--batch-concurrency", type=int, default=None,
                    help="(c) worker threads for the batch (default: --concurrency)")
     p.add_argument("--batch-timeout", type=float, default=300.0, help="(c) seconds to wait for the batch")
@@ -743,9 +752,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", metavar="DIR", help="attach py-spy to the workers during (b), (bb) and (c); raw stacks in DIR")
     p.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
     a = p.parse_args(argv)
-    for name in ("producer", "single", "batch", "redis_n", "runs", "concurrency"):
+    for name in ("producer", "single", "batch", "redis_n", "runs", "concurrency", "batch_workers"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.batch_workers > 8:
+        p.error("--batch-workers is bounded: at most 8")
     if a.batch > 1_000_000 or a.single > 100_000 or a.producer > 100_000 or a.pace_seconds > 120:
         p.error("counts are bounded: --batch <= 1,000,000, --single/--producer <= 100,000, --pace-seconds <= 120")
     return a

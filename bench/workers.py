@@ -127,3 +127,30 @@ class CeleryWorker:
 def process_cpu_seconds(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
+
+
+class WorkerGroup:
+    """Several `celery worker` processes on one queue, measured as one (part c with --batch-workers):
+    CPU is their sum, problems are summed, py-spy follows the first."""
+
+    def __init__(self, workers: list[CeleryWorker]) -> None:
+        self.workers = workers
+        self.concurrency = workers[0].concurrency
+
+    @property
+    def pid(self) -> int:
+        return self.workers[0].pid
+
+    def cpu_seconds(self) -> float:
+        return sum(w.cpu_seconds() for w in self.workers)
+
+    def problems(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for w in self.workers:
+            for k, v in w.problems().items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()

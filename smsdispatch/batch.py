@@ -43,7 +43,7 @@ from .errors import (
 from .gateways.base import Gateway, ItemResult, OutboundSms
 from .ledger import Claim, ClaimResult
 from .policy import Action, after_failure
-from .records import MessageStatus, now
+from .records import MessageStatus, now, shared_fields
 from .redisclient import members as member_texts
 from .redisclient import text, text_fields
 from .sendrequest import SendRequest, check_bounds, check_id
@@ -479,18 +479,29 @@ class Batches:
             f"(SMSDISPATCH_MAX_DELIVERIES={self.settings.max_deliveries}); not run again"))
 
     def _mark_sending(self, calls: list[list[_Item]], batch_id: str, submission: str) -> None:
-        updates = []
+        """Every message's `sending` update, in one script. What a call's messages write alike (its
+        gateway and call_ref, the batch, the request's gateway, sender and options) is encoded once
+        per distinct value; the rest (number, text, ...) per message."""
+        updates, shared = [], []
+        encoded: dict[tuple, str] = {}
+        segments: dict[str | None, int | None] = {}
         for call in calls:
             for i in call:
                 i.attempts += 1
                 r = i.request
+                alike = (i.gateway.name, i.call_ref, r.gateway, r.sender, _options_key(r.options))
+                if alike not in encoded:
+                    encoded[alike] = shared_fields({
+                        "call_ref": i.call_ref, "gateway": i.gateway.name, "requested_gateway": r.gateway,
+                        "options": r.options, "sender": r.sender, "task_id": submission, "batch_id": batch_id})
+                if r.text not in segments:
+                    segments[r.text] = r.segments
                 updates.append((i.message_id, MessageStatus.SENDING, f"attempt {i.attempts} via {i.gateway.name}", {
-                    "attempts": i.attempts, "call_ref": i.call_ref, "maybe_sent": int(i.maybe_sent), "to": r.to,
-                    "text": r.text,
-                    "gateway": i.gateway.name, "requested_gateway": r.gateway, "options": r.options,
-                    "sender": r.sender, "segments": r.segments, "idempotency_key": i.key.split(":", 1)[1],
-                    "task_id": submission, "batch_id": batch_id, "metadata": r.metadata}))
-        self.d.records.update_many(updates)
+                    "attempts": i.attempts, "maybe_sent": int(i.maybe_sent), "to": r.to, "text": r.text,
+                    "segments": segments[r.text], "idempotency_key": i.key.split(":", 1)[1],
+                    "metadata": r.metadata}))
+                shared.append(encoded[alike])
+        self.d.records.update_many(updates, shared=shared)
 
     def _plan_calls(self, items: list[_Item]) -> list[_Call]:
         """Group into native calls; a replayed call (same call_ref) keeps exactly its members."""
@@ -710,6 +721,11 @@ def _split(items: list[_Item], size: int, *, unique_numbers: bool) -> list[list[
             calls.append([i])
             numbers.append({i.sms.to})
     return calls
+
+
+def _options_key(options: dict | None) -> str | None:
+    """Gateway options as a key of equal values (None: none)."""
+    return json.dumps(options, sort_keys=True) if options else None
 
 
 def _sooner(a: float | None, b: float) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 from .errors import ValidationError
@@ -15,6 +17,18 @@ def normalise(raw: str, default_region: str | None = None) -> str:
     """
     if not isinstance(raw, str) or not raw.strip():
         raise ValidationError("phone number is empty")
+    return _normalise(raw, default_region)
+
+
+#: How many distinct (number, region) pairs `normalise` remembers per process: a batch names a number
+#: once per entry, and a chunk run again (a retry, a resubmission) names the same ones again.
+NORMALISE_CACHE = 16384
+
+
+@functools.lru_cache(maxsize=NORMALISE_CACHE)
+def _normalise(raw: str, default_region: str | None) -> str:
+    """`normalise` of a non-empty string, remembered: a valid number's E.164 form is cached; a refused
+    one raises every time (lru_cache keeps no exceptions)."""
     text = raw.strip()
     if text.startswith("00"):
         text = "+" + text[2:]

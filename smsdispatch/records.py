@@ -112,9 +112,10 @@ class Records:
         self.update_many([(message_id, status, note, fields)], pipe=pipe)
 
     def update_args(self, message_id: str, status: MessageStatus, note: str, fields: dict[str, Any],
-                    at: float) -> RecordUpdate:
+                    at: float, shared: str = "") -> RecordUpdate:
         """One message's own part of an update: its keys (record, history, gateway-id or '') and its
-        five values (message id, status, history entry, fields JSON, pending)."""
+        five values (message id, status, history entry, fields JSON, pending). `shared`: more fields,
+        written alike for many messages and encoded once (`shared_fields`); none of them in `fields`."""
         grace = {MessageStatus.QUEUED: self.queued_grace, MessageStatus.SENDING: self.active_grace,
                  MessageStatus.RETRYING: self.active_grace}.get(status)
         pending = at + grace if grace is not None else ("rem" if self.active_grace is not None else "")
@@ -128,27 +129,33 @@ class Records:
             [self.keys.message(message_id), self.keys.history(message_id),
              self.keys.gateway_id(fields["gateway"], gwid) if gwid else "", self._number_index(fields.get("to"))],
             [message_id, status.value, _entry(status, at, note, fields.get("error")),
-             json.dumps(_encode(fields), ensure_ascii=False), pending])
+             _with_shared(_dumps(_encode(fields)), shared), pending])
 
     def prepared(self, message_id: str, status: MessageStatus, *, note: str = "", **fields: Any) -> RecordUpdate:
         """`update`'s write, to be carried out by a ledger step (begin or finish) in the same script."""
         common, (own,) = self.prepared_many([(message_id, status, note, fields)])
         return RecordUpdate([*own.keys, *common.keys], [*common.args, *own.args])
 
-    def prepared_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]]
-                      ) -> tuple[RecordUpdate, list[RecordUpdate]]:
+    def prepared_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]],
+                      shared: list[str] | None = None) -> tuple[RecordUpdate, list[RecordUpdate]]:
         """Many updates for a ledger step (Ledger.finish_many): the part they share (index keys; ttl,
-        time) and each message's own part, in order."""
+        time) and each message's own part, in order. `shared`: per update, fields encoded once for
+        many (`shared_fields`, '' for none)."""
         at = now()
-        return (RecordUpdate([self.keys.inflight(), self.keys.pending(), self.keys.metrics()], [self.ttl, at]),
-                [self.update_args(message_id, status, note, fields, at) for message_id, status, note, fields in updates])
+        common = RecordUpdate([self.keys.inflight(), self.keys.pending(), self.keys.metrics()], [self.ttl, at])
+        if shared is None:
+            return common, [self.update_args(message_id, status, note, fields, at)
+                            for message_id, status, note, fields in updates]
+        return common, [self.update_args(message_id, status, note, fields, at, more)
+                        for (message_id, status, note, fields), more in zip(updates, shared, strict=True)]
 
     def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
-                    pipe: redis.client.Pipeline | None = None) -> None:
-        """`update` for many messages in one script call: (message_id, status, note, fields) each."""
+                    pipe: redis.client.Pipeline | None = None, shared: list[str] | None = None) -> None:
+        """`update` for many messages in one script call: (message_id, status, note, fields) each;
+        `shared` as prepared_many takes it."""
         if not updates:
             return
-        common, own = self.prepared_many(updates)
+        common, own = self.prepared_many(updates, shared)
         self._update_many(keys=[*common.keys, *(k for each in own for k in each.keys)],
                           args=[*common.args, *(v for each in own for v in each.args)], client=pipe or self.redis)
 
@@ -273,8 +280,12 @@ def _entry(status: MessageStatus, at: float, note: str, error: dict | None = Non
         entry["note"] = note
     if error:
         entry["error"] = error
-    return json.dumps(entry, ensure_ascii=False)
+    return _dumps(entry)
 
+
+#: json.dumps(value, ensure_ascii=False), the same text, without building an encoder per call (json.dumps
+#: does that whenever an option is not its default): records are written several times per message.
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 # Hash values are strings; structured fields are stored as JSON and typed fields converted back.
 JSON_FIELDS = {"error", "metadata", "payload", "options"}
@@ -282,11 +293,24 @@ INT_FIELDS = {"attempts", "segments", "lookups", "maybe_sent"}
 _FLOAT_FIELDS = {"created_at", "updated_at", "accepted_at"}
 
 
+def shared_fields(fields: dict[str, Any]) -> str:
+    """Fields many updates write alike (a batch call's gateway, call_ref, batch, ...), encoded once for
+    `Records.update_many(shared=...)`: the inside of their JSON object."""
+    return _dumps(_encode(fields))[1:-1]
+
+
+def _with_shared(own: str, shared: str) -> str:
+    """One JSON object of a message's own fields (encoded) and shared ones (`shared_fields`)."""
+    if not shared:
+        return own
+    return "{" + shared + "}" if own == "{}" else own[:-1] + ", " + shared + "}"
+
+
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
     out = {}
     for k, v in fields.items():
         if k in JSON_FIELDS:
-            out[k] = json.dumps(v, ensure_ascii=False)
+            out[k] = _dumps(v)
         elif isinstance(v, Enum):
             out[k] = v.value
         else:

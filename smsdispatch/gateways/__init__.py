@@ -28,7 +28,7 @@ class Gateways:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Gateway:
-        built = self._built.get(name)     # built: configured (settings never change), no need to list them
+        built = self._built.get(name)     # built once, so configured: no settings walk per message
         if built is not None:
             return built
         if name not in self.settings.configured_gateways():

@@ -15,6 +15,7 @@
 -- returns the number of messages
 local ttl, at = tonumber(ARGV[3]), ARGV[4]
 local n = (#ARGV - 4) / 5
+summed_counts = {}
 for m = 0, n - 1 do
   local k, a = 5 + 5 * m, 5 + 5 * m
   update_record(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[1], KEYS[2], KEYS[3], ttl, at,
@@ -23,7 +24,8 @@ for m = 0, n - 1 do
   if ARGV[2] == '1' then
     redis.call('RPUSH', KEYS[4], ARGV[a])
     local gw = redis.call('HGET', KEYS[k + 1], 'gateway')
-    redis.call('HINCRBY', KEYS[3], 'dead_letters|' .. ((gw and gw ~= '') and gw or 'none'), 1)
+    count(KEYS[3], 'dead_letters|' .. ((gw and gw ~= '') and gw or 'none'), 1)
   end
 end
+flush_counts(KEYS[3])
 return n

@@ -10,9 +10,11 @@
 -- returns the number of messages
 local ttl, at = tonumber(ARGV[1]), ARGV[2]
 local n = (#ARGV - 2) / 5
+summed_counts = {}
 for m = 0, n - 1 do
   local k, a = 4 + 4 * m, 3 + 5 * m
   update_record(KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[1], KEYS[2], KEYS[3], ttl, at,
                 unpack(ARGV, a, a + 4))
 end
+flush_counts(KEYS[3])
 return n

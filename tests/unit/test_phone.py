@@ -54,3 +54,20 @@ def _mask_digit_by_digit(text: str) -> str:
                                     "+12\u00b2345678", "998901234567", "+998 90 123-45-67", "+99890123456a"])
 def test_mask_of_an_e164_number_follows_the_digit_by_digit_rule(number):
     assert mask(number) == _mask_digit_by_digit(number)
+
+
+def test_normalise_remembers_valid_numbers_per_region_and_never_a_refusal():
+    from smsdispatch import phone
+    phone._normalise.cache_clear()
+    assert normalise("+998 90 123-45-67") == normalise("+998 90 123-45-67") == "+998901234567"
+    assert phone._normalise.cache_info().hits == 1
+    # the region is part of what is remembered: the same digits read in another region differ
+    assert normalise("90 123 45 67", "UZ") == "+998901234567"
+    with pytest.raises(ValidationError, match="no country code"):
+        normalise("90 123 45 67")
+    for _ in range(2):            # a refused number is refused every time, nothing cached for it
+        with pytest.raises(ValidationError, match="not a valid number"):
+            normalise("+998 12")
+    assert phone._normalise.cache_info().currsize == 2
+    with pytest.raises(ValidationError, match="empty"):
+        normalise(["+998901234567"])          # not a string: refused before the cache (unhashable)
