@@ -49,6 +49,17 @@ def test_dates_versions_ids_and_short_numbers_are_left_alone(line):
     assert redact(line) == line
 
 
+def test_a_uuid_whose_last_group_is_all_digits_stays_whole():
+    """Message and task ids are UUIDs; about one in 300 ends in twelve digits, which read as a number
+    (a worker's log then showed `send_sms[1174ed17-e18c-4ac9-a561-123*******12]`: not to be found)."""
+    line = "Task smsdispatch.send_sms[1174ed17-e18c-4ac9-a561-123456789012] received"
+    assert redact(line) == line
+    assert redact('{"message_id": "1174ED17-E18C-4AC9-A561-998901234567"}').endswith('998901234567"}')
+    # a number after a dash that is not a UUID's is still masked
+    assert redact("call-998901234567") == "call-998*******67"
+    assert redact("a561-998901234567") == "a561-998*******67"
+
+
 def test_credentials_in_urls_and_authorization_headers_are_masked():
     line = ('http://127.0.0.1:8000 "GET /?hash=h4sh-v4lue-123&token=t0k3n_V4lue&to=x HTTP/1.1" 200; '
             "GET /get_status.php?sms_id=1&api_key=AbC123 ; Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIi.sig")
