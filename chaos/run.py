@@ -1111,10 +1111,13 @@ class SentinelChaosRun(ChaosRun):
             self.cluster.stop()
 
 
-def sentinel_scenario(args: argparse.Namespace) -> int:
-    """Scenario sentinel end to end: the run, the judge's verdict (as every scenario's), and the
-    failover's own figures; fails when no failover happened or any message was lost or sent twice."""
-    run = SentinelChaosRun(args)
+def outage_scenario(run: SentinelChaosRun | RabbitMQChaosRun, name: str, figures: Callable[[float, float], tuple[bool, list, dict]],
+                    node_logs: Callable[[str], None]) -> int:
+    """A scenario with one outage (sentinel, rabbitmq) end to end: the run, the judge's verdict (as every
+    scenario's) with the outage's own `figures(send gap, longest gap)` → (it happened, rows, summary)
+    added; fails when the outage did not happen or any message was lost or sent twice. With --logs, or
+    on failure, the processes' logs are saved and `node_logs(dir)` adds the broken part's own."""
+    ok = False
     try:
         run.start()
         run.produce()
@@ -1122,11 +1125,28 @@ def sentinel_scenario(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - run.timeline.t0
         run.stop_processes()
         verdict = judge(run, statuses, elapsed)
-        around, longest = run.send_gap()
+        happened, rows, summary = figures(*run.send_gap())
+        verdict.rows[1:1] = rows
+        verdict.summary |= summary
+        ok = print_report(run, verdict) and happened
+        if run.args.logs or not ok:
+            logs = run.args.logs or tempfile.mkdtemp(prefix=f"smsdispatch-chaos-{name}-logs-")
+            save_logs(run, logs)
+            node_logs(logs)
+    finally:
+        run.stop()
+    return 0 if ok else 1
+
+
+def sentinel_scenario(args: argparse.Namespace) -> int:
+    """Scenario sentinel: fails when no failover happened or any message was lost or sent twice."""
+    run = SentinelChaosRun(args)
+
+    def figures(around: float, longest: float) -> tuple[bool, list, dict]:
         f = run.failover
         not_durable = sum(1 for w in run.workers for line in w.lines() if "claim not durable" in line)
         failed_over = "first_write_s" in f
-        verdict.rows[1:1] = [
+        rows = [
             ("Redis failover: primary killed (SIGKILL), a replica promoted (must be 1)", int(failed_over), False),
             ("  failovers that did not happen", 0 if failed_over else 1, True),
             ("  kill -> the Sentinels name a new primary that takes writes (s)", round(f.get("promoted_s", -1), 2), False),
@@ -1136,26 +1156,24 @@ def sentinel_scenario(args: argparse.Namespace) -> int:
             ("  old primary back as a replica after (s)", round(f.get("rejoined_s", -1), 1), False),
             (f"  claims not durable (CLAIM_REPLICAS={SENTINEL_CLAIM_REPLICAS}; worker log)", not_durable, False),
         ]
-        verdict.summary |= {"failover_promoted_s": round(f.get("promoted_s", -1), 2),
-                            "failover_first_write_s": round(f.get("first_write_s", -1), 2),
-                            "send_gap_s": round(around, 2), "longest_gap_after_kill_s": round(longest, 2),
-                            "old_primary_rejoined_s": round(f.get("rejoined_s", -1), 1),
-                            "claims_not_durable": not_durable, "claim_replicas": SENTINEL_CLAIM_REPLICAS,
-                            "replicas": SENTINEL_REPLICAS}
-        ok = print_report(run, verdict) and failed_over
-        if args.logs or not ok:
-            logs = args.logs or tempfile.mkdtemp(prefix="smsdispatch-chaos-sentinel-logs-")
-            save_logs(run, logs)
-            assert run.cluster is not None
-            for node in run.cluster.nodes:          # every node's and Sentinel's own log
-                if (node.dir / "redis.log").exists():
-                    shutil.copy(node.dir / "redis.log", os.path.join(logs, f"redis-{node.port}.log"))
-            for sentinel in run.cluster.sentinels:
-                if (sentinel.dir / "sentinel.log").exists():
-                    shutil.copy(sentinel.dir / "sentinel.log", os.path.join(logs, f"sentinel-{sentinel.port}.log"))
-    finally:
-        run.stop()
-    return 0 if ok else 1
+        summary = {"failover_promoted_s": round(f.get("promoted_s", -1), 2),
+                   "failover_first_write_s": round(f.get("first_write_s", -1), 2),
+                   "send_gap_s": round(around, 2), "longest_gap_after_kill_s": round(longest, 2),
+                   "old_primary_rejoined_s": round(f.get("rejoined_s", -1), 1),
+                   "claims_not_durable": not_durable, "claim_replicas": SENTINEL_CLAIM_REPLICAS,
+                   "replicas": SENTINEL_REPLICAS}
+        return failed_over, rows, summary
+
+    def node_logs(logs: str) -> None:
+        assert run.cluster is not None
+        for node in run.cluster.nodes:          # every node's and Sentinel's own log
+            if (node.dir / "redis.log").exists():
+                shutil.copy(node.dir / "redis.log", os.path.join(logs, f"redis-{node.port}.log"))
+        for sentinel in run.cluster.sentinels:
+            if (sentinel.dir / "sentinel.log").exists():
+                shutil.copy(sentinel.dir / "sentinel.log", os.path.join(logs, f"sentinel-{sentinel.port}.log"))
+
+    return outage_scenario(run, "sentinel", figures, node_logs)
 
 
 # --------------------------------------------------------------------------- scenario rabbitmq
@@ -1243,41 +1261,30 @@ def _send_gap(run: ChaosRun, killed: float | None) -> tuple[float, float]:
 
 
 def rabbitmq_scenario(args: argparse.Namespace) -> int:
-    """Scenario rabbitmq end to end: the run, the judge's verdict (as every scenario's), and the
-    outage's figures; fails when RabbitMQ was not restarted or any message was lost or sent twice."""
+    """Scenario rabbitmq: fails when RabbitMQ was not restarted or any message was lost or sent twice."""
     run = RabbitMQChaosRun(args)
-    ok = False
-    try:
-        run.start()
-        run.produce()
-        statuses = run.drain()
-        elapsed = time.monotonic() - run.timeline.t0
-        run.stop_processes()
-        verdict = judge(run, statuses, elapsed)
-        around, longest = run.send_gap()
+
+    def figures(around: float, longest: float) -> tuple[bool, list, dict]:
         restarted = "back_s" in run.outage
         rabbit_version = _rabbitmq_version(run)
-        verdict.rows[1:1] = [
+        rows = [
             (f"RabbitMQ broker ({rabbit_version}): killed (SIGKILL) and restarted (must be 1)", int(restarted), False),
             ("  restarts that did not happen", 0 if restarted else 1, True),
             ("  kill -> RabbitMQ takes connections again (s)", round(run.outage.get("back_s", -1), 2), False),
             ("  send gap: last acceptance before the kill -> first after (s)", round(around, 2), False),
             ("  longest gap between two acceptances after the kill (s)", round(longest, 2), False),
         ]
-        verdict.summary |= {"broker": "rabbitmq", "rabbitmq_version": rabbit_version,
-                            "rabbitmq_back_s": round(run.outage.get("back_s", -1), 2),
-                            "send_gap_s": round(around, 2), "longest_gap_after_kill_s": round(longest, 2)}
-        ok = print_report(run, verdict) and restarted
-        if args.logs or not ok:
-            logs = args.logs or tempfile.mkdtemp(prefix="smsdispatch-chaos-rabbitmq-logs-")
-            save_logs(run, logs)
-            assert run.rabbit is not None
-            if (run.rabbit.dir / "log" / "node.log").exists():
-                shutil.copy(run.rabbit.dir / "log" / "node.log", os.path.join(logs, "rabbitmq.log"))
-    finally:
-        run.stop()
-    return 0 if ok else 1
+        summary = {"broker": "rabbitmq", "rabbitmq_version": rabbit_version,
+                   "rabbitmq_back_s": round(run.outage.get("back_s", -1), 2),
+                   "send_gap_s": round(around, 2), "longest_gap_after_kill_s": round(longest, 2)}
+        return restarted, rows, summary
 
+    def node_logs(logs: str) -> None:
+        assert run.rabbit is not None
+        if (run.rabbit.dir / "log" / "node.log").exists():
+            shutil.copy(run.rabbit.dir / "log" / "node.log", os.path.join(logs, "rabbitmq.log"))
+
+    return outage_scenario(run, "rabbitmq", figures, node_logs)
 
 def _rabbitmq_version(run: RabbitMQChaosRun) -> str:
     try:

@@ -21,27 +21,21 @@
 --   once per message; the same totals, in the same script, so as atomic as before. Left nil (single
 --   sends) every count is written at once.
 local summed_counts = nil
+-- HINCRBYFLOAT for the one float field (the latency sum), HINCRBY for every other
+local function increment(metrics, field, by)
+  local command = string.sub(field, 1, 12) == 'latency_sum|' and 'HINCRBYFLOAT' or 'HINCRBY'
+  redis.call(command, metrics, field, by)
+end
 local function count(metrics, field, by)
   if summed_counts then
     summed_counts[field] = (summed_counts[field] or 0) + by
   else
-    redis.call('HINCRBY', metrics, field, by)
-  end
-end
-local function count_float(metrics, field, by)
-  if summed_counts then
-    summed_counts[field] = (summed_counts[field] or 0) + by
-  else
-    redis.call('HINCRBYFLOAT', metrics, field, by)
+    increment(metrics, field, by)
   end
 end
 local function flush_counts(metrics)
   for field, by in pairs(summed_counts or {}) do
-    if string.sub(field, 1, 12) == 'latency_sum|' then
-      redis.call('HINCRBYFLOAT', metrics, field, by)
-    else
-      redis.call('HINCRBY', metrics, field, by)
-    end
+    increment(metrics, field, by)
   end
   summed_counts = nil
 end
@@ -60,7 +54,7 @@ local function count_update(metrics, old, status, f, at)
         if waited <= bound then le = tostring(bound); break end
       end
       count(metrics, 'latency|' .. gw .. '|' .. le, 1)
-      count_float(metrics, 'latency_sum|' .. gw, waited)
+      count(metrics, 'latency_sum|' .. gw, waited)
     end
   elseif status == 'sending' and (tonumber(f.attempts or '') or 0) > 0 then
     count(metrics, 'attempts|' .. gw, 1)
