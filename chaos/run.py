@@ -743,6 +743,11 @@ def throughput(run: ChaosRun, accepted_messages: int, finals: Finals) -> tuple[f
     return accepted_messages / seconds, seconds
 
 
+#: A process that exits by itself more often than this in one run is in a crash loop (beat, under
+#: Sentinel, once exited at every tick, restarted 87 times, and the run still passed): the run fails.
+CRASH_LOOP = 3
+
+
 def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Verdict:
     eskiz, smscx = run.eskiz, run.smscx
     s = run.dispatcher.settings
@@ -858,6 +863,8 @@ def judge(run: ChaosRun, statuses: dict[str, str | None], elapsed: float) -> Ver
         ("worker kills (SIGKILL), each restarted", sum(w.kills for w in run.workers), False),
         ("self-exits restarted (exits nobody asked for)", len(self_exits), False),
         ("  by process", dict(Counter(e["name"] for e in self_exits)), False),
+        (f"  processes in a crash loop (more than {CRASH_LOOP} exits nobody asked for)",
+         sum(1 for c in Counter(e["name"] for e in self_exits).values() if c > CRASH_LOOP), True),
         ("RabbitMQ restarts (SIGKILL)" if run.args.scenario == "rabbitmq" else "Redis restarts (SIGKILL, AOF on)", s.redis_restarts, False),
         ("RabbitMQ down: kill -> takes connections again (s)" if run.args.scenario == "rabbitmq"
          else "Redis down (s)", s.redis_down_seconds, False),
@@ -1295,6 +1302,7 @@ def _rabbitmq_version(run: RabbitMQChaosRun) -> str:
 
 
 # --------------------------------------------------------------------------- main
+
 
 
 #: Messages per scenario: (full size, CI size).

@@ -24,7 +24,7 @@ import redis
 from celery.beat import PersistentScheduler
 
 from .keys import Keys
-from .redisclient import connect
+from .redisclient import connect_to
 
 log = logging.getLogger("smsdispatch.beat")
 
@@ -54,7 +54,7 @@ class Scheduler(PersistentScheduler):
         settings = self.app.runtime.settings
         try:
             if self._client is None:
-                self._client = connect(settings.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+                self._client = connect_to(settings, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
             self._client.set(Keys(settings.key_prefix).beat(), repr(time.time()),
                              ex=max(1, round(settings.beat_stale_after)))
         except redis.RedisError as e:

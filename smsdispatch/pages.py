@@ -19,7 +19,7 @@ from redis.retry import Retry
 from .health import Health, celery_ping
 from .keys import Keys
 from .metrics import Metrics
-from .redisclient import connect
+from .redisclient import connect_to
 
 if TYPE_CHECKING:
     from .worker import Runtime
@@ -32,8 +32,8 @@ REDIS_TIMEOUT = 2.0
 
 def pages(runtime: Runtime) -> dict[str, WsgiApp]:
     """Path → page, for the receiver's mount and for `smsdispatch metrics`."""
-    client = connect(runtime.settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
-                     retry=Retry(NoBackoff(), 1))       # once more at once (a connection Redis dropped), no more
+    client = connect_to(runtime.settings, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+                        retry=Retry(NoBackoff(), 1))    # once more at once (a connection Redis dropped), no more
     keys = Keys(runtime.settings.key_prefix)
     return {"/metrics": Metrics(client, keys, runtime.settings),
             "/healthz": Health(client, keys, runtime.settings, ping=celery_ping(runtime.app))}

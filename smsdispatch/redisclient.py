@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.client import Pipeline as _Pipeline
@@ -33,6 +33,9 @@ from redis.exceptions import NoScriptError
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from . import sentinel
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 class ScriptPool(redis.ConnectionPool):
@@ -125,6 +128,14 @@ def connect(url: str, *, sentinel_master: str | None = None, sentinel_password: 
     pool = SentinelScriptPool(sentinel_master, manager, is_master=True, db=parsed.db, username=parsed.username,
                               password=parsed.password, **kwargs)
     return Client(connection_pool=pool)
+
+
+def connect_to(settings: Settings, **kwargs: Any) -> Client:
+    """`connect` to the deployment's REDIS_URL, with its Sentinel settings: every client of ours is built
+    here (the worker's, beat's heartbeat, the receiver's pages), so none can forget the Sentinels."""
+    password = settings.sentinel_password.get_secret_value() if settings.sentinel_password else None
+    return connect(settings.redis_url, sentinel_master=settings.sentinel_master, sentinel_password=password,
+                   **kwargs)
 
 
 #: An HGETALL reply as redis-py types it (bytes from our clients).

@@ -30,7 +30,7 @@ from .dispatch import Dispatcher
 from .errors import ConfigError
 from .logs import install as install_logging
 from .polling import Poller
-from .redisclient import connect
+from .redisclient import connect_to
 from .reminders import NewReminder, Reminders
 from .tasks import (
     POLL_BALANCE,
@@ -81,10 +81,7 @@ class Runtime:
 
     @property
     def redis(self) -> redis.Redis:
-        s = self.settings
-        return self._part("_redis", lambda: connect(
-            s.redis_url, health_check_interval=30, sentinel_master=s.sentinel_master,
-            sentinel_password=s.sentinel_password.get_secret_value() if s.sentinel_password else None))
+        return self._part("_redis", lambda: connect_to(self.settings, health_check_interval=30))
 
     @property
     def dispatcher(self) -> Dispatcher:

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from wsgiref.util import setup_testing_defaults
 from collections.abc import Iterator
 
 import pytest
@@ -25,11 +26,13 @@ import redis
 
 from smsdispatch.config import load_settings
 from smsdispatch.devtools.fakes.eskiz import FakeEskiz
-from smsdispatch.devtools.processes import WorkerProcess
+from smsdispatch.devtools.processes import BeatProcess, WorkerProcess
 from smsdispatch.devtools.redis_server import RedisUnavailable
 from smsdispatch.devtools.sentinel import SentinelCluster
 from smsdispatch.dispatch import Dispatcher, message_id_for
+from smsdispatch.keys import Keys
 from smsdispatch.ledger import Claim, Ledger
+from smsdispatch.pages import pages
 from smsdispatch.redisclient import CLIENT_NAME, connect
 from smsdispatch.scripts import source
 from smsdispatch.tasks import queue_names
@@ -112,6 +115,33 @@ def test_workers_send_through_sentinel_with_durable_claims(healthy, fake_eskiz):
         assert not any("not durable" in note for note in history)
     finally:
         worker.stop()
+
+
+def _page(app, path: str, query: str = "") -> str:
+    environ: dict = {"PATH_INFO": path, "QUERY_STRING": query}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    return status[0]
+
+
+def test_beat_and_the_receiver_pages_reach_redis_through_sentinel(healthy, fake_eskiz, tmp_path):
+    """Beat's heartbeat and the receiver's /metrics and /healthz build clients of their own: with only
+    the Sentinels to go by, each must be given the primary's name (beat crashed at every tick
+    without it, and was restarted in a loop)."""
+    settings = sentinel_settings(healthy, fake_eskiz)
+    producer = Producer(settings)
+    beat = BeatProcess(settings, schedule_dir=str(tmp_path))
+    try:
+        heartbeat = Keys(producer.app.runtime.settings.key_prefix).beat()
+        primary = redis.Redis(port=healthy.primary_port())
+        assert wait_until(lambda: primary.exists(heartbeat), timeout=30), beat.log[-2000:]
+        assert beat.count("beat raised exception") == 0, beat.log[-2000:]
+    finally:
+        beat.stop()
+    routes = pages(producer.app.runtime)
+    assert _page(routes["/metrics"], "/metrics").startswith("200")
+    assert _page(routes["/healthz"], "/healthz", "check=redis").startswith("200")
 
 
 def test_our_scripts_run_on_the_new_primary_after_a_failover(healthy):
