@@ -6,41 +6,17 @@ No worker: the message is read off its queue."""
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
 from kombu.exceptions import OperationalError
-from redis.connection import AbstractConnection
 
 from smsdispatch.devtools.redis_server import EmbeddedRedis
 from smsdispatch.polling import QUEUED_AT_HEADER
 
-from .conftest import Producer, worker_settings
+from .conftest import Producer, round_trips, worker_settings
 
 TO = "+998901234567"
-
-
-@contextmanager
-def round_trips() -> Iterator[list[bytes]]:
-    """Every command (or pipeline) this thread sends to any Redis while inside: one write per round
-    trip (redis-py packs a pipeline into one send)."""
-    sent: list[bytes] = []
-    real = AbstractConnection.send_packed_command
-    me = threading.get_ident()
-
-    def counting(connection, command, check_health=True):
-        if threading.get_ident() == me:
-            packed = command if isinstance(command, bytes | str) else b"".join(bytes(c) for c in command)
-            sent.append(packed if isinstance(packed, bytes) else packed.encode())
-        return real(connection, command, check_health)
-    AbstractConnection.send_packed_command = counting      # type: ignore[method-assign]
-    try:
-        yield sent
-    finally:
-        AbstractConnection.send_packed_command = real      # type: ignore[method-assign]
 
 
 def queued_messages(client: redis.Redis, queue: str) -> list[dict]:
