@@ -91,6 +91,15 @@ def result_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def broker_is_store(settings: Settings, transport: Any) -> bool:
+    """True when the broker is our Redis transport on the store's own Redis (no separate BROKER_URL;
+    redis:// or sentinel://), and the app's `broker_transport` (`transport`) is still the one we set:
+    a send_sms publish can then write its `queued` record in the same script
+    (redis_transport.recording_publish). Otherwise the record is written first, in its own round trip."""
+    ours = _redis_transport(settings.redis_url)
+    return settings.celery_broker_url == settings.redis_url and ours is not None and transport == ours
+
+
 def _redis_transport(url: str) -> str | None:
     """Our kombu transport for the URL's scheme (redis_transport.py), or None: kombu's own."""
     scheme = url.split(";", 1)[0].split("://", 1)[0]

@@ -52,7 +52,7 @@ from .ledger import Begun, Claim, ClaimResult, Durability, Ledger, fingerprint
 from .phone import mask
 from .policy import Action, Decision, Health, after_failure
 from .ratelimit import RateLimiter
-from .records import RESULT_FIELDS, MessageStatus, Records
+from .records import RESULT_FIELDS, MessageStatus, RecordCreate, Records
 from .redisclient import text_fields
 from .retry import compute_backoff
 from .sendrequest import MAX_IDEMPOTENCY_KEY_CHARS, SendRequest, parse_send
@@ -152,14 +152,20 @@ class Dispatcher:
     def record_queued(self, kwargs: dict[str, Any], *, task_id: str, not_before: float | None = None) -> str:
         """Before publishing: a `queued` record holding the payload, so nothing can vanish unseen.
         `not_before`: the ETA it is published with (the sweeper must not send it earlier)."""
+        record = self.queued_record(kwargs, task_id=task_id, not_before=not_before)
+        record.run()
+        return record.message_id
+
+    def queued_record(self, kwargs: dict[str, Any], *, task_id: str, not_before: float | None = None) -> RecordCreate:
+        """`record_queued`'s write, prepared and not run: the producer runs it with its publish
+        (tasks.SendSms.apply_async)."""
         key = kwargs.get("idempotency_key")
         message_id = message_id_for(key, task_id)
         fields: dict[str, Any] = {"task_id": task_id, "payload": kwargs,
                   "idempotency_key": key if isinstance(key, str) and key else task_id}
         if not_before:
             fields["not_before"] = not_before
-        self.records.create(message_id, fields, not_before=not_before, number=kwargs.get("to"))
-        return message_id
+        return self.records.create_call(message_id, fields, not_before=not_before, number=kwargs.get("to"))
 
     # --- worker side --------------------------------------------------------------------------
 

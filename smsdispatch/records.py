@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from . import scripts
 from .keys import Keys
@@ -75,6 +76,24 @@ class RecordUpdate:
     args: list
 
 
+@dataclass(frozen=True)
+class RecordCreate:
+    """A `create` prepared (Records.create_call), not yet run: its script, KEYS (without the queue key)
+    and ARGV (the four before the message, then the fields). `run` carries it out: alone, or with a
+    broker message the same script pushes onto `queue` after the record (the producer's one round trip,
+    redis_transport.Channel._put)."""
+    script: Script
+    message_id: str
+    keys: list[str]
+    args: list
+    fields: list[str]
+
+    def run(self, client: redis.Redis | None = None, *, queue: str = "", message: str = "") -> bool:
+        """True when the record was created, False when it existed already. With `queue`, `message` is
+        pushed (LPUSH) there in the same script, whether or not the record existed."""
+        return bool(self.script(keys=[*self.keys, queue], args=[*self.args, message, *self.fields], client=client))
+
+
 class Records:
     def __init__(self, client: redis.Redis, keys: Keys, *, ttl: int = 0, queued_grace: float | None = None,
                  active_grace: float | None = None) -> None:
@@ -95,6 +114,11 @@ class Records:
         published with an ETA (`not_before`) is not due to the sweeper before its ETA + the grace.
         `number`: the number as the producer gave it, filed in the number index (not yet normalised:
         its last digits are the same)."""
+        return self.create_call(message_id, fields, note=note, not_before=not_before, number=number).run()
+
+    def create_call(self, message_id: str, fields: dict[str, Any], *, note: str = "",
+                    not_before: float | None = None, number: object = None) -> RecordCreate:
+        """`create`, prepared and not run (RecordCreate.run runs it, on its own or with a publish)."""
         at = now()
         fields = {"message_id": message_id, "status": MessageStatus.QUEUED.value,
                   "created_at": at, "updated_at": at, "attempts": 0, **fields}
@@ -103,7 +127,7 @@ class Records:
         keys = [self.keys.message(message_id), self.keys.history(message_id), self.keys.pending(),
                 self._number_index(number), self.keys.metrics()]
         deadline = max(at, not_before or 0) + self.queued_grace if self.queued_grace is not None else ""
-        return bool(self._create(keys=keys, args=[self.ttl, entry, deadline, message_id, *flat]))
+        return RecordCreate(self._create, message_id, keys, [self.ttl, entry, deadline, message_id], flat)
 
     def update(self, message_id: str, status: MessageStatus, *, note: str = "",
                pipe: redis.client.Pipeline | None = None, **fields: Any) -> None:

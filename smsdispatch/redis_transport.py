@@ -41,6 +41,18 @@ for that long without a gap, so after a Redis outage nobody is taken for dead be
 again. Taking a live but silent process for dead (a partition) hands its messages out twice: the
 ledger makes that safe, as it does for the visibility timeout.
 
+A send_sms publish writes its `queued` record in the same round trip. `SendSms.apply_async` hands the
+record's prepared script (records.RecordCreate) to `recording_publish` for the length of its publish,
+and `Channel._put`, finding it waiting for the message's task id, runs it with the queue key and the
+serialized message exactly as kombu's own `_put` would LPUSH them: records_create.lua writes the
+record, then pushes the message, in one script (one round trip instead of two, the record still
+first). Only a plain publish takes this way; one kombu would pipeline with expiries or batch, or a
+channel with a global key prefix (which would prefix the record's key too), writes the record first on
+its own and then publishes as kombu does. The prepared call is taken only once its script succeeded:
+when kombu retries a publish after a connection error, the retried `_put` runs the script again, the
+record part a no-op the second time; a message pushed twice (the first push happened, its answer was
+lost) is the same hazard as kombu's own retried LPUSH, and the ledger makes it safe.
+
 Used by `worker.create_app` as the broker transport (``broker_transport``) for ``redis://`` URLs
 (``rediss://`` and ``unix://`` keep kombu's own, which takes its TLS defaults from the scheme);
 every other kombu behaviour is unchanged.
@@ -61,8 +73,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -73,6 +87,9 @@ from . import scripts
 from .keys import Keys
 from .redisclient import text
 
+if TYPE_CHECKING:
+    from .records import RecordCreate
+
 log = logging.getLogger("smsdispatch.redis_transport")
 
 #: (payload, exchange, routing key) of messages this process took off a queue and could not record as
@@ -81,8 +98,29 @@ _taken_not_recorded: list[tuple[dict, str, str]] = []
 #: Delivery tags of messages a channel held when its connection died and could not give back then.
 _held_when_lost: list[str] = []
 _taken_lock = threading.Lock()
+#: The `queued` record a send_sms publish in this thread writes with its message (recording_publish).
+_recording = threading.local()
 #: What a Redis that cannot be reached raises (MasterNotFoundError, behind Sentinel, is a ConnectionError).
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+class RecordingPublish:
+    """The record of one publish, waiting for `Channel._put` (recording_publish)."""
+
+    def __init__(self, task_id: str, record: RecordCreate) -> None:
+        self.task_id, self.record = task_id, record
+        self.done = False
+
+
+@contextmanager
+def recording_publish(task_id: str, record: RecordCreate) -> Iterator[RecordingPublish]:
+    """While in it, the publish of task `task_id` in this thread (Channel._put) also runs `record`, in
+    the same script; `.done` says whether it did. Always cleared on the way out."""
+    pending = _recording.pending = RecordingPublish(task_id, record)
+    try:
+        yield pending
+    finally:
+        _recording.pending = None
 
 
 class Liveness:
@@ -305,6 +343,23 @@ class Channel(kombu_redis.Channel):
                         "the next channel", len(held) - done, e)
             return
         log.warning("gave back %d message(s) a channel held unfinished when its connection died", len(held))
+
+    def _put(self, queue, message, **kwargs):
+        """kombu's, with a waiting `queued` record (recording_publish) written in the same script as
+        the push, for this message's task id (see the module's docstring)."""
+        pending = getattr(_recording, "pending", None)
+        if pending is None or pending.done or (message.get("headers") or {}).get("id") != pending.task_id:
+            return super()._put(queue, message, **kwargs)
+        if kwargs.get("_publish_batch") is not None or (self._expires and queue in self._expires) \
+                or self.global_keyprefix:
+            pending.record.run()        # on its own first, through the store's client; then kombu's push
+            pending.done = True
+            return super()._put(queue, message, **kwargs)
+        # the queue key as kombu's _put computes it
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            pending.record.run(client, queue=key, message=dumps(message))
+        pending.done = True
 
     @contextmanager
     def conn_or_acquire(self, client=None):

@@ -47,6 +47,7 @@ from .dispatch import Outcome, message_id_for
 from .errors import ValidationError
 from .polling import QUEUED_AT_HEADER
 from .redact import shown_arguments
+from .redis_transport import recording_publish
 from .sendrequest import (
     FIELDS,
     MAX_ID_CHARS,
@@ -210,13 +211,14 @@ class SendSms(StoreRetry):
                                               "validation", reason)
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):
-        """Record the message as `queued` before publishing it (docs/celery-redis.md H6), and
-        show Flower a masked number instead of the real one. Raises ValidationError here, at the
-        producer, for arguments that cannot even be recorded: not JSON (a datetime, bytes, a set),
-        not valid Unicode (a lone surrogate), or one argument given twice. Everything else is
-        validated by the worker, which records the refusal."""
+        """Record the message as `queued` before publishing it (docs/celery-redis.md H6): when the
+        broker is the store's own Redis, in the same script as the push (Runtime.records_with_publish),
+        else first, in a round trip of its own. Shows Flower a masked number instead of the real one.
+        Raises ValidationError here, at the producer, for arguments that cannot even be recorded: not
+        JSON (a datetime, bytes, a set), not valid Unicode (a lone surrogate), or one argument given
+        twice. Everything else is validated by the worker, which records the refusal."""
         task_id, kwargs = self.checked(args, kwargs, task_id)      # before Redis holds any of it
-        self.runtime.dispatcher.record_queued(kwargs, task_id=task_id, not_before=_not_before(options))
+        record = self.runtime.dispatcher.queued_record(kwargs, task_id=task_id, not_before=_not_before(options))
         # when it joined the queue: the sweeper reads it off the queue's oldest message (polling.py)
         options["headers"] = {**(options.get("headers") or {}), QUEUED_AT_HEADER: time.time()}
         options.setdefault("kwargsrepr", _masked_repr(kwargs))
@@ -225,7 +227,22 @@ class SendSms(StoreRetry):
             # The worker stores the result itself, with the record (celery_results.py): Celery need not,
             # nor subscribe to it now (a result is subscribed to when `.get()` asks for it).
             options.setdefault("ignore_result", True)
-        result = super().apply_async((), kwargs, task_id=task_id, **options)
+        # A publish that subscribes to its result first (ignore_result False: a retry of a message sent by
+        # name) writes its record first too: with Redis away that fails at once, as a publish error (which
+        # a retry turns into a requeue), not after the result backend's reconnection attempts.
+        together = self.runtime.records_with_publish and options.get("ignore_result")
+        if not together:
+            record.run()        # first, on its own: the broker is elsewhere (or nothing is published)
+        if together:
+            # the record and the message in one script, one round trip (redis_transport.recording_publish)
+            with recording_publish(task_id, record) as pending:
+                result = super().apply_async((), kwargs, task_id=task_id, **options)
+            if not pending.done:     # the publish did not reach our transport's _put: never a message unrecorded
+                log.warning("message %s: published without its record being written with it; written now",
+                            record.message_id)
+                record.run()
+        else:
+            result = super().apply_async((), kwargs, task_id=task_id, **options)
         result.ignored = False         # `.get()` waits for the result all the same
         return result
 

@@ -106,6 +106,14 @@ class Runtime:
     def poller(self) -> Poller:
         return self._part("_poller", lambda: Poller(self.dispatcher))
 
+    @property
+    def records_with_publish(self) -> bool:
+        """Whether a send_sms publish writes its `queued` record in the same round trip
+        (broker.broker_is_store), unless Celery runs tasks eagerly (nothing is published then) or the
+        app was given another broker transport."""
+        conf = self.app.conf
+        return not conf.task_always_eager and broker.broker_is_store(self.settings, conf.broker_transport)
+
     def schedule_reminder(self, kwargs: dict[str, Any], send_at: Any) -> str:
         """Validate and store the reminder; publish it at once if it is already within the horizon."""
         reminder = self.reminders.check(kwargs, send_at)

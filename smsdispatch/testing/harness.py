@@ -13,6 +13,8 @@ back on exit:
                                on the harness's fakeredis server, the dispatcher with memory gateways
                                (the app's own parts are untouched and used again after the harness)
     Runtime.schedule_reminder  the reminder lands in the outbox
+    Runtime.records_with_publish  False: no broker's script writes the `queued` record with the message,
+                               so SendSms.apply_async writes it first, as production does with another broker
 
 Everything before the publish is the production code: `SendSms.apply_async` checks the arguments and
 writes the `queued` record, `SendBatch.apply_async` checks and stores the entries, `schedule_reminder`
@@ -144,6 +146,7 @@ class Harness:
         self._replace(SmsApp, "send_task", send_task)
         self._replace(Runtime, "_part", part)
         self._replace(Runtime, "schedule_reminder", scheduling)
+        self._replace(Runtime, "records_with_publish", False)
         log.debug("testing harness on (%s)", "eager" if self.eager else "capturing")
         return self
 

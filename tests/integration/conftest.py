@@ -9,12 +9,15 @@ run instead of skipping it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
+from redis.connection import AbstractConnection
 
 from smsdispatch.config import load_settings
 from smsdispatch.devtools.fakes.eskiz import FakeEskiz
@@ -119,3 +122,23 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return False
         time.sleep(interval)
     return True
+
+
+@contextmanager
+def round_trips() -> Iterator[list[bytes]]:
+    """Every command (or pipeline) this thread sends to any Redis while inside: one write per round
+    trip (redis-py packs a pipeline into one send)."""
+    sent: list[bytes] = []
+    real = AbstractConnection.send_packed_command
+    me = threading.get_ident()
+
+    def counting(connection, command, check_health=True):
+        if threading.get_ident() == me:
+            packed = command if isinstance(command, bytes | str) else b"".join(bytes(c) for c in command)
+            sent.append(packed if isinstance(packed, bytes) else packed.encode())
+        return real(connection, command, check_health)
+    AbstractConnection.send_packed_command = counting      # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        AbstractConnection.send_packed_command = real      # type: ignore[method-assign]

@@ -14,12 +14,13 @@ takes then is lost when it dies; a claim among it is what SMSDISPATCH_CLAIM_REPL
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import uuid
 from collections import Counter
-from wsgiref.util import setup_testing_defaults
 from collections.abc import Iterator
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 import redis
@@ -38,8 +39,9 @@ from smsdispatch.scripts import source
 from smsdispatch.tasks import queue_names
 
 from ..unavailable import unavailable
-from .conftest import Producer, wait_until, worker_settings
+from .conftest import Producer, round_trips, wait_until, worker_settings
 
+TO_SENTINEL = "+998901234567"
 FINAL = {"accepted", "delivered", "failed", "unknown", "expired"}
 
 
@@ -142,6 +144,20 @@ def test_beat_and_the_receiver_pages_reach_redis_through_sentinel(healthy, fake_
     routes = pages(producer.app.runtime)
     assert _page(routes["/metrics"], "/metrics").startswith("200")
     assert _page(routes["/healthz"], "/healthz", "check=redis").startswith("200")
+
+
+def test_a_delay_through_sentinel_writes_its_record_and_message_on_the_primary_in_one_round_trip(healthy, fake_eskiz):
+    producer = Producer(sentinel_settings(healthy, fake_eskiz))
+    assert producer.app.runtime.records_with_publish
+    producer.send_sms.delay(TO_SENTINEL, "warm-up")         # connections to the primary made, the script loaded
+    with round_trips() as sent:
+        result = producer.send_sms.delay(TO_SENTINEL, "Salom")
+    assert [b"EVALSHA" in packed for packed in sent] == [True], sent     # no LPUSH of its own, no lookup
+    primary = redis.Redis(port=healthy.primary_port())
+    assert producer.record(result.id)["status"] == "queued"
+    newest = json.loads(primary.lindex(producer.settings.queue, 0))
+    assert newest["headers"]["id"] == result.id
+    primary.delete(producer.settings.queue)
 
 
 def test_our_scripts_run_on_the_new_primary_after_a_failover(healthy):

@@ -194,11 +194,19 @@ def test_a_publish_failing_for_another_reason_stays_celerys_reject(paused):
     assert raised.value.requeue is False and paused == []
 
 
-class StoreDown(ScriptedDispatcher):
-    """Redis away: the send fails, and so does the `queued` record the retry's publish writes first."""
+class UnreachableRecord:
+    message_id = "m"
 
-    def record_queued(self, kwargs, *, task_id, not_before=None):
+    def run(self, *args, **kwargs):
         raise redis.ConnectionError("Error 111 connecting")
+
+
+class StoreDown(ScriptedDispatcher):
+    """Redis away: the send fails, and so does the retry's publish, which writes the `queued` record
+    (first, or in one script with the message)."""
+
+    def queued_record(self, kwargs, *, task_id, not_before=None):
+        return UnreachableRecord()
 
 
 @pytest.mark.parametrize("name", ["smsdispatch.send_sms", "smsdispatch.send_chunk", "smsdispatch.send_reminder"])
