@@ -230,10 +230,7 @@ class SendSms(StoreRetry):
         # A publish that subscribes to its result first (ignore_result False: a retry of a message sent by
         # name) writes its record first too: with Redis away that fails at once, as a publish error (which
         # a retry turns into a requeue), not after the result backend's reconnection attempts.
-        together = self.runtime.records_with_publish and options.get("ignore_result")
-        if not together:
-            record.run()        # first, on its own: the broker is elsewhere (or nothing is published)
-        if together:
+        if self.runtime.records_with_publish and options.get("ignore_result"):
             # the record and the message in one script, one round trip (redis_transport.recording_publish)
             with recording_publish(task_id, record) as pending:
                 result = super().apply_async((), kwargs, task_id=task_id, **options)
@@ -242,6 +239,7 @@ class SendSms(StoreRetry):
                             record.message_id)
                 record.run()
         else:
+            record.run()        # first, on its own: the broker is elsewhere (or nothing is published)
             result = super().apply_async((), kwargs, task_id=task_id, **options)
         result.ignored = False         # `.get()` waits for the result all the same
         return result
