@@ -114,6 +114,25 @@ def send_requests_for(fake: FakeEskiz, message_id: str) -> list:
     return fake.calls_carrying(message_id)
 
 
+def killed_mid_call(settings: dict[str, str], producer: Producer, fake: FakeEskiz, text: str, *,
+                    accept: bool):
+    """Send one message and SIGKILL the worker running it while Eskiz holds the call (5 s): with
+    `accept`, after Eskiz accepted it (its answer not yet back); without, before Eskiz processed it.
+    Returns the message's handle; no worker is left running."""
+    doomed = WorkerProcess(settings, name="doomed")
+    try:
+        fake.hang_next(seconds=5, accept=accept)
+        handle = producer.send_sms.delay("+998901234567", text)
+        if accept:
+            assert fake.wait_for(lambda f: len(f.sends_for(handle.id)) == 1)
+        else:
+            assert fake.wait_for(lambda f: len(send_requests_for(f, handle.id)) == 1)
+        doomed.kill()
+    finally:
+        doomed.stop()
+    return handle
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
     """For state in another process that offers no event to wait on (a Redis hash)."""
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from smsdispatch.metrics import Metrics
 from smsdispatch.tasks import queue_names
 
 from ..unavailable import unavailable
-from .conftest import Producer, send_requests_for, worker_settings
+from .conftest import Producer, killed_mid_call, send_requests_for, worker_settings
 
 TO = "+998901234567"
 TIMEOUT = 60
@@ -97,14 +97,8 @@ def test_a_killed_workers_message_comes_back_at_once_and_is_sent_once(redis_url,
     visibility timeout (here 600 s) to wait for. The call may have gone out: reconciled, not resent."""
     settings = rabbit_settings(redis_url, vhost, fake, VISIBILITY_TIMEOUT="600")
     producer = Producer(settings)
-    doomed = WorkerProcess(settings, name="doomed")
-    try:
-        fake.hang_next(seconds=5, accept=True)        # Eskiz accepts; its answer is slow ...
-        handle = producer.send_sms.delay(TO, "Kill me mid-call")
-        assert fake.wait_for(lambda f: len(f.sends_for(handle.id)) == 1)
-        doomed.kill()                                 # ... and the worker dies before it arrives
-    finally:
-        doomed.stop()
+    # Eskiz accepts; its answer is slow, and the worker dies before it arrives
+    handle = killed_mid_call(settings, producer, fake, "Kill me mid-call", accept=True)
     survivor = WorkerProcess(settings, name="survivor")
     try:
         result = handle.get(timeout=TIMEOUT)

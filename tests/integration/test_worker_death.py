@@ -6,7 +6,7 @@ import time
 
 from smsdispatch.devtools.processes import WorkerProcess
 
-from .conftest import Producer, send_requests_for, worker_settings
+from .conftest import Producer, killed_mid_call, send_requests_for, worker_settings
 
 TO = "+998901234567"
 
@@ -15,14 +15,8 @@ def test_worker_killed_after_the_gateway_accepted_is_reconciled_not_resent(redis
     # VT 20 s: Celery hands the killed worker's message to the next worker about 20-25 s later.
     settings = worker_settings(redis_url, fake, VISIBILITY_TIMEOUT="20")
     producer = Producer(settings)
-    doomed = WorkerProcess(settings, name="doomed")
-    try:
-        fake.hang_next(seconds=5, accept=True)        # Eskiz accepts; its answer is slow ...
-        handle = producer.send_sms.delay(TO, "Kill me mid-call")
-        assert fake.wait_for(lambda f: len(f.sends_for(handle.id)) == 1)
-        doomed.kill()                                 # ... and the worker dies before it arrives
-    finally:
-        doomed.stop()
+    # Eskiz accepts; its answer is slow, and the worker dies before it arrives
+    handle = killed_mid_call(settings, producer, fake, "Kill me mid-call", accept=True)
     assert producer.record(handle.id)["status"] == "sending"   # nothing recorded the acceptance
 
     survivor = WorkerProcess(settings, name="survivor")
@@ -40,14 +34,8 @@ def test_worker_killed_after_the_gateway_accepted_is_reconciled_not_resent(redis
 def test_worker_killed_before_the_gateway_got_it_sends_exactly_once(redis_url, fake):
     settings = worker_settings(redis_url, fake, VISIBILITY_TIMEOUT="20")
     producer = Producer(settings)
-    doomed = WorkerProcess(settings, name="doomed")
-    try:
-        fake.hang_next(seconds=5, accept=False)       # the request hangs and is never processed
-        handle = producer.send_sms.delay(TO, "Kill me before Eskiz has it")
-        assert fake.wait_for(lambda f: len(send_requests_for(f, handle.id)) == 1)
-        doomed.kill()
-    finally:
-        doomed.stop()
+    # the request hangs and is never processed; the worker dies meanwhile
+    handle = killed_mid_call(settings, producer, fake, "Kill me before Eskiz has it", accept=False)
 
     survivor = WorkerProcess(settings, name="survivor")
     try:
