@@ -36,7 +36,7 @@ from typing import Any
 from kombu import Connection, Exchange, Queue
 
 from . import sentinel
-from .config import Settings
+from .config import Settings, broker_scheme
 
 #: The queue type of our queues and of the native delayed delivery's own queues on RabbitMQ.
 QUEUE_TYPE = "quorum"
@@ -102,9 +102,8 @@ def broker_is_store(settings: Settings, transport: Any) -> bool:
 
 def _redis_transport(url: str) -> str | None:
     """Our kombu transport for the URL's scheme (redis_transport.py), or None: kombu's own."""
-    scheme = url.split(";", 1)[0].split("://", 1)[0]
     return {"redis": "smsdispatch.redis_transport:Transport",
-            "sentinel": "smsdispatch.redis_transport:SentinelTransport"}.get(scheme)
+            "sentinel": "smsdispatch.redis_transport:SentinelTransport"}.get(broker_scheme(url))
 
 
 def _sentinel_options(settings: Settings) -> dict[str, Any]:
