@@ -167,11 +167,8 @@ class Records:
         many (`shared_fields`, '' for none)."""
         at = now()
         common = RecordUpdate([self.keys.inflight(), self.keys.pending(), self.keys.metrics()], [self.ttl, at])
-        if shared is None:
-            return common, [self.update_args(message_id, status, note, fields, at)
-                            for message_id, status, note, fields in updates]
-        return common, [self.update_args(message_id, status, note, fields, at, more)
-                        for (message_id, status, note, fields), more in zip(updates, shared, strict=True)]
+        return common, [self.update_args(message_id, status, note, fields, at, more) for (message_id, status, note,
+                        fields), more in zip(updates, shared or [""] * len(updates), strict=True)]
 
     def update_many(self, updates: list[tuple[str, MessageStatus, str, dict[str, Any]]], *,
                     pipe: redis.client.Pipeline | None = None, shared: list[str] | None = None) -> None:
