@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+from requests.cookies import RequestsCookieJar
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from ..errors import (
@@ -149,6 +153,11 @@ class Gateway(ABC):
         raise NotImplementedError(f"{self.name} has no balance API")
 
 
+#: What `HttpGateway._prepared` prepares itself: a JSON body and headers; a path of these characters only.
+_LEAN_ARGUMENTS = frozenset({"json", "headers"})
+_PLAIN_PATH = re.compile(r"(/(?!\.\.?(?:/|$))[A-Za-z0-9._~-]*)+")      # no '.' or '..' segment
+
+
 class HttpGateway(Gateway):
     """Owns a pooled `requests.Session`, cuts every call at its total deadline (deadline.py) and maps
     transport failures into the exception tree."""
@@ -172,6 +181,13 @@ class HttpGateway(Gateway):
             session.proxies = requests.utils.get_environ_proxies(self.base_url)
             session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             session.trust_env = False
+            # the base URL as requests prepares it (host lowercased, IDNA, quoting), once, for `_prepared`;
+            # not one with a user name (requests turns it into an Authorization header) or a query
+            base = requests.Request("GET", self.base_url).prepare().url
+            plain = not (urlsplit(base).username or urlsplit(base).query or urlsplit(base).fragment)
+            self._prepared_base: str | None = base.rstrip("/") if plain else None
+        else:
+            self._prepared_base = None       # a caller's session: every call through session.request
         self.session = session
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
@@ -181,7 +197,11 @@ class HttpGateway(Gateway):
         call = WATCHDOG.begin(self.total_timeout)
         try:
             try:
-                response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+                prepared = self._prepared(method, path, kwargs)
+                if prepared is not None:
+                    response = self.session.send(prepared, timeout=self.timeout)
+                else:
+                    response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
             finally:
                 WATCHDOG.end(call)      # call.expired, .cut and .sent are final from here
         except requests.RequestException as e:
@@ -203,6 +223,30 @@ class HttpGateway(Gateway):
                                      retry_after=parse_retry_after(response.headers.get("Retry-After")),
                                      maybe_sent=code in MAYBE_PROCESSED)
         return response
+
+    def _prepared(self, method: str, path: str, kwargs: dict[str, Any]) -> requests.PreparedRequest | None:
+        """A call with a JSON body or none, and headers (every gateway's send), prepared without
+        Session.request's merging: the request it would send, byte for byte, for about three quarters
+        of the CPU (`python -m bench.deadline --json`: ~300 µs a call instead of ~410). None where that
+        merging could change the request: a caller's session, a cookie the session holds, a path that
+        needs quoting, or any argument besides `json` and `headers` (params, form data, auth): those
+        go through session.request."""
+        if (self._prepared_base is None or not kwargs.keys() <= _LEAN_ARGUMENTS or self.session.cookies
+                or not _PLAIN_PATH.fullmatch(path)):
+            return None
+        headers = CaseInsensitiveDict(self.session.headers)
+        for name, value in (kwargs.get("headers") or {}).items():      # None drops a header, as in requests
+            if value is None:
+                headers.pop(name, None)
+            else:
+                headers[name] = value
+        prepared = requests.PreparedRequest()
+        prepared.prepare_method(method)
+        prepared.url = self._prepared_base + path
+        prepared.prepare_headers(headers)              # refuses a header value with a line break
+        prepared.prepare_body(None, None, kwargs.get("json"))
+        prepared._cookies = RequestsCookieJar()        # a redirect's cookies are kept here, as requests does
+        return prepared
 
     def _past_deadline(self, call: Call) -> GatewayError:
         """The call's deadline passed: ambiguous once its request may have gone out, else not sent."""
