@@ -184,8 +184,9 @@ class HttpGateway(Gateway):
             # the base URL as requests prepares it (host lowercased, IDNA, quoting), once, for `_prepared`;
             # not one with a user name (requests turns it into an Authorization header) or a query
             base = requests.Request("GET", self.base_url).prepare().url
-            plain = not (urlsplit(base).username or urlsplit(base).query or urlsplit(base).fragment)
-            self._prepared_base: str | None = base.rstrip("/") if plain else None
+            parts = urlsplit(base)
+            self._prepared_base: str | None = \
+                None if parts.username or parts.query or parts.fragment else base.rstrip("/")
         else:
             self._prepared_base = None       # a caller's session: every call through session.request
         self.session = session
