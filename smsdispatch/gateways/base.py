@@ -183,7 +183,7 @@ class HttpGateway(Gateway):
             session.trust_env = False
             # the base URL as requests prepares it (host lowercased, IDNA, quoting), once, for `_prepared`;
             # not one with a user name (requests turns it into an Authorization header) or a query
-            base = requests.Request("GET", self.base_url).prepare().url
+            base = requests.Request("GET", self.base_url).prepare().url or self.base_url
             parts = urlsplit(base)
             self._prepared_base: str | None = \
                 None if parts.username or parts.query or parts.fragment else base.rstrip("/")
