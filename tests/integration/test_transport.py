@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 import redis
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu import Connection
 
 from smsdispatch import redis_transport as transport
@@ -186,7 +187,13 @@ def test_every_task_event_reaches_the_event_exchange_in_batches(redis_url, fake)
     try:
         producer = Producer(settings)
         handles = [producer.send_sms.delay(TO, f"Event {i}") for i in range(40)]
-        ids = {h.get(timeout=30)["message_id"] for h in handles}
+        try:
+            ids = {h.get(timeout=30)["message_id"] for h in handles}
+        except CeleryTimeoutError:      # say where they are: a failure seen once in CI, never here
+            stuck = [h.id for h in handles if not h.ready()]
+            histories = {t: producer.history(t) for t in stuck[:3]}     # no key: message id = task id
+            pytest.fail(f"{len(stuck)} of 40 results missing after 30 s: {stuck}; histories {histories}; "
+                        f"worker log (tail):\n{worker.log[-8000:]}")
         assert len(ids) == 40
 
         def seen(kind: str) -> set[str]:
