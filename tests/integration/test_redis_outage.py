@@ -105,11 +105,16 @@ def plan(n: int) -> tuple[list[dict], list[str]]:
     return messages, [message_id_for(m["idempotency_key"], "") for m in messages]
 
 
-def publish_by_name(app: Celery, queue: str, kwargs: dict, failures: Counter) -> None:
-    """What a web app does when a publish fails: publish again, with the same idempotency key."""
+def publish_by_name(app: Celery, queue: str, kwargs: dict, failures: Counter,
+                    task_ids: dict[str, list[str]] | None = None) -> None:
+    """What a web app does when a publish fails: publish again, with the same idempotency key. Each
+    attempt's task id (a new one, as Celery makes) is noted in `task_ids`, so a loss can be traced."""
     while True:
+        task_id = str(uuid.uuid4())
+        if task_ids is not None:
+            task_ids.setdefault(kwargs["idempotency_key"], []).append(task_id)
         try:
-            app.send_task(SEND_SMS, kwargs=kwargs, queue=queue)
+            app.send_task(SEND_SMS, kwargs=kwargs, queue=queue, task_id=task_id)
             return
         except Exception as e:  # kombu.exceptions.OperationalError, redis.ConnectionError, ...
             failures[type(e).__name__] += 1
@@ -125,6 +130,24 @@ def statuses(store: redis.Redis, keys: Keys, ids: list[str]) -> list[str | None]
         return [s.decode() if s else None for s in pipe.execute()]
     except redis.RedisError:
         return [None] * len(ids)
+
+
+def trace(lost_keys: list[str], task_ids: dict[str, list[str]], workers, store: redis.Redis,
+          queue: str) -> dict[str, dict]:
+    """Where each lost message's task went: every worker log line naming one of its task ids, and
+    whether Redis still holds it (in its queues or kombu's unacked hash)."""
+    try:
+        held = b"".join([*store.lrange(queue, 0, -1), *store.lrange(f"{queue}.retry", 0, -1),
+                         *store.hvals("unacked")])
+    except redis.RedisError as e:
+        held = repr(e).encode()
+    out = {}
+    for key in lost_keys[:3]:
+        ids = task_ids.get(key, [])
+        lines = [line for w in workers for proc in w.generations for line in proc.log.splitlines()
+                 if any(t in line for t in ids)]
+        out[key] = {"task_ids": ids, "in_redis": [t for t in ids if t.encode() in held], "log": lines[:20]}
+    return out
 
 
 def outcome(final: list[str | None], ids: list[str], sends: Counter, workers) -> tuple[str, dict[str, int]]:
@@ -149,6 +172,7 @@ def test_redis_killed_mid_work_loses_and_duplicates_no_by_name_message(fake):
                                REMINDER_HORIZON="1")
     queue, keys = settings["SMSDISPATCH_QUEUE"], Keys(settings["SMSDISPATCH_KEY_PREFIX"])
     app, (messages, ids), failures = webapp(server.url), plan(MESSAGES), Counter()
+    task_ids: dict[str, list[str]] = {}
     fake.hang_next(10**6, seconds=GATEWAY_LATENCY, accept=True)       # every send: accepted, answered late
     workers = [Supervised(settings, "w1"), Supervised(settings, "w2")]
     store = redis.Redis.from_url(server.url, socket_timeout=5)
@@ -159,7 +183,7 @@ def test_redis_killed_mid_work_loses_and_duplicates_no_by_name_message(fake):
         def produce() -> None:
             for i, kwargs in enumerate(messages):
                 fake.wait_for(lambda f, i=i: len(f.accepted) >= i - BACKLOG, timeout=0.5)
-                publish_by_name(app, queue, kwargs, failures)
+                publish_by_name(app, queue, kwargs, failures, task_ids)
         producer = threading.Thread(target=produce, name="webapp", daemon=True)
         producer.start()
 
@@ -173,6 +197,8 @@ def test_redis_killed_mid_work_loses_and_duplicates_no_by_name_message(fake):
         done = wait_until(lambda: all(s in FINAL for s in statuses(store, keys, ids)), timeout=75, interval=0.5)
         final = statuses(store, keys, ids)
         sends = Counter(a.client_ref for a in fake.accepted)
+        lost = [m["idempotency_key"] for m, s in zip(messages, final, strict=True) if s not in FINAL]
+        traced = trace(lost, task_ids, workers, store, queue) if lost else {}
     finally:
         for w in workers:
             w.stop()
@@ -183,7 +209,7 @@ def test_redis_killed_mid_work_loses_and_duplicates_no_by_name_message(fake):
     report += (f"; Redis killed after {killed_at} sends; failed publishes {dict(failures)}; worker restarts "
                f"{sum(len(w.generations) - 1 for w in workers)}; {time.monotonic() - started:.0f}s")
     print(report)
-    assert done and all(s == "accepted" for s in final), report
+    assert done and all(s == "accepted" for s in final), f"{report}; where the lost ones went: {traced}"
     assert all(sends[m] == 1 for m in ids) and len(sends) == MESSAGES, report   # each exactly once
     assert met["requeued"] >= 1 and met["dropped"] == 0, report                 # the path taken
     assert failures, report                     # and the producer met the outage too
