@@ -19,6 +19,7 @@ No beat in either.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -147,6 +148,9 @@ def trace(lost_keys: list[str], task_ids: dict[str, list[str]], workers, store: 
         lines = [line for w in workers for proc in w.generations for line in proc.log.splitlines()
                  if any(t in line for t in ids)]
         out[key] = {"task_ids": ids, "in_redis": [t for t in ids if t.encode() in held], "log": lines[:20]}
+    # our transport's lines about messages it took but could not record, and what it gave back
+    out["transport"] = [line for w in workers for proc in w.generations for line in proc.log.splitlines()
+                        if re.search(r"taken off|taken but not recorded|gave back|give back", line)][:40]
     return out
 
 
